@@ -462,3 +462,22 @@ def load_yaml(cls: type[T], path: str | os.PathLike[str], overrides: Sequence[st
         if str(e).startswith("config file"):
             raise
         raise ConfigError(f"{path}: {e}") from e
+
+
+def expand_presets(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Put ``configs/models/<model.preset>.yaml`` under the ``model`` section (explicit keys win)."""
+    from .models import load_preset  # models imports this module
+
+    out = dict(data)
+    model = dict(out.get("model") or {})
+    if "preset" in model and not model.get("pretrained"):
+        model = deep_merge(load_preset(model["preset"]), model)
+    if model:
+        out["model"] = model
+    return out
+
+
+def load_trainer_config(data: Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> TrainerConfig:
+    """A :class:`TrainerConfig` from plain data and overrides, with the model preset expanded."""
+    merged = deep_merge(_fix_yaml_floats(dict(data or {})), parse_overrides(overrides))
+    return from_dict(TrainerConfig, expand_presets(merged))

@@ -1,0 +1,102 @@
+"""Language models: the preset ladder built from a config, or a real checkpoint through ``from_pretrained``.
+
+Presets live as YAML under ``configs/models/`` (a Qwen2-architecture ladder standing in for Qwen2.5-3B/7B/14B,
+and a Llama-architecture preset standing in for TinyLlama-1B). They are built with ``transformers``'
+own ``Qwen2Config``/``LlamaConfig`` and model classes, so the same training code takes a real checkpoint
+on a GPU by setting ``model.pretrained`` (plus ``dtype``/``device``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from .config import ConfigError, ModelConfig, read_yaml
+
+ENV_CONFIG_DIR = "LBW_CONFIG_DIR"
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def config_dir() -> Path:
+    """The ``configs/`` folder: ``$LBW_CONFIG_DIR`` or the one beside the package in the repository."""
+    return Path(os.environ.get(ENV_CONFIG_DIR) or Path(__file__).resolve().parents[1] / "configs")
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in (config_dir() / "models").glob("*.yaml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The model section stored in ``configs/models/<name>.yaml`` (a mapping of ModelConfig fields)."""
+    path = config_dir() / "models" / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"model.preset: unknown preset {name!r}; expected one of {', '.join(available_presets())}")
+    data = read_yaml(path)
+    data.setdefault("preset", name)
+    return data
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return _DTYPES[name]
+
+
+def hf_config(cfg: ModelConfig, vocab_size: int, max_positions: int) -> Qwen2Config | LlamaConfig:
+    """The transformers config of a preset. Dropout stays 0: training must be deterministic given the seed."""
+    common: dict[str, Any] = dict(
+        vocab_size=vocab_size,
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        intermediate_size=cfg.intermediate_size,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=cfg.tie_word_embeddings,
+        attention_dropout=0.0,
+        use_cache=False,
+    )
+    return Qwen2Config(**common) if cfg.arch == "qwen2" else LlamaConfig(**common)
+
+
+def build_model(cfg: ModelConfig, vocab_size: int, max_positions: int, seed: int) -> PreTrainedModel:
+    """A freshly initialised preset (or ``from_pretrained`` when ``cfg.pretrained`` is set).
+
+    The initialisation draws from torch's global RNG, so it runs under a forked RNG seeded with ``seed``:
+    the same seed gives the same weights, and the caller's RNG state is left untouched.
+    """
+    if cfg.pretrained:
+        return from_pretrained(cfg.pretrained, cfg.dtype, cfg.device)
+    config = hf_config(cfg, vocab_size, max_positions)
+    config._attn_implementation = "sdpa"
+    cls = Qwen2ForCausalLM if cfg.arch == "qwen2" else LlamaForCausalLM
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = cls(config)
+    return model.to(device=cfg.device, dtype=torch_dtype(cfg.dtype))
+
+
+def from_pretrained(path: str | os.PathLike[str], dtype: str = "float32", device: str = "cpu") -> PreTrainedModel:
+    """Load a real checkpoint (a ``save_pretrained`` folder, or a hub id when the hub is reachable)."""
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(dtype))
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"model.pretrained: could not load {str(path)!r} (expected a save_pretrained folder or a hub id): {e}"
+        ) from e
+    model.config.use_cache = False
+    return model.to(device)
+
+
+def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

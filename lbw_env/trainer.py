@@ -1,0 +1,320 @@
+"""The plant: a real language model trained on WikiText with AdamW, one governed optimizer step at a time.
+
+``Trainer.step(control)`` reads top to bottom like nanoGPT's loop: next batch (with any injected fault),
+scheduled LR, forward, backward, then the governed optimizer step (telemetry, true skip, LR scale).
+``snapshot()``/``restore()`` copy the complete training state into preallocated buffers, so the env can
+roll back or reset in milliseconds and replay bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import runtime
+from .cache import cache_root, cached_dir, stable_hash
+from .config import FaultConfig, OptimConfig, TrainerConfig, to_dict
+from .data import BatchStream, Corpus, eval_blocks, load_corpus
+from .governed import Control, GateConfig, GovernedOptimizer
+from .models import build_model, count_parameters, from_pretrained
+from .telemetry import StepRecord
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+    """Loss and perplexity on a fixed evaluation subset."""
+
+    split: str
+    loss: float
+    """Mean token cross-entropy (nats); inf if the model produces non-finite logits."""
+    ppl: float
+    """exp(loss); inf on overflow."""
+    tokens: int
+
+
+@dataclasses.dataclass
+class Snapshot:
+    """The complete training state at one step, in buffers that later snapshots reuse."""
+
+    params: list[torch.Tensor]
+    opt_state: list[dict[str, torch.Tensor]]
+    t: int
+    data_state: dict[str, int]
+    fault_rng_state: dict[str, Any]
+    noise_rng_state: torch.Tensor
+    governed_state: dict[str, Any]
+
+
+def safe_exp(x: float) -> float:
+    return math.exp(x) if x < 700 else math.inf
+
+
+class Trainer:
+    """Model + data + AdamW + schedule (+ optional clipping baseline and injected faults)."""
+
+    def __init__(self, cfg: TrainerConfig, corpus: Corpus | None = None, gate: GateConfig | None = None) -> None:
+        runtime.configure(cfg.runtime.threads, cfg.runtime.mallopt)
+        self.cfg = cfg
+        self.corpus = corpus if corpus is not None else load_corpus(cfg.data, cfg.runtime.cache_dir)
+        self._gate = gate
+        train = self.corpus.train
+        if cfg.data.max_train_tokens:
+            train = train[: cfg.data.max_train_tokens]
+        self._train_tokens = train
+        self._eval_cache: dict[str, torch.Tensor] = {}
+        self._base_state: dict[str, torch.Tensor] | None = None
+        # Where the weights start: a real checkpoint, the preset's cached base model, or a fresh init.
+        self.base_path: Path | None = None
+        if cfg.model.pretrained:
+            self.base_path = Path(cfg.model.pretrained)
+            self.model = from_pretrained(cfg.model.pretrained, cfg.model.dtype, cfg.model.device)
+        elif cfg.regime == "finetune":
+            self.base_path = ensure_base_checkpoint(cfg, self.corpus)
+            self.model = from_pretrained(self.base_path, cfg.model.dtype, cfg.model.device)
+        else:
+            self.model = build_model(cfg.model, self.corpus.vocab_size, cfg.data.seq_len, cfg.runtime.seed)
+        if self.base_path is not None:
+            # Kept on the CPU so that a reset to the base weights costs a copy, not a disk read.
+            self._base_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        self.device = next(self.model.parameters()).device
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self._build_optimizer()
+        self._reset_streams(cfg.runtime.seed)
+
+    # -- construction -----------------------------------------------------------------------------------
+
+    def _build_optimizer(self) -> None:
+        o = self.cfg.optim
+        # Decay matrices only (as nanoGPT/GPT-2): decaying norms' gains and biases only hurts.
+        decay = [p for p in self.params if p.dim() >= 2]
+        no_decay = [p for p in self.params if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        self.optimizer = torch.optim.AdamW(
+            [g for g in groups if g["params"]], lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, foreach=True
+        )
+        self.governed = GovernedOptimizer(self.optimizer, self.params, clip_norm=o.clip_norm, gate=self._gate)
+
+    def _reset_streams(self, seed: int) -> None:
+        self.seed = seed
+        self.t = 0
+        self.batches = BatchStream(self._train_tokens, self.cfg.data.seq_len, self.cfg.data.batch_size, seed)
+        # Separate generators for faults, so that injecting a fault never shifts the batch order.
+        self.fault_rng = np.random.default_rng([seed, 0xFA17])
+        self.noise_rng = torch.Generator(device="cpu").manual_seed(seed * 7919 + 17)
+
+    def reset(self, seed: int) -> None:
+        """Start the run again with ``seed``: fresh (or base) weights, empty optimizer state, step 0."""
+        if self._base_state is not None:
+            self.model.load_state_dict(self._base_state)
+        else:
+            fresh = build_model(self.cfg.model, self.corpus.vocab_size, self.cfg.data.seq_len, seed)
+            self.model.load_state_dict(fresh.state_dict())
+        self.optimizer.state.clear()
+        self.governed = GovernedOptimizer(
+            self.optimizer, self.params, clip_norm=self.cfg.optim.clip_norm, gate=self._gate
+        )
+        self._reset_streams(seed)
+
+    # -- schedule and faults ----------------------------------------------------------------------------
+
+    def scheduled_lr(self, t: int) -> float:
+        """The schedule at step ``t`` (warmup, then cosine or constant), times any active LR shock."""
+        o = self.cfg.optim
+        if o.warmup_steps and t < o.warmup_steps:
+            lr = o.lr * (t + 1) / o.warmup_steps
+        elif o.schedule == "constant":
+            lr = o.lr
+        else:
+            progress = min(1.0, (t - o.warmup_steps) / max(1, o.steps - o.warmup_steps))
+            lr = o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+        for f in self._active_faults(t, "lr_shock"):
+            lr *= f.magnitude
+        return lr
+
+    def _active_faults(self, t: int, kind: str) -> list[FaultConfig]:
+        return [f for f in self.cfg.faults if f.kind == kind and f.start <= t < f.start + f.length]
+
+    @property
+    def done(self) -> bool:
+        return self.t >= self.cfg.optim.steps
+
+    # -- one optimizer step -----------------------------------------------------------------------------
+
+    def step(self, control: Control = Control()) -> StepRecord:
+        """One optimizer step under ``control``. The batch is consumed whether or not the step is skipped."""
+        t0 = time.perf_counter()
+        batch = self.batches.next()
+        if self._active_faults(self.t, "bad_batch"):
+            # A corrupted batch: uniformly random tokens, as from a broken shard or a mis-decoded file.
+            batch = torch.from_numpy(self.fault_rng.integers(0, self.corpus.vocab_size, batch.shape))
+        x = batch.to(self.device, non_blocking=True)
+
+        lr = self.scheduled_lr(self.t)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr  # the scheduled LR; the governed step scales it by the control
+
+        logits = self.model(input_ids=x[:, :-1]).logits
+        # Cross-entropy in float32 whatever the model dtype: bf16 log-softmax over the vocab is too coarse.
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten())
+        if self._active_faults(self.t, "nan_loss"):
+            loss = loss * float("nan")
+        loss.backward()
+        for f in self._active_faults(self.t, "grad_noise"):
+            self._add_grad_noise(f.magnitude)
+
+        record = self.governed.step(loss, control, tokens=int(x[:, 1:].numel()))
+        record.step = self.t
+        record.seconds = time.perf_counter() - t0
+        self.t += 1
+        return record
+
+    @torch.no_grad()
+    def _add_grad_noise(self, magnitude: float) -> None:
+        """Gaussian noise of ``magnitude`` x each gradient's RMS (a noisy or faulty reduction)."""
+        for p in self.params:
+            if p.grad is None:
+                continue
+            rms = p.grad.float().pow(2).mean().sqrt()
+            noise = torch.randn(p.grad.shape, generator=self.noise_rng, dtype=torch.float32)
+            p.grad.add_((noise * rms * magnitude).to(p.grad.device, p.grad.dtype))
+
+    # -- evaluation -------------------------------------------------------------------------------------
+
+    def eval_data(self, split: str) -> torch.Tensor:
+        if split not in self._eval_cache:
+            tokens = {"valid": self.corpus.valid, "test": self.corpus.test, "train": self._train_tokens}[split]
+            self._eval_cache[split] = eval_blocks(tokens, self.cfg.data.seq_len, self.cfg.data.eval_blocks)
+        return self._eval_cache[split]
+
+    @torch.no_grad()
+    def evaluate(self, split: str = "valid") -> EvalResult:
+        """Mean loss and perplexity on the fixed subset of ``split`` (``valid``, ``test`` or ``train``)."""
+        blocks = self.eval_data(split)
+        was_training = self.model.training
+        self.model.eval()
+        total, count = 0.0, 0
+        for chunk in blocks.split(max(self.cfg.data.batch_size, 16)):
+            x = chunk.to(self.device)
+            logits = self.model(input_ids=x[:, :-1]).logits
+            total += float(F.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten(), reduction="sum"))
+            count += x[:, 1:].numel()
+        self.model.train(was_training)
+        loss = total / count if math.isfinite(total) else math.inf
+        return EvalResult(split=split, loss=loss, ppl=safe_exp(loss), tokens=count)
+
+    # -- snapshot / restore -----------------------------------------------------------------------------
+
+    def snapshot(self, into: Snapshot | None = None) -> Snapshot:
+        """Copy the whole training state; pass an earlier snapshot as ``into`` to reuse its buffers."""
+        params = [p.detach() for p in self.params]
+        states = [self.optimizer.state.get(p, {}) for p in self.params]
+        if into is None or len(into.params) != len(params):
+            snap_params = [p.clone() for p in params]
+        else:
+            snap_params = into.params
+            torch._foreach_copy_(snap_params, params)
+        opt_state: list[dict[str, torch.Tensor]] = []
+        for i, st in enumerate(states):
+            old = into.opt_state[i] if into is not None and i < len(into.opt_state) else {}
+            entry = {}
+            for k, v in st.items():
+                if k in old and old[k].shape == v.shape:
+                    old[k].copy_(v)
+                    entry[k] = old[k]
+                else:
+                    entry[k] = v.detach().clone()
+            opt_state.append(entry)
+        return Snapshot(
+            params=snap_params,
+            opt_state=opt_state,
+            t=self.t,
+            data_state=self.batches.state(),
+            fault_rng_state=copy.deepcopy(self.fault_rng.bit_generator.state),
+            noise_rng_state=self.noise_rng.get_state(),
+            governed_state=copy.deepcopy(self.governed.state_dict()),
+        )
+
+    def restore(self, snap: Snapshot) -> None:
+        """Put the training state of ``snap`` back (the snapshot stays valid for further restores)."""
+        with torch.no_grad():
+            torch._foreach_copy_([p.detach() for p in self.params], snap.params)
+        for p, saved in zip(self.params, snap.opt_state, strict=True):
+            if not saved:
+                self.optimizer.state.pop(p, None)
+                continue
+            st = self.optimizer.state[p]
+            for k, v in saved.items():
+                if k in st and st[k].shape == v.shape:
+                    st[k].copy_(v)
+                else:
+                    st[k] = v.clone()
+        for p in self.params:
+            p.grad = None
+        self.t = snap.t
+        self.batches.set_state(snap.data_state)
+        self.fault_rng.bit_generator.state = copy.deepcopy(snap.fault_rng_state)
+        self.noise_rng.set_state(snap.noise_rng_state)
+        self.governed.load_state_dict(copy.deepcopy(snap.governed_state))
+
+    # -- description ------------------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "parameters": count_parameters(self.model),
+            "trainable_parameters": count_parameters(self.model, trainable_only=True),
+            "vocab_size": self.corpus.vocab_size,
+            "train_tokens": len(self._train_tokens),
+            "tokens_per_step": self.cfg.data.batch_size * self.cfg.data.seq_len,
+        }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Base checkpoints for the fine-tune regime
+# ----------------------------------------------------------------------------------------------------------
+
+
+def base_checkpoint_key(cfg: TrainerConfig) -> dict[str, Any]:
+    """What determines a base checkpoint: the architecture, the data it saw, and how it was trained."""
+    model = {k: v for k, v in to_dict(cfg.model).items() if k not in ("device", "dtype", "pretrained")}
+    data = {k: v for k, v in to_dict(cfg.data).items() if k not in ("eval_blocks", "root")}
+    return {"model": model, "data": data, "steps": cfg.base_steps, "lr": cfg.base_lr, "version": 1}
+
+
+def ensure_base_checkpoint(cfg: TrainerConfig, corpus: Corpus | None = None) -> Path:
+    """The cached base model of ``cfg``'s preset, pretrained once from scratch at a safe LR.
+
+    Pretraining: ``base_steps`` steps of cosine AdamW at ``base_lr`` with warmup, seed 0, no faults, no
+    governor. Stored in ``save_pretrained`` format under ``<cache>/base/<preset>-<hash>``, built atomically,
+    with ``lbw_base.json`` recording its validation perplexity.
+    """
+    key = base_checkpoint_key(cfg)
+    target = cache_root(cfg.runtime.cache_dir) / "base" / f"{cfg.model.preset}-{stable_hash(key)}"
+
+    def build(tmp: Path) -> None:
+        optim = OptimConfig(
+            lr=cfg.base_lr, steps=cfg.base_steps, warmup_steps=max(1, cfg.base_steps // 20), schedule="cosine"
+        )
+        model = dataclasses.replace(cfg.model, device="cpu" if cfg.model.device == "cpu" else cfg.model.device)
+        pre_cfg = dataclasses.replace(
+            cfg, regime="scratch", optim=optim, faults=[], model=model,
+            runtime=dataclasses.replace(cfg.runtime, seed=0),
+        )  # fmt: skip
+        trainer = Trainer(pre_cfg, corpus)
+        t0 = time.perf_counter()
+        while not trainer.done:
+            trainer.step()
+        result = trainer.evaluate("valid")
+        trainer.model.save_pretrained(tmp)
+        meta = {"key": key, "valid_ppl": result.ppl, "seconds": time.perf_counter() - t0}
+        (tmp / "lbw_base.json").write_text(json.dumps(meta, indent=2))
+
+    return cached_dir(target, build)
