@@ -22,6 +22,8 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from transformers.utils import logging as hf_logging
+
 from .config import ConfigError, ModelConfig, read_yaml
 
 ENV_CONFIG_DIR = "LBW_CONFIG_DIR"
@@ -88,12 +90,17 @@ def build_model(cfg: ModelConfig, vocab_size: int, max_positions: int, seed: int
 
 def from_pretrained(path: str | os.PathLike[str], dtype: str = "float32", device: str = "cpu") -> PreTrainedModel:
     """Load a real checkpoint (a ``save_pretrained`` folder, or a hub id when the hub is reachable)."""
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a progress bar per env reset would drown the real output
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(dtype))
     except (OSError, ValueError) as e:
         raise ConfigError(
             f"model.pretrained: could not load {str(path)!r} (expected a save_pretrained folder or a hub id): {e}"
         ) from e
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     model.config.use_cache = False
     return model.to(device)
 

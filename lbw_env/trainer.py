@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers.utils import logging as hf_logging
 
 from . import runtime
 from .cache import cache_root, cached_dir, stable_hash
@@ -45,6 +46,7 @@ class EvalResult:
 class Snapshot:
     """The complete training state at one step, in buffers that later snapshots reuse."""
 
+    seed: int
     params: list[torch.Tensor]
     opt_state: list[dict[str, torch.Tensor]]
     t: int
@@ -234,6 +236,7 @@ class Trainer:
                     entry[k] = v.detach().clone()
             opt_state.append(entry)
         return Snapshot(
+            seed=self.seed,
             params=snap_params,
             opt_state=opt_state,
             t=self.t,
@@ -243,8 +246,13 @@ class Trainer:
             governed_state=copy.deepcopy(self.governed.state_dict()),
         )
 
-    def restore(self, snap: Snapshot) -> None:
-        """Put the training state of ``snap`` back (the snapshot stays valid for further restores)."""
+    def restore(self, snap: Snapshot, rewind: bool = True) -> None:
+        """Put the training state of ``snap`` back (the snapshot stays valid for further restores).
+
+        ``rewind=False`` restores only the model, the optimizer and the governed statistics, and leaves the
+        step counter, batch order and fault RNGs where they are: a *rollback*, in which training moves on
+        to new batches from the last good weights, rather than a replay.
+        """
         with torch.no_grad():
             torch._foreach_copy_([p.detach() for p in self.params], snap.params)
         for p, saved in zip(self.params, snap.opt_state, strict=True):
@@ -259,11 +267,15 @@ class Trainer:
                     st[k] = v.clone()
         for p in self.params:
             p.grad = None
+        self.governed.load_state_dict(copy.deepcopy(snap.governed_state))
+        if not rewind:
+            return
+        if snap.seed != self.seed:
+            self._reset_streams(snap.seed)
         self.t = snap.t
         self.batches.set_state(snap.data_state)
         self.fault_rng.bit_generator.state = copy.deepcopy(snap.fault_rng_state)
         self.noise_rng.set_state(snap.noise_rng_state)
-        self.governed.load_state_dict(copy.deepcopy(snap.governed_state))
 
     # -- description ------------------------------------------------------------------------------------
 
@@ -313,7 +325,9 @@ def ensure_base_checkpoint(cfg: TrainerConfig, corpus: Corpus | None = None) -> 
         while not trainer.done:
             trainer.step()
         result = trainer.evaluate("valid")
+        hf_logging.disable_progress_bar()
         trainer.model.save_pretrained(tmp)
+        hf_logging.enable_progress_bar()
         meta = {"key": key, "valid_ppl": result.ppl, "seconds": time.perf_counter() - t0}
         (tmp / "lbw_base.json").write_text(json.dumps(meta, indent=2))
 

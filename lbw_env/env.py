@@ -1,0 +1,314 @@
+"""``LBWEnv``: governing real language-model training as a Gymnasium environment."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from . import runtime
+from .config import ConfigError, check, deep_merge, fix_yaml_floats, from_dict
+from .envelope import Envelope, EnvelopeConfig
+from .reward import RewardConfig, reward_terms
+from .scenarios import Scenario, get_scenario, resolve, with_overrides
+from .telemetry import FEATURE_NAMES, FEATURES, OBS_BOUND, StepRecord, TelemetryWindow
+from .trainer import Snapshot, Trainer
+
+
+@dataclasses.dataclass
+class EnvConfig:
+    """Everything an :class:`LBWEnv` needs besides the scenarios' own training configs."""
+
+    scenarios: list[str] = dataclasses.field(default_factory=lambda: ["tiny:train"])
+    """Scenario pool: ``family/name``, ``family``, or ``family:train``/``family:heldout``. ``reset`` draws from it."""
+    decision_interval: int = 8
+    """Optimizer steps per env step (per governor decision)."""
+    window: int = 4
+    """Decision intervals in the observation."""
+    envelope: EnvelopeConfig = dataclasses.field(default_factory=EnvelopeConfig)
+    """Action space and safety bounds."""
+    reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
+    """Reward weights."""
+    healthy_ratio: float = 1.1
+    """An interval whose smoothed loss is within this multiple of the best becomes the last good snapshot."""
+    trainer_overrides: list[str] = dataclasses.field(default_factory=list)
+    """``key=value`` overrides applied to every scenario's trainer config (e.g. ``runtime.threads=1``)."""
+    initial_cache: int = 32
+    """How many (scenario, seed) initial states to keep in memory, so that resets cost a copy."""
+
+    def validate(self) -> None:
+        check(self.decision_interval >= 1, "decision_interval", "an int >= 1", self.decision_interval)
+        check(self.window >= 1, "window", "an int >= 1", self.window)
+        check(self.healthy_ratio >= 1, "healthy_ratio", "a float >= 1", self.healthy_ratio)
+        check(self.initial_cache >= 1, "initial_cache", "an int >= 1", self.initial_cache)
+
+
+@dataclasses.dataclass
+class _Initial:
+    snapshot: Snapshot
+    valid_loss: float
+
+
+class LBWEnv(gym.Env[np.ndarray, np.ndarray]):
+    """Govern a language model's AdamW training on WikiText, one decision interval at a time.
+
+    ## Description
+
+    Each episode is one training run of a *scenario* (model preset, regime, LR, schedule, faults) drawn from
+    the pool at ``reset``. Every ``step`` runs ``decision_interval`` real AdamW steps under the control that the
+    action asks for, after the safety envelope has bounded it. The governor never touches the model: it sees
+    telemetry and moves two knobs, the LR scale and the skip gate.
+
+    ## Action Space
+
+    ``action_mode: continuous`` (default): ``Box(-1, 1, (2,), float32)``, or ``(3,)`` with ``rollback_action``.
+
+    | Num | Action | Meaning |
+    |-----|--------|---------|
+    | 0 | LR move | multiply the LR scale by ``max_factor ** a`` (bounded to ``[lr_scale_min, lr_scale_max]``) |
+    | 1 | skip gate | ``a >= never_above``: never skip; else a gate from ``gate_min`` (a=-1) to ``gate_max`` z-units |
+    | 2 | rollback | (optional) ``a > 0`` asks to roll back to the last good snapshot |
+
+    ``action_mode: discrete``: ``MultiDiscrete([lr_bins, gate_bins(, 2)])`` over the same moves and gates; the
+    middle LR bin holds the scale, the last gate bin never skips. NaN, inf and out-of-range actions are
+    clamped and counted in ``info["interventions"]``, never an error.
+
+    ## Observation Space
+
+    ``Box(-5, 5, (window * {n_features},), float32)``: the last ``window`` decision intervals, oldest first,
+    each a row of these features (zero rows pad the start of an episode):
+
+    {feature_table}
+
+    ## Rewards
+
+    Per decision: the decrease of the smoothed training log-loss over the interval, minus ``skip_cost`` per
+    skipped step and ``rollback_cost`` per rollback. At the end of the episode, a correction from the last
+    smoothed training loss to the measured validation loss, so the return telescopes to
+    ``initial loss - final validation loss - costs``; ``divergence_penalty`` if the run diverged. Every term
+    is in ``info["reward_terms"]``.
+
+    ## Starting State
+
+    ``reset(seed)`` draws a scenario (or takes ``options["scenario"]``) and a run seed from ``seed``; the run
+    starts from a fresh initialisation (``scratch``) or the cached base checkpoint (``finetune``), with empty
+    AdamW state, LR scale ``lr_scale_init`` and the gate off. Initial states are cached, so a reset costs a copy.
+
+    ## Episode End
+
+    * ``terminated``: the run diverged beyond what the envelope can recover — a rollback was needed and the
+      rollback budget was spent.
+    * ``truncated``: the scenario's step budget is spent.
+
+    An exception in training propagates; it is never reported as ``truncated``.
+
+    ## Info
+
+    ``scenario``, ``records`` (the interval's :class:`~lbw_env.telemetry.StepRecord` list), ``control``,
+    ``interventions``, ``rollback`` (the reason, or ``""``), ``reward_terms``, ``step``; at the episode's end
+    also ``final`` with ``valid_loss``, ``valid_ppl``, ``diverged``, ``wall_time`` and step counts.
+
+    ## Arguments
+
+    ``gymnasium.make("LBW/WikiText-Tiny-v0", config={{...}}, render_mode="ansi")`` where ``config`` is an
+    :class:`EnvConfig` or its mapping (keys as in ``EnvConfig``; unknown keys are errors).
+
+    ## Version History
+
+    * v0: initial version.
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}  # noqa: RUF012
+
+    def __init__(
+        self, config: EnvConfig | Mapping[str, Any] | None = None, render_mode: str | None = None, **kwargs: Any
+    ) -> None:
+        if isinstance(config, EnvConfig):
+            cfg = config if not kwargs else from_dict(EnvConfig, deep_merge(dataclasses.asdict(config), kwargs))
+        else:
+            cfg = from_dict(EnvConfig, deep_merge(fix_yaml_floats(dict(config or {})), fix_yaml_floats(kwargs)))
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ConfigError(f"render_mode: expected one of {self.metadata['render_modes']}, got {render_mode!r}")
+        self.cfg = cfg
+        self.render_mode = render_mode
+        self.pool: list[Scenario] = [with_overrides(s, cfg.trainer_overrides) for s in resolve(cfg.scenarios)]
+        self.envelope = Envelope(cfg.envelope)
+        self.action_space = self.envelope.action_space
+        n = cfg.window * len(FEATURE_NAMES)
+        self.observation_space = gym.spaces.Box(-OBS_BOUND, OBS_BOUND, (n,), dtype=np.float32)
+        self._trainers: dict[str, Trainer] = {}
+        self._initial: collections.OrderedDict[tuple[str, int], _Initial] = collections.OrderedDict()
+        self.trainer: Trainer | None = None
+        self.scenario: Scenario | None = None
+        self._window: TelemetryWindow | None = None
+        self._good: Snapshot | None = None
+        self._last_records: list[StepRecord] = []
+        self._last_info: dict[str, Any] = {}
+
+    # -- plant management -------------------------------------------------------------------------------
+
+    def _get_trainer(self, scenario: Scenario) -> Trainer:
+        if scenario.name not in self._trainers:
+            self._trainers[scenario.name] = Trainer(scenario.trainer, gate=self.cfg.envelope.gate_config())
+        return self._trainers[scenario.name]
+
+    def _scenario(self, name: str) -> Scenario:
+        for s in self.pool:
+            if s.name == name:
+                return s
+        return with_overrides(get_scenario(name), self.cfg.trainer_overrides)
+
+    def _start(self, scenario: Scenario, run_seed: int) -> _Initial:
+        """Bring the scenario's trainer to its initial state for ``run_seed`` (cached after the first time)."""
+        trainer = self._get_trainer(scenario)
+        key = (scenario.name, run_seed)
+        initial = self._initial.get(key)
+        if initial is not None:
+            self._initial.move_to_end(key)
+            trainer.restore(initial.snapshot)
+            return initial
+        trainer.reset(run_seed)
+        initial = _Initial(trainer.snapshot(), trainer.evaluate("valid").loss)
+        self._initial[key] = initial
+        if len(self._initial) > self.cfg.initial_cache:
+            self._initial.popitem(last=False)
+        return initial
+
+    # -- Gymnasium API ----------------------------------------------------------------------------------
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        options = dict(options or {})
+        unknown = set(options) - {"scenario"}
+        if unknown:
+            raise ValueError(f"reset options: unknown keys {sorted(unknown)}; expected 'scenario'")
+        # Draw both numbers every time, so a run's seed does not depend on how the scenario was chosen.
+        index = int(self.np_random.integers(len(self.pool)))
+        run_seed = int(self.np_random.integers(2**31 - 1))
+        self.scenario = self._scenario(options["scenario"]) if "scenario" in options else self.pool[index]
+        self.trainer = self._get_trainer(self.scenario)
+        runtime.configure(self.scenario.trainer.runtime.threads, self.scenario.trainer.runtime.mallopt)
+        initial = self._start(self.scenario, run_seed)
+        tcfg = self.scenario.trainer
+        self.envelope.reset()
+        self._window = TelemetryWindow(
+            self.cfg.window, self.trainer.corpus.vocab_size, tcfg.optim.steps, self.cfg.envelope.max_rollbacks
+        )
+        self._window.reset(initial.valid_loss)
+        self._good = self.trainer.snapshot(into=self._good)
+        self._good_loss = initial.valid_loss
+        self._initial_loss = initial.valid_loss
+        self._t0 = time.perf_counter()
+        self._train_seconds = 0.0
+        self._skipped = 0
+        self._last_records = []
+        self._last_info = {"scenario": self.scenario.name, "run_seed": run_seed, "step": 0}
+        return self._window.observation(), dict(self._last_info)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if self.trainer is None or self._window is None or self.scenario is None:
+            raise RuntimeError("LBWEnv.step() called before reset()")
+        if self.trainer.done:
+            raise RuntimeError("LBWEnv.step() called after the episode ended; call reset()")
+        trainer, window, envelope = self.trainer, self._window, self.envelope
+        decision = envelope.decode(action)
+
+        # Run the interval under the bounded control.
+        n = min(self.cfg.decision_interval, trainer.cfg.optim.steps - trainer.t)
+        records = [trainer.step(decision.control) for _ in range(n)]
+        self._train_seconds += sum(r.seconds for r in records)
+        skipped = sum(r.skipped for r in records)
+        self._skipped += skipped
+        prev_loss = window.smoothed_loss
+        window.push(records, envelope.lr_scale, envelope.rollbacks, trainer.t)
+
+        # The envelope's rollback policy: restore the last good weights, or declare divergence.
+        terminated, rolled_back = False, 0
+        reason = envelope.needs_rollback(
+            window.nonfinite_streak, window.smoothed_loss, window.best_loss, decision.rollback_requested
+        )
+        if reason:
+            if envelope.take_rollback():
+                trainer.restore(self._good, rewind=False)  # type: ignore[arg-type]
+                window.rebase(self._good_loss)
+                rolled_back = 1
+            else:
+                terminated = True
+        elif window.nonfinite_streak == 0 and window.smoothed_loss <= self.cfg.healthy_ratio * window.best_loss:
+            self._good = trainer.snapshot(into=self._good)
+            self._good_loss = window.smoothed_loss
+        truncated = trainer.done and not terminated
+
+        info: dict[str, Any] = {
+            "scenario": self.scenario.name,
+            "step": trainer.t,
+            "records": records,
+            "control": {"lr_scale": decision.control.lr_scale, "skip_gate": decision.control.skip_gate},
+            "interventions": dict(envelope.interventions),
+            "rollback": reason,
+        }
+        valid_loss = None
+        if terminated or truncated:
+            result = trainer.evaluate("valid")
+            valid_loss = result.loss
+            info["final"] = {
+                "valid_loss": result.loss,
+                "valid_ppl": result.ppl,
+                "initial_valid_loss": self._initial_loss,
+                "diverged": terminated,
+                "steps": trainer.t,
+                "skipped_steps": self._skipped,
+                "rollbacks": envelope.rollbacks,
+                "train_seconds": self._train_seconds,
+                "wall_time": time.perf_counter() - self._t0,
+            }
+        terms = reward_terms(
+            self.cfg.reward, prev_loss, window.smoothed_loss, skipped, rolled_back, terminated, valid_loss
+        )
+        info["reward_terms"] = terms
+        self._last_records, self._last_info = records, info
+        reward = float(sum(terms.values()))
+        return window.observation(), reward, terminated, truncated, info
+
+    def render(self) -> str | None:
+        if self.render_mode != "ansi":
+            return None
+        info = self._last_info
+        if not self._last_records:
+            return f"[{info.get('scenario')}] step 0: reset"
+        losses = [r.loss for r in self._last_records]
+        finite = [x for x in losses if math.isfinite(x)]
+        line = (
+            f"[{info['scenario']}] step {info['step']:5d}  loss {np.mean(finite) if finite else math.nan:7.4f}  "
+            f"lr_scale {info['control']['lr_scale']:.3f}  gate {info['control']['skip_gate']:.1f}  "
+            f"skipped {sum(r.skipped for r in self._last_records)}/{len(self._last_records)}"
+        )
+        if info.get("rollback"):
+            line += f"  ROLLBACK ({info['rollback']})"
+        if "final" in info:
+            line += f"  final valid ppl {info['final']['valid_ppl']:.2f}"
+        return line
+
+
+def _feature_table() -> str:
+    rows = ["| Index | Feature | Meaning |", "|-------|---------|---------|"]
+    rows += [f"| {i} | ``{name}`` | {FEATURES[name]} |" for i, name in enumerate(FEATURE_NAMES)]
+    return "\n    ".join(rows)
+
+
+# The observation table is generated from FEATURE_NAMES, so the docstring cannot drift from the code.
+LBWEnv.__doc__ = (
+    (LBWEnv.__doc__ or "")
+    .replace("{feature_table}", _feature_table())
+    .replace("{n_features}", str(len(FEATURE_NAMES)))
+    .replace("{{", "{")
+    .replace("}}", "}")
+)

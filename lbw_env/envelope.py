@@ -1,0 +1,198 @@
+"""The safety envelope: action spaces, their decoding into a bounded control, and the rollback policy.
+
+Whatever a governor answers, NaN included, the envelope turns it into a :class:`~lbw_env.governed.Control`
+inside the configured bounds:
+
+* **LR scale** — action component 0 moves the scale multiplicatively, by at most ``max_factor`` per decision
+  (the slew-rate bound), and the result is clamped to ``[lr_scale_min, lr_scale_max]``.
+* **Skip gate** — component 1 sets how many rolling standard deviations above its rolling mean a step's loss
+  or log gradient norm may be before the step is skipped; the top of the range means *never*. How much the gate
+  may skip is bounded by the skip budget, enforced per step in :class:`~lbw_env.governed.GovernedOptimizer`.
+* **Rollback** — the plant is rolled back to the last good snapshot after ``nonfinite_streak`` consecutive
+  non-finite steps or a runaway loss (smoothed loss above ``runaway_ratio`` x the best so far), and, when
+  ``rollback_action`` is on, when the governor asks with component 2. At most ``max_rollbacks`` per episode;
+  past that the run has diverged beyond what the envelope can recover, and the episode terminates.
+
+Every correction is counted in :attr:`Envelope.interventions` and reported in the env's ``info``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal
+
+import gymnasium as gym
+import numpy as np
+
+from .config import check
+from .governed import Control, GateConfig
+
+
+@dataclasses.dataclass
+class EnvelopeConfig:
+    """Bounds on what any governor can do, and when the envelope itself steps in."""
+
+    action_mode: Literal["continuous", "discrete"] = "continuous"
+    """``continuous``: ``Box(-1, 1)``; ``discrete``: ``MultiDiscrete`` with ``lr_bins`` x ``gate_bins``."""
+    lr_scale_min: float = 0.02
+    """Lowest LR scale the governor can reach."""
+    lr_scale_max: float = 2.0
+    """Highest LR scale (above 1 a governor may speed training up beyond the schedule)."""
+    lr_scale_init: float = 1.0
+    """LR scale at the start of an episode (1: the schedule as configured)."""
+    max_factor: float = 2.0
+    """Largest multiplicative change of the LR scale in one decision (action +1 = x max_factor, -1 = / it)."""
+    gate_min: float = 2.0
+    """Tightest skip gate, in rolling standard deviations."""
+    gate_max: float = 8.0
+    """Loosest finite skip gate; action component 1 at or above ``never_above`` means never skip."""
+    never_above: float = 0.9
+    """Continuous component 1 at or above this value disables the gate."""
+    lr_bins: int = 5
+    """Discrete mode: LR moves evenly spaced in log scale from /max_factor to x max_factor (odd: has "hold")."""
+    gate_bins: int = 5
+    """Discrete mode: gates evenly spaced in [gate_min, gate_max], the last bin meaning "never"."""
+    max_skip_fraction: float = 0.25
+    """Skip budget: at most this fraction of the last ``budget_window`` steps may be skipped by the gate."""
+    budget_window: int = 32
+    """Window of the skip budget, in optimizer steps."""
+    rollback_action: bool = False
+    """Add action component 2: a value > 0 (continuous) or 1 (discrete) asks for a rollback."""
+    auto_rollback: bool = True
+    """Roll back by itself on a non-finite streak or a runaway loss."""
+    nonfinite_streak: int = 3
+    """Consecutive non-finite steps that trigger a rollback."""
+    runaway_ratio: float = 2.0
+    """Smoothed training loss above this multiple of the best smoothed loss counts as a runaway."""
+    max_rollbacks: int = 3
+    """Rollbacks allowed per episode; one more needed means the run diverged (``terminated``)."""
+
+    def validate(self) -> None:
+        check(
+            0 < self.lr_scale_min <= self.lr_scale_init, "lr_scale_min", "0 < min <= lr_scale_init", self.lr_scale_min
+        )
+        check(self.lr_scale_init <= self.lr_scale_max, "lr_scale_max", ">= lr_scale_init", self.lr_scale_max)
+        check(self.max_factor > 1, "max_factor", "a float > 1", self.max_factor)
+        check(0 < self.gate_min <= self.gate_max, "gate_min", "0 < gate_min <= gate_max", self.gate_min)
+        check(-1 < self.never_above <= 1, "never_above", "a float in (-1, 1]", self.never_above)
+        check(self.lr_bins >= 2, "lr_bins", "an int >= 2", self.lr_bins)
+        check(self.gate_bins >= 2, "gate_bins", "an int >= 2", self.gate_bins)
+        check(0 <= self.max_skip_fraction <= 1, "max_skip_fraction", "a float in [0, 1]", self.max_skip_fraction)
+        check(self.budget_window >= 1, "budget_window", "an int >= 1", self.budget_window)
+        check(self.nonfinite_streak >= 1, "nonfinite_streak", "an int >= 1", self.nonfinite_streak)
+        check(self.runaway_ratio > 1, "runaway_ratio", "a float > 1", self.runaway_ratio)
+        check(self.max_rollbacks >= 0, "max_rollbacks", "an int >= 0", self.max_rollbacks)
+
+    def gate_config(self) -> GateConfig:
+        return GateConfig(max_skip_fraction=self.max_skip_fraction, budget_window=self.budget_window)
+
+
+@dataclasses.dataclass
+class Decision:
+    """A decoded action: the control for the next interval and whether a rollback was asked for."""
+
+    control: Control
+    rollback_requested: bool
+    lr_move: float
+    """The multiplicative LR move actually applied this decision (after the slew and range bounds)."""
+
+
+class Envelope:
+    """Decodes actions into bounded controls and keeps the LR-scale state between decisions."""
+
+    def __init__(self, cfg: EnvelopeConfig) -> None:
+        self.cfg = cfg
+        n = 3 if cfg.rollback_action else 2
+        if cfg.action_mode == "continuous":
+            self.action_space: gym.Space = gym.spaces.Box(-1.0, 1.0, (n,), dtype=np.float32)
+        else:
+            nvec = [cfg.lr_bins, cfg.gate_bins] + ([2] if cfg.rollback_action else [])
+            self.action_space = gym.spaces.MultiDiscrete(nvec)
+        self._lr_moves = np.linspace(-1.0, 1.0, cfg.lr_bins)
+        gates = np.linspace(cfg.gate_min, cfg.gate_max, cfg.gate_bins - 1).tolist()
+        self._gates = [*gates, math.inf]
+        self.reset()
+
+    def reset(self) -> None:
+        self.lr_scale = float(self.cfg.lr_scale_init)
+        self.rollbacks = 0
+        self.interventions = {"action_nonfinite": 0, "action_clipped": 0, "lr_scale_bounded": 0, "rollbacks": 0}
+
+    # -- decoding ---------------------------------------------------------------------------------------
+
+    def neutral_action(self) -> np.ndarray:
+        """The action of plain AdamW: hold the LR scale, never skip (and never ask for a rollback)."""
+        if self.cfg.action_mode == "continuous":
+            a = [0.0, 1.0] + ([-1.0] if self.cfg.rollback_action else [])
+            return np.asarray(a, dtype=np.float32)
+        a = [self.cfg.lr_bins // 2, self.cfg.gate_bins - 1] + ([0] if self.cfg.rollback_action else [])
+        return np.asarray(a, dtype=np.int64)
+
+    def _sanitize(self, action: object) -> np.ndarray:
+        """Flatten to the space's shape; NaN -> neutral, inf and out-of-range -> the nearest bound (counted)."""
+        n = self.action_space.shape[0]  # type: ignore[index]
+        try:
+            a = np.asarray(action, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"action: expected {n} numbers for {self.action_space}, got {action!r}") from e
+        if a.size != n:
+            raise ValueError(f"action: expected shape ({n},) for {self.action_space}, got {np.shape(action)}")
+        neutral = self.neutral_action().astype(np.float64)
+        nan = np.isnan(a)
+        if nan.any():
+            self.interventions["action_nonfinite"] += 1
+            a = np.where(nan, neutral, a)
+        if self.cfg.action_mode == "continuous":
+            lo, hi = np.full(n, -1.0), np.full(n, 1.0)
+        else:
+            lo, hi = np.zeros(n), np.asarray(self.action_space.nvec, dtype=np.float64) - 1  # type: ignore[attr-defined]
+        clipped = np.clip(a, lo, hi)
+        if np.any(clipped != a):
+            self.interventions["action_clipped"] += 1
+        return clipped
+
+    def decode(self, action: object) -> Decision:
+        """Apply the bounds and move the LR-scale state. Never raises for NaN/inf/out-of-range values."""
+        a = self._sanitize(action)
+        if self.cfg.action_mode == "continuous":
+            move, gate_raw = float(a[0]), float(a[1])
+            gate = math.inf if gate_raw >= self.cfg.never_above else self._continuous_gate(gate_raw)
+            rollback = self.cfg.rollback_action and float(a[2]) > 0.0
+        else:
+            move = float(self._lr_moves[round(a[0])])
+            gate = self._gates[round(a[1])]
+            rollback = self.cfg.rollback_action and round(a[2]) == 1
+        old = self.lr_scale
+        target = old * self.cfg.max_factor**move
+        new = min(max(target, self.cfg.lr_scale_min), self.cfg.lr_scale_max)
+        if new != target and not math.isclose(new, target, rel_tol=1e-12):
+            self.interventions["lr_scale_bounded"] += 1
+        self.lr_scale = new
+        return Decision(Control(lr_scale=new, skip_gate=gate), bool(rollback), new / old)
+
+    def _continuous_gate(self, raw: float) -> float:
+        frac = (raw + 1.0) / (self.cfg.never_above + 1.0)
+        return self.cfg.gate_min + frac * (self.cfg.gate_max - self.cfg.gate_min)
+
+    # -- rollback policy --------------------------------------------------------------------------------
+
+    def needs_rollback(self, nonfinite_streak: int, smoothed_loss: float, best_loss: float, requested: bool) -> str:
+        """Why the plant must be rolled back now (``""``: it need not)."""
+        if requested:
+            return "requested"
+        if not self.cfg.auto_rollback:
+            return ""
+        if nonfinite_streak >= self.cfg.nonfinite_streak:
+            return "nonfinite"
+        if not math.isfinite(smoothed_loss) or smoothed_loss > self.cfg.runaway_ratio * best_loss:
+            return "runaway"
+        return ""
+
+    def take_rollback(self) -> bool:
+        """Count a rollback; False if the budget is spent (the episode must then terminate)."""
+        if self.rollbacks >= self.cfg.max_rollbacks:
+            return False
+        self.rollbacks += 1
+        self.interventions["rollbacks"] += 1
+        return True
