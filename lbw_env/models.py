@@ -21,7 +21,6 @@ from transformers import (
     Qwen2Config,
     Qwen2ForCausalLM,
 )
-
 from transformers.utils import logging as hf_logging
 
 from .config import ConfigError, ModelConfig, read_yaml
