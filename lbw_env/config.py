@@ -437,12 +437,12 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
     return out
 
 
-def _fix_yaml_floats(data: Any) -> Any:
+def fix_yaml_floats(data: Any) -> Any:
     """PyYAML (YAML 1.1) reads ``1e-3`` as a string; turn such strings back into floats."""
     if isinstance(data, dict):
-        return {k: _fix_yaml_floats(v) for k, v in data.items()}
+        return {k: fix_yaml_floats(v) for k, v in data.items()}
     if isinstance(data, list):
-        return [_fix_yaml_floats(v) for v in data]
+        return [fix_yaml_floats(v) for v in data]
     if isinstance(data, str) and _looks_like_float(data) and any(c in data for c in "eE."):
         return float(data)
     return data
@@ -450,7 +450,7 @@ def _fix_yaml_floats(data: Any) -> Any:
 
 def load(cls: type[T], data: Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> T:
     """Build ``cls`` from defaults <- ``data`` <- ``key=value`` overrides, strictly."""
-    merged = deep_merge(_fix_yaml_floats(dict(data or {})), parse_overrides(overrides))
+    merged = deep_merge(fix_yaml_floats(dict(data or {})), parse_overrides(overrides))
     return from_dict(cls, merged)
 
 
@@ -469,6 +469,8 @@ def expand_presets(data: Mapping[str, Any]) -> dict[str, Any]:
     from .models import load_preset  # models imports this module
 
     out = dict(data)
+    if not isinstance(out.get("model") or {}, Mapping):
+        return out  # not a mapping: from_dict reports it with the key's path
     model = dict(out.get("model") or {})
     if "preset" in model and not model.get("pretrained"):
         model = deep_merge(load_preset(model["preset"]), model)
@@ -479,5 +481,5 @@ def expand_presets(data: Mapping[str, Any]) -> dict[str, Any]:
 
 def load_trainer_config(data: Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> TrainerConfig:
     """A :class:`TrainerConfig` from plain data and overrides, with the model preset expanded."""
-    merged = deep_merge(_fix_yaml_floats(dict(data or {})), parse_overrides(overrides))
+    merged = deep_merge(fix_yaml_floats(dict(data or {})), parse_overrides(overrides))
     return from_dict(TrainerConfig, expand_presets(merged))

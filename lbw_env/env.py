@@ -228,7 +228,9 @@ class LBWEnv(gym.Env[np.ndarray, np.ndarray]):
         skipped = sum(r.skipped for r in records)
         self._skipped += skipped
         prev_loss = window.smoothed_loss
-        window.push(records, envelope.lr_scale, envelope.rollbacks, trainer.t)
+        stats = trainer.governed.loss_stats
+        loss_cv = stats.std / max(abs(stats.mean), 1e-6) if stats.ready else 0.0
+        window.push(records, envelope.lr_scale, envelope.rollbacks, trainer.t, loss_cv)
 
         # The envelope's rollback policy: restore the last good weights, or declare divergence.
         terminated, rolled_back = False, 0

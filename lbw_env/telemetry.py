@@ -128,12 +128,13 @@ FEATURES: dict[str, str] = {
     "loss": "Smoothed training loss / ln(vocab): 1 = a uniform guess; where the run stands.",
     "loss_trend": "Relative change of the smoothed loss over the interval, x10: is training still improving?",
     "loss_vs_best": "Smoothed loss / best smoothed loss so far - 1: a runaway shows here before it diverges.",
+    "loss_cv": "Rolling std / rolling mean of the step loss, x10: how noisy the loss is (converts ratios to z).",
     "loss_z_max": "Largest loss z-score in the interval / 2: a loss spike relative to recent history.",
     "grad_z_max": "Largest log-grad-norm z-score in the interval / 2: gradient spikes (they rise with the loss).",
     "log_grad_norm": "log10 of the mean gradient norm: absolute gradient scale.",
     "log_update_ratio": "log10(mean ‖Δθ‖/‖θ‖) + 3: how hard the optimizer pushes the weights (~1e-3 is healthy).",
     "log_lr": "log10(mean effective LR) + 3: the absolute LR actually applied (schedule x scale x faults).",
-    "lr_scale": "log2 of the governor's current LR scale: what the governor itself has done.",
+    "lr_scale": "log2 of the governor's current LR scale / 2: what the governor itself has done.",
     "skip_rate": "Fraction of the interval's steps that were skipped.",
     "nonfinite_rate": "Fraction of the interval's steps with a NaN/inf loss or gradient.",
     "rollbacks": "Rollbacks used / rollbacks allowed.",
@@ -193,7 +194,7 @@ class TelemetryWindow:
         self.smoothed_loss = float(loss)
         self.nonfinite_streak = 0
 
-    def push(self, records: list[StepRecord], lr_scale: float, rollbacks: int, step: int) -> None:
+    def push(self, records: list[StepRecord], lr_scale: float, rollbacks: int, step: int, loss_cv: float = 0.0) -> None:
         prev = self.smoothed_loss
         for r in records:
             if r.nonfinite:
@@ -210,12 +211,13 @@ class TelemetryWindow:
             "loss": self.smoothed_loss / self.log_vocab,
             "loss_trend": 10.0 * (self.smoothed_loss - prev) / max(abs(prev), 1e-6),
             "loss_vs_best": self.smoothed_loss / max(self.best_loss, 1e-6) - 1.0,
+            "loss_cv": 10.0 * loss_cv,
             "loss_z_max": _z_feature([r.loss_z for r in records]),
             "grad_z_max": _z_feature([r.grad_z for r in records]),
             "log_grad_norm": _log10(_mean([r.grad_norm for r in records if math.isfinite(r.grad_norm)])),
             "log_update_ratio": _log10(_mean([r.update_ratio for r in applied])) + 3.0 if applied else -OBS_BOUND,
             "log_lr": _log10(_mean([r.lr for r in applied])) + 3.0 if applied else -OBS_BOUND,
-            "lr_scale": math.log2(lr_scale),
+            "lr_scale": math.log2(lr_scale) / 2.0,
             "skip_rate": sum(r.skipped for r in records) / n,
             "nonfinite_rate": sum(r.nonfinite for r in records) / n,
             "rollbacks": rollbacks / self.max_rollbacks,

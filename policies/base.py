@@ -1,0 +1,175 @@
+"""The governor protocol (SB3's ``predict``), the action codec rule governors share, and the registry.
+
+Every governor — plain AdamW, the LBW guard, a literature baseline, a trained SB3 model — answers
+``predict(observation, state, episode_start, deterministic) -> (action, state)``, exactly like
+``stable_baselines3.common.type_aliases.PolicyPredictor``, so one evaluator runs them all and an SB3 model
+is a governor as it is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from lbw_env.config import ConfigError
+from lbw_env.envelope import EnvelopeConfig
+from lbw_env.telemetry import FEATURE_NAMES
+
+
+@runtime_checkable
+class Governor(Protocol):
+    """Anything with SB3's ``predict`` signature."""
+
+    def predict(
+        self,
+        observation: np.ndarray,
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]: ...
+
+
+class ObservationView:
+    """Named access to the newest row of a (flattened) telemetry window: ``view["loss"]``, ``view.row(-2)``."""
+
+    def __init__(self, observation: np.ndarray) -> None:
+        obs = np.asarray(observation, dtype=np.float32)
+        self.rows = obs.reshape(-1, len(FEATURE_NAMES))
+        self.index = {name: i for i, name in enumerate(FEATURE_NAMES)}
+
+    def __getitem__(self, name: str) -> float:
+        return float(self.rows[-1, self.index[name]])
+
+    def row(self, i: int) -> dict[str, float]:
+        return {name: float(self.rows[i, j]) for name, j in self.index.items()}
+
+    @property
+    def started(self) -> bool:
+        """False on the observation of ``reset`` (no interval has run yet)."""
+        return bool(self.rows[-1, self.index["valid"]] > 0)
+
+
+class ActionCodec:
+    """Turns a rule governor's intent (target LR scale, skip gate) into an action of the env's space.
+
+    The envelope still bounds the result; the codec only inverts its decoding, so that rules can be
+    written in the envelope's own units.
+    """
+
+    def __init__(self, envelope: EnvelopeConfig) -> None:
+        self.cfg = envelope
+        self._gates = [*np.linspace(envelope.gate_min, envelope.gate_max, envelope.gate_bins - 1).tolist(), math.inf]
+        self._moves = np.linspace(-1.0, 1.0, envelope.lr_bins)
+
+    def encode(self, current_scale: float, target_scale: float, gate: float, rollback: bool = False) -> np.ndarray:
+        """The action that moves the LR scale from ``current_scale`` toward ``target_scale`` with ``gate``."""
+        c = self.cfg
+        move = math.log(max(target_scale, 1e-12) / max(current_scale, 1e-12)) / math.log(c.max_factor)
+        move = max(-1.0, min(1.0, move))
+        if c.action_mode == "continuous":
+            if math.isinf(gate):
+                g = 1.0
+            else:
+                frac = (min(max(gate, c.gate_min), c.gate_max) - c.gate_min) / max(c.gate_max - c.gate_min, 1e-12)
+                g = min(frac * (c.never_above + 1.0) - 1.0, c.never_above - 1e-6)
+            action = [move, g] + ([1.0 if rollback else -1.0] if c.rollback_action else [])
+            return np.asarray(action, dtype=np.float32)
+        lr_bin = int(np.argmin(np.abs(self._moves - move)))
+        gate_bin = (
+            len(self._gates) - 1 if math.isinf(gate) else int(np.argmin(np.abs(np.array(self._gates[:-1]) - gate)))
+        )
+        action = [lr_bin, gate_bin] + ([int(rollback)] if c.rollback_action else [])
+        return np.asarray(action, dtype=np.int64)
+
+    def scale_after(self, current_scale: float, target_scale: float) -> float:
+        """The LR scale the envelope will reach from ``current_scale`` when asked for ``target_scale``."""
+        c = self.cfg
+        bound = c.max_factor
+        step = min(max(target_scale / max(current_scale, 1e-12), 1.0 / bound), bound)
+        if c.action_mode == "discrete":
+            move = math.log(step) / math.log(bound)
+            step = bound ** float(self._moves[int(np.argmin(np.abs(self._moves - move)))])
+        return min(max(current_scale * step, c.lr_scale_min), c.lr_scale_max)
+
+
+class RuleGovernor:
+    """Base class of hand-written governors: per-episode memory reset on ``episode_start``.
+
+    Subclasses implement :meth:`decide` on an :class:`ObservationView` and return (target LR scale, gate,
+    rollback). The base class tracks the LR scale the envelope will apply (as the envelope computes it), so
+    rules reason in absolute scales.
+    """
+
+    def __init__(self, envelope: EnvelopeConfig | None = None) -> None:
+        self.envelope = envelope or EnvelopeConfig()
+        self.codec = ActionCodec(self.envelope)
+        self.reset()
+
+    def reset(self) -> None:
+        self.scale = self.envelope.lr_scale_init
+
+    def decide(self, obs: ObservationView) -> tuple[float, float, bool]:
+        raise NotImplementedError
+
+    def predict(
+        self,
+        observation: np.ndarray,
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        obs = np.asarray(observation)
+        batched = obs.ndim == 2
+        rows = obs if batched else obs[None]
+        if batched and rows.shape[0] != 1:
+            raise ValueError("rule governors keep per-episode memory: give them one environment at a time")
+        view = ObservationView(rows[0])
+        if (episode_start is not None and bool(np.asarray(episode_start).reshape(-1)[0])) or not view.started:
+            self.reset()
+        target, gate, rollback = self.decide(view)
+        action = self.codec.encode(self.scale, target, gate, rollback)
+        self.scale = self.codec.scale_after(self.scale, target)
+        return (action[None] if batched else action), state
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Registry: governors by name, so configs and command lines can name them
+# ----------------------------------------------------------------------------------------------------------
+
+GovernorFactory = Callable[[EnvelopeConfig, str], Governor]
+_REGISTRY: dict[str, GovernorFactory] = {}
+
+
+def register(name: str) -> Callable[[GovernorFactory], GovernorFactory]:
+    """Decorator: ``@register("my_rule")`` on a factory ``(envelope_cfg, argument) -> Governor``."""
+
+    def deco(factory: GovernorFactory) -> GovernorFactory:
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def available() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def _load_builtin() -> None:
+    from . import rules, sb3  # noqa: F401  (registers the built-in governors)
+
+
+def make_governor(spec: str, envelope: EnvelopeConfig | None = None) -> Governor:
+    """A governor from a spec: ``adamw``, ``lbw_guard``, ``lbw_guard:configs/governors/x.yaml``, ``ppo:run.zip``."""
+    _load_builtin()
+    name, _, arg = spec.partition(":")
+    if name not in _REGISTRY:
+        raise ConfigError(f"governor {spec!r}: unknown name {name!r}; expected one of {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](envelope or EnvelopeConfig(), arg)
+
+
+def describe_governor(governor: Any) -> str:
+    return type(governor).__name__

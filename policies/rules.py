@@ -1,0 +1,263 @@
+"""Rule governors: plain AdamW, the LBW guard, and literature baselines — all in the env's action space.
+
+* ``adamw`` — the constant governor: scale 1, never skip. Plain AdamW under the same envelope.
+* ``lbw_guard`` — our rule-based guard (thresholds in ``configs/governors/lbw_guard.yaml``).
+* ``skip_step`` — OLMo-core / Levanter style: skip a step whose loss or gradient norm is more than 6σ above
+  its rolling mean; LR untouched.
+* ``ewm_skip`` — metaseq style: skip a step whose loss exceeds ``ratio`` x its exponentially weighted mean.
+* ``plateau`` — ReduceLROnPlateau style: halve the LR scale when the smoothed loss stops improving.
+
+Clipping baselines are trainer options (``optim.clip_norm``) run with ``adamw``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Literal
+
+from lbw_env.config import check, load, read_yaml
+from lbw_env.envelope import EnvelopeConfig
+from lbw_env.models import config_dir
+
+from .base import Governor, ObservationView, RuleGovernor, register
+
+# ----------------------------------------------------------------------------------------------------------
+# Plain AdamW and literature baselines
+# ----------------------------------------------------------------------------------------------------------
+
+
+class ConstantGovernor(RuleGovernor):
+    """Hold the LR scale at ``scale`` and the skip gate at ``gate`` (``inf``: plain AdamW)."""
+
+    def __init__(self, envelope: EnvelopeConfig | None = None, scale: float = 1.0, gate: float = math.inf) -> None:
+        self.target, self.gate = scale, gate
+        super().__init__(envelope)
+
+    def decide(self, obs: ObservationView) -> tuple[float, float, bool]:
+        return self.target, self.gate, False
+
+
+class EWMSkipGovernor(RuleGovernor):
+    """metaseq-style spike skipping: skip when loss > ``ratio`` x EWM(loss).
+
+    The plant's gate is in z-units, so the ratio is converted with the observed coefficient of variation of
+    the loss: ``loss > ratio * mean`` <=> ``z > (ratio - 1) / cv``. Before statistics exist it does not skip.
+    """
+
+    def __init__(self, envelope: EnvelopeConfig | None = None, ratio: float = 1.2) -> None:
+        self.ratio = ratio
+        super().__init__(envelope)
+
+    def decide(self, obs: ObservationView) -> tuple[float, float, bool]:
+        cv = obs["loss_cv"] / 10.0
+        gate = (self.ratio - 1.0) / cv if cv > 1e-6 else math.inf
+        return 1.0, gate, False
+
+
+class PlateauGovernor(RuleGovernor):
+    """ReduceLROnPlateau: multiply the LR scale by ``factor`` after ``patience`` decisions without a relative
+    improvement of ``threshold`` in the smoothed training loss; never below ``min_scale``."""
+
+    def __init__(
+        self,
+        envelope: EnvelopeConfig | None = None,
+        factor: float = 0.5,
+        patience: int = 3,
+        threshold: float = 1e-3,
+        min_scale: float = 0.05,
+    ) -> None:
+        self.factor, self.patience, self.threshold, self.min_scale = factor, patience, threshold, min_scale
+        super().__init__(envelope)
+
+    def reset(self) -> None:
+        super().reset()
+        self.best = math.inf
+        self.bad = 0
+        self.target = self.envelope.lr_scale_init
+
+    def decide(self, obs: ObservationView) -> tuple[float, float, bool]:
+        if obs.started:
+            loss = obs["loss"]
+            if loss < self.best * (1 - self.threshold):
+                self.best, self.bad = loss, 0
+            else:
+                self.bad += 1
+            if self.bad > self.patience:
+                self.target = max(self.target * self.factor, self.min_scale)
+                self.bad = 0
+        return self.target, math.inf, False
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The LBW guard
+# ----------------------------------------------------------------------------------------------------------
+
+Regime = Literal["stable", "warning", "unstable", "recovering"]
+
+
+@dataclasses.dataclass
+class GuardConfig:
+    """Thresholds of the LBW guard. The reasoning for each value is in ``configs/governors/lbw_guard.yaml``."""
+
+    start_scale: float = 0.25
+    """Slow start: the LR scale of the first decision, before any telemetry exists."""
+    slow_start_growth: float = 2.0
+    """Multiplicative growth per healthy decision while below the first trouble (TCP slow start)."""
+    growth: float = 1.1
+    """Multiplicative growth per healthy decision once a ceiling is known (congestion avoidance)."""
+    max_scale: float = 1.0
+    """Highest LR scale the guard asks for."""
+    backoff: float = 0.5
+    """Multiplicative decrease when the run turns unstable."""
+    ceiling_margin: float = 0.7
+    """On instability the ceiling becomes ``margin`` x the scale in force when it happened."""
+    ceiling_probe: float = 1.02
+    """Per healthy decision, the ceiling creeps up by this factor (a stale ceiling must not bind forever)."""
+    warn_vs_best: float = 0.03
+    """Smoothed loss this far above its best (relative) is a warning."""
+    unstable_vs_best: float = 0.08
+    """... and this far above it is instability: back off."""
+    rollback_vs_best: float = 0.25
+    """... and this far above it asks for a rollback (damaged weights are worse than lost steps)."""
+    warn_trend: float = 0.05
+    """``loss_trend`` feature (10 x relative change per interval) above this is a warning."""
+    spike_z: float = 3.0
+    """Loss z-score (the ``loss_z_max`` feature x 2) above which an interval counts as spiking."""
+    max_update_ratio: float = 0.02
+    """‖Δθ‖/‖θ‖ per step above this is a warning whatever the loss says (too-high LR looks 'normal' to z)."""
+    gate_stable: float = 6.0
+    """Skip gate (z-units) in the stable regime: only gross outliers are skipped."""
+    gate_alert: float = 3.0
+    """Skip gate in the warning, unstable and recovering regimes."""
+    recover_decisions: int = 2
+    """Healthy decisions in ``recovering`` before growth resumes."""
+
+    def validate(self) -> None:
+        check(0 < self.start_scale <= self.max_scale, "start_scale", "0 < start_scale <= max_scale", self.start_scale)
+        check(self.slow_start_growth >= 1, "slow_start_growth", "a float >= 1", self.slow_start_growth)
+        check(self.growth >= 1, "growth", "a float >= 1", self.growth)
+        check(0 < self.backoff < 1, "backoff", "a float in (0, 1)", self.backoff)
+        check(0 < self.ceiling_margin <= 1, "ceiling_margin", "a float in (0, 1]", self.ceiling_margin)
+        check(
+            0 <= self.warn_vs_best <= self.unstable_vs_best <= self.rollback_vs_best,
+            "warn_vs_best",
+            "0 <= warn_vs_best <= unstable_vs_best <= rollback_vs_best",
+            self.warn_vs_best,
+        )
+        check(self.recover_decisions >= 0, "recover_decisions", "an int >= 0", self.recover_decisions)
+
+
+class LBWGuard(RuleGovernor):
+    """Bounded LR back-off, spike skipping and gradual recovery, driven by a regime read from telemetry.
+
+    Regimes, re-assessed every decision from the newest telemetry row:
+
+    * **stable** — the loss is near its best and not rising: grow the LR scale (fast below the first
+      trouble, slowly once a ceiling is known), loose skip gate.
+    * **warning** — the loss drifts above its best, rises, spikes, or updates are too large: hold the scale,
+      tighten the gate.
+    * **unstable** — the loss is clearly above its best, or a step was non-finite: multiplicative back-off,
+      remember a ceiling below the scale that caused it, tight gate, and ask for a rollback when the damage is
+      large.
+    * **recovering** — after instability: hold until ``recover_decisions`` healthy decisions have passed.
+
+    Why this shape (what calibration showed): the gradient norm rises *with* the spike, not before it, so
+    the guard reads the loss relative to its best; a fine-tune at a far-too-high LR is damaged on its first
+    steps, before statistics exist, so the guard starts slow; skipping after the damage leaves damaged
+    weights, so large damage asks for a rollback; and a persistently too-high LR looks normal to z-scores, so
+    the guard remembers an LR ceiling, as TCP congestion control remembers its threshold.
+    """
+
+    def __init__(self, envelope: EnvelopeConfig | None = None, config: GuardConfig | None = None) -> None:
+        self.gcfg = config or GuardConfig()
+        super().__init__(envelope)
+
+    def reset(self) -> None:
+        super().reset()
+        self.target = self.gcfg.start_scale
+        self.ceiling = math.inf
+        self.regime: Regime = "stable"
+        self.healthy_run = 0
+
+    def assess(self, obs: ObservationView) -> tuple[Regime, bool]:
+        """The regime of the newest interval, and whether the damage warrants a rollback."""
+        g = self.gcfg
+        vs_best = obs["loss_vs_best"]
+        nonfinite = obs["nonfinite_rate"] > 0
+        update_ratio = 10 ** (obs["log_update_ratio"] - 3.0)
+        spiking = 2.0 * obs["loss_z_max"] > g.spike_z
+        if nonfinite or vs_best > g.unstable_vs_best:
+            return "unstable", vs_best > g.rollback_vs_best
+        if vs_best > g.warn_vs_best or obs["loss_trend"] > g.warn_trend or spiking or update_ratio > g.max_update_ratio:
+            return "warning", False
+        return "stable", False
+
+    def decide(self, obs: ObservationView) -> tuple[float, float, bool]:
+        g = self.gcfg
+        if not obs.started:
+            return self.target, g.gate_stable, False  # slow start, before any telemetry
+        regime, rollback = self.assess(obs)
+        if regime == "unstable":
+            self.ceiling = min(self.ceiling, self.scale * g.ceiling_margin)
+            self.target = max(self.scale * g.backoff, self.envelope.lr_scale_min)
+            self.regime, self.healthy_run = "unstable", 0
+            return self.target, g.gate_alert, rollback
+        if regime == "warning":
+            self.healthy_run = 0
+            if self.regime != "unstable":
+                self.regime = "warning"
+            self.target = self.scale  # hold
+            return self.target, g.gate_alert, False
+        # stable telemetry
+        self.healthy_run += 1
+        if self.regime in ("unstable", "recovering") and self.healthy_run <= g.recover_decisions:
+            self.regime = "recovering"
+            self.target = self.scale
+            return self.target, g.gate_alert, False
+        self.regime = "stable"
+        if math.isfinite(self.ceiling):
+            self.ceiling *= g.ceiling_probe
+            grown = self.scale * g.growth
+            self.target = min(grown, self.ceiling, g.max_scale)
+            self.target = max(self.target, min(self.scale, g.max_scale))  # never back off while stable
+        else:
+            self.target = min(self.scale * g.slow_start_growth, g.max_scale)
+        return self.target, g.gate_stable, False
+
+
+def load_guard_config(path: str | Path | None = None) -> GuardConfig:
+    """The guard's thresholds from YAML (default: ``configs/governors/lbw_guard.yaml``)."""
+    p = Path(path) if path else config_dir() / "governors" / "lbw_guard.yaml"
+    return load(GuardConfig, read_yaml(p))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Registry entries
+# ----------------------------------------------------------------------------------------------------------
+
+
+@register("adamw")
+def _adamw(envelope: EnvelopeConfig, arg: str) -> Governor:
+    return ConstantGovernor(envelope)
+
+
+@register("lbw_guard")
+def _lbw_guard(envelope: EnvelopeConfig, arg: str) -> Governor:
+    return LBWGuard(envelope, load_guard_config(arg or None))
+
+
+@register("skip_step")
+def _skip_step(envelope: EnvelopeConfig, arg: str) -> Governor:
+    return ConstantGovernor(envelope, gate=float(arg) if arg else 6.0)
+
+
+@register("ewm_skip")
+def _ewm_skip(envelope: EnvelopeConfig, arg: str) -> Governor:
+    return EWMSkipGovernor(envelope, ratio=float(arg) if arg else 1.2)
+
+
+@register("plateau")
+def _plateau(envelope: EnvelopeConfig, arg: str) -> Governor:
+    return PlateauGovernor(envelope)
