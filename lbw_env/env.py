@@ -203,8 +203,12 @@ class LBWEnv(gym.Env[np.ndarray, np.ndarray]):
             self.cfg.window, self.trainer.corpus.vocab_size, tcfg.optim.steps, self.cfg.envelope.max_rollbacks
         )
         self._window.reset(initial.valid_loss)
+        # The rollback target. A state becomes "good" only once the interval *after* it was healthy too: damage
+        # done by a step shows in the losses of the steps that follow it, not in its own.
         self._good = self.trainer.snapshot(into=self._good)
         self._good_loss = initial.valid_loss
+        self._candidate: Snapshot | None = None
+        self._candidate_loss = initial.valid_loss
         self._initial_loss = initial.valid_loss
         self._t0 = time.perf_counter()
         self._train_seconds = 0.0
@@ -237,16 +241,27 @@ class LBWEnv(gym.Env[np.ndarray, np.ndarray]):
         reason = envelope.needs_rollback(
             window.nonfinite_streak, window.smoothed_loss, window.best_loss, decision.rollback_requested
         )
+        healthy = (
+            not reason
+            and window.nonfinite_streak == 0
+            and window.smoothed_loss <= self.cfg.healthy_ratio * window.best_loss
+        )
         if reason:
             if envelope.take_rollback():
                 trainer.restore(self._good, rewind=False)  # type: ignore[arg-type]
                 window.rebase(self._good_loss)
+                self._candidate = None  # it was not followed by a healthy interval
                 rolled_back = 1
             else:
                 terminated = True
-        elif window.nonfinite_streak == 0 and window.smoothed_loss <= self.cfg.healthy_ratio * window.best_loss:
-            self._good = trainer.snapshot(into=self._good)
-            self._good_loss = window.smoothed_loss
+        elif healthy:
+            if self._candidate is not None:  # the candidate was followed by this healthy interval: promote it
+                self._good, self._candidate = self._candidate, self._good
+                self._good_loss = self._candidate_loss
+            self._candidate = trainer.snapshot(into=self._candidate)
+            self._candidate_loss = window.smoothed_loss
+        else:
+            self._candidate = None
         truncated = trainer.done and not terminated
 
         info: dict[str, Any] = {

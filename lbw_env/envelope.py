@@ -3,8 +3,9 @@
 Whatever a governor answers, NaN included, the envelope turns it into a :class:`~lbw_env.governed.Control`
 inside the configured bounds:
 
-* **LR scale** — action component 0 moves the scale multiplicatively, by at most ``max_factor`` per decision
-  (the slew-rate bound), and the result is clamped to ``[lr_scale_min, lr_scale_max]``.
+* **LR scale** — action component 0 moves the scale multiplicatively, up by at most ``max_factor`` and down
+  by at most ``max_cut`` per decision (the slew-rate bound), and the result is clamped to
+  ``[lr_scale_min, lr_scale_max]``.
 * **Skip gate** — component 1 sets how many rolling standard deviations above its rolling mean a step's loss
   or log gradient norm may be before the step is skipped; the top of the range means *never*. How much the gate
   may skip is bounded by the skip budget, enforced per step in :class:`~lbw_env.governed.GovernedOptimizer`.
@@ -42,7 +43,10 @@ class EnvelopeConfig:
     lr_scale_init: float = 1.0
     """LR scale at the start of an episode (1: the schedule as configured)."""
     max_factor: float = 2.0
-    """Largest multiplicative change of the LR scale in one decision (action +1 = x max_factor, -1 = / it)."""
+    """Largest multiplicative increase of the LR scale in one decision (action +1 = x max_factor)."""
+    max_cut: float = 8.0
+    """Largest multiplicative decrease in one decision (action -1 = / max_cut). Cutting the LR fast is safe;
+    raising it fast is not, so the slew bound is asymmetric."""
     gate_min: float = 2.0
     """Tightest skip gate, in rolling standard deviations."""
     gate_max: float = 8.0
@@ -61,7 +65,7 @@ class EnvelopeConfig:
     """Add action component 2: a value > 0 (continuous) or 1 (discrete) asks for a rollback."""
     auto_rollback: bool = True
     """Roll back by itself on a non-finite streak or a runaway loss."""
-    nonfinite_streak: int = 3
+    nonfinite_streak: int = 6
     """Consecutive non-finite steps that trigger a rollback."""
     runaway_ratio: float = 2.0
     """Smoothed training loss above this multiple of the best smoothed loss counts as a runaway."""
@@ -74,6 +78,7 @@ class EnvelopeConfig:
         )
         check(self.lr_scale_init <= self.lr_scale_max, "lr_scale_max", ">= lr_scale_init", self.lr_scale_max)
         check(self.max_factor > 1, "max_factor", "a float > 1", self.max_factor)
+        check(self.max_cut > 1, "max_cut", "a float > 1", self.max_cut)
         check(0 < self.gate_min <= self.gate_max, "gate_min", "0 < gate_min <= gate_max", self.gate_min)
         check(-1 < self.never_above <= 1, "never_above", "a float in (-1, 1]", self.never_above)
         check(self.lr_bins >= 2, "lr_bins", "an int >= 2", self.lr_bins)
@@ -164,12 +169,16 @@ class Envelope:
             gate = self._gates[round(a[1])]
             rollback = self.cfg.rollback_action and round(a[2]) == 1
         old = self.lr_scale
-        target = old * self.cfg.max_factor**move
+        target = old * self.move_factor(move)
         new = min(max(target, self.cfg.lr_scale_min), self.cfg.lr_scale_max)
         if new != target and not math.isclose(new, target, rel_tol=1e-12):
             self.interventions["lr_scale_bounded"] += 1
         self.lr_scale = new
         return Decision(Control(lr_scale=new, skip_gate=gate), bool(rollback), new / old)
+
+    def move_factor(self, move: float) -> float:
+        """The multiplicative LR move of an action value in [-1, 1]: x max_factor**m up, / max_cut**-m down."""
+        return self.cfg.max_factor**move if move >= 0 else self.cfg.max_cut**move
 
     def _continuous_gate(self, raw: float) -> float:
         frac = (raw + 1.0) / (self.cfg.never_above + 1.0)

@@ -67,8 +67,7 @@ class ActionCodec:
     def encode(self, current_scale: float, target_scale: float, gate: float, rollback: bool = False) -> np.ndarray:
         """The action that moves the LR scale from ``current_scale`` toward ``target_scale`` with ``gate``."""
         c = self.cfg
-        move = math.log(max(target_scale, 1e-12) / max(current_scale, 1e-12)) / math.log(c.max_factor)
-        move = max(-1.0, min(1.0, move))
+        move = self._move(target_scale / max(current_scale, 1e-12))
         if c.action_mode == "continuous":
             if math.isinf(gate):
                 g = 1.0
@@ -84,15 +83,22 @@ class ActionCodec:
         action = [lr_bin, gate_bin] + ([int(rollback)] if c.rollback_action else [])
         return np.asarray(action, dtype=np.int64)
 
+    def _move(self, ratio: float) -> float:
+        """The action value in [-1, 1] whose move is closest to the multiplicative ``ratio``."""
+        ratio = max(ratio, 1e-12)
+        bound = self.cfg.max_factor if ratio >= 1 else self.cfg.max_cut
+        return max(-1.0, min(1.0, math.log(ratio) / math.log(bound)))
+
+    def _factor(self, move: float) -> float:
+        return self.cfg.max_factor**move if move >= 0 else self.cfg.max_cut**move
+
     def scale_after(self, current_scale: float, target_scale: float) -> float:
         """The LR scale the envelope will reach from ``current_scale`` when asked for ``target_scale``."""
         c = self.cfg
-        bound = c.max_factor
-        step = min(max(target_scale / max(current_scale, 1e-12), 1.0 / bound), bound)
+        move = self._move(target_scale / max(current_scale, 1e-12))
         if c.action_mode == "discrete":
-            move = math.log(step) / math.log(bound)
-            step = bound ** float(self._moves[int(np.argmin(np.abs(self._moves - move)))])
-        return min(max(current_scale * step, c.lr_scale_min), c.lr_scale_max)
+            move = float(self._moves[int(np.argmin(np.abs(self._moves - move)))])
+        return min(max(current_scale * self._factor(move), c.lr_scale_min), c.lr_scale_max)
 
 
 class RuleGovernor:

@@ -104,15 +104,14 @@ class GuardConfig:
     start_scale: float = 0.25
     """Slow start: the LR scale of the first decision, before any telemetry exists."""
     slow_start_growth: float = 2.0
-    """Multiplicative growth per healthy decision while below the first trouble (TCP slow start)."""
-    growth: float = 1.1
-    """Multiplicative growth per healthy decision once a ceiling is known (congestion avoidance)."""
+    """Multiplicative growth per healthy decision, up to the remembered ceiling (TCP slow start)."""
     max_scale: float = 1.0
     """Highest LR scale the guard asks for."""
     backoff: float = 0.5
     """Multiplicative decrease when the run turns unstable."""
     ceiling_margin: float = 0.7
-    """On instability the ceiling becomes ``margin`` x the scale in force when it happened."""
+    """On instability the effective-LR ceiling becomes at most ``margin`` x the effective LR that caused it
+    (and at most the effective LR of the last healthy interval)."""
     ceiling_probe: float = 1.02
     """Per healthy decision, the ceiling creeps up by this factor (a stale ceiling must not bind forever)."""
     warn_vs_best: float = 0.03
@@ -127,6 +126,10 @@ class GuardConfig:
     """Loss z-score (the ``loss_z_max`` feature x 2) above which an interval counts as spiking."""
     max_update_ratio: float = 0.02
     """‖Δθ‖/‖θ‖ per step above this is a warning whatever the loss says (too-high LR looks 'normal' to z)."""
+    damage_update_ratio: float = 0.1
+    """‖Δθ‖/‖θ‖ per step above this rewrites the model: instability, and a rollback."""
+    max_skip_rate: float = 0.5
+    """An interval in which the gate had to skip this fraction of steps is unstable (something systematic)."""
     gate_stable: float = 6.0
     """Skip gate (z-units) in the stable regime: only gross outliers are skipped."""
     gate_alert: float = 3.0
@@ -137,7 +140,6 @@ class GuardConfig:
     def validate(self) -> None:
         check(0 < self.start_scale <= self.max_scale, "start_scale", "0 < start_scale <= max_scale", self.start_scale)
         check(self.slow_start_growth >= 1, "slow_start_growth", "a float >= 1", self.slow_start_growth)
-        check(self.growth >= 1, "growth", "a float >= 1", self.growth)
         check(0 < self.backoff < 1, "backoff", "a float in (0, 1)", self.backoff)
         check(0 < self.ceiling_margin <= 1, "ceiling_margin", "a float in (0, 1]", self.ceiling_margin)
         check(
@@ -177,7 +179,8 @@ class LBWGuard(RuleGovernor):
     def reset(self) -> None:
         super().reset()
         self.target = self.gcfg.start_scale
-        self.ceiling = math.inf
+        self.ceiling_lr = math.inf  # remembered ceiling on the *effective* LR (absolute, not a scale)
+        self.last_good_lr = math.inf  # effective LR of the most recent healthy interval
         self.regime: Regime = "stable"
         self.healthy_run = 0
 
@@ -188,42 +191,57 @@ class LBWGuard(RuleGovernor):
         nonfinite = obs["nonfinite_rate"] > 0
         update_ratio = 10 ** (obs["log_update_ratio"] - 3.0)
         spiking = 2.0 * obs["loss_z_max"] > g.spike_z
-        if nonfinite or vs_best > g.unstable_vs_best:
+        trend = obs["loss_trend"]
+        if update_ratio > g.damage_update_ratio:
+            return "unstable", True
+        if (vs_best > g.unstable_vs_best and trend > 0) or obs["skip_rate"] >= g.max_skip_rate:
             return "unstable", vs_best > g.rollback_vs_best
-        if vs_best > g.warn_vs_best or obs["loss_trend"] > g.warn_trend or spiking or update_ratio > g.max_update_ratio:
+        # A non-finite step was skipped by the plant and is no evidence against the LR: tighten the gate only.
+        # A loss above its best but falling fast is recovering from damage, not being damaged.
+        warn = nonfinite or spiking or update_ratio > g.max_update_ratio or trend > g.warn_trend
+        if warn or (vs_best > g.warn_vs_best and trend > -g.warn_trend):
             return "warning", False
         return "stable", False
+
+    def _cap(self, target: float, scheduled_lr: float | None) -> float:
+        """Keep the next interval's effective LR under the remembered ceiling."""
+        if scheduled_lr and math.isfinite(self.ceiling_lr):
+            target = min(target, self.ceiling_lr / scheduled_lr)
+        return max(min(target, self.gcfg.max_scale), self.envelope.lr_scale_min)
 
     def decide(self, obs: ObservationView) -> tuple[float, float, bool]:
         g = self.gcfg
         if not obs.started:
             return self.target, g.gate_stable, False  # slow start, before any telemetry
+        # The effective LR of the last interval (schedule x our scale x any fault) and the schedule behind it:
+        # ceilings are kept on the effective LR, so that a shock or a schedule change is seen through the scale.
+        effective_lr = 10 ** (obs["log_lr"] - 3.0) if obs["log_lr"] > -4.9 else None
+        scheduled_lr = effective_lr / self.scale if effective_lr else None
         regime, rollback = self.assess(obs)
         if regime == "unstable":
-            self.ceiling = min(self.ceiling, self.scale * g.ceiling_margin)
-            self.target = max(self.scale * g.backoff, self.envelope.lr_scale_min)
+            if effective_lr:
+                self.ceiling_lr = min(self.ceiling_lr, effective_lr * g.ceiling_margin, self.last_good_lr)
+            self.target = self._cap(self.scale * g.backoff, scheduled_lr)
             self.regime, self.healthy_run = "unstable", 0
             return self.target, g.gate_alert, rollback
         if regime == "warning":
             self.healthy_run = 0
             if self.regime != "unstable":
                 self.regime = "warning"
-            self.target = self.scale  # hold
+            self.target = self._cap(self.scale, scheduled_lr)  # hold (and respect the ceiling)
             return self.target, g.gate_alert, False
         # stable telemetry
+        if effective_lr:
+            self.last_good_lr = effective_lr
         self.healthy_run += 1
         if self.regime in ("unstable", "recovering") and self.healthy_run <= g.recover_decisions:
             self.regime = "recovering"
-            self.target = self.scale
+            self.target = self._cap(self.scale, scheduled_lr)
             return self.target, g.gate_alert, False
         self.regime = "stable"
-        if math.isfinite(self.ceiling):
-            self.ceiling *= g.ceiling_probe
-            grown = self.scale * g.growth
-            self.target = min(grown, self.ceiling, g.max_scale)
-            self.target = max(self.target, min(self.scale, g.max_scale))  # never back off while stable
-        else:
-            self.target = min(self.scale * g.slow_start_growth, g.max_scale)
+        if math.isfinite(self.ceiling_lr):
+            self.ceiling_lr *= g.ceiling_probe  # probe: a stale ceiling must not bind forever
+        self.target = self._cap(self.scale * g.slow_start_growth, scheduled_lr)
         return self.target, g.gate_stable, False
 
 
