@@ -27,6 +27,36 @@ import torch
 
 from .telemetry import RollingStats, SkipReason, StepRecord
 
+_FLAT_NORM_MAX = 1 << 14
+"""Tensors up to this many elements are reduced flat; larger matrices row by row first. A flat float32 norm on
+the CPU loses precision linearly with length (measured: 1e-6 relative at 16k elements, 2.5e-5 on qwen2-tiny's
+131k-element tied-embedding gradient, 6e-5 on qwen2-m's: enough to clip above the cap); row norms, then the
+norm of those, stay within ~1e-7 at a cost within measurement noise (under 0.3 % of a qwen2-tiny step)."""
+
+
+def _partial_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Float32 L2 norms of the tensors (of each row, for large matrices): the global norm is the norm of these."""
+    flat: list[torch.Tensor] = []
+    parts: list[torch.Tensor] = []
+    for t in tensors:
+        if t.dim() >= 2 and t.numel() > _FLAT_NORM_MAX:
+            parts.append(torch.linalg.vector_norm(t.flatten(1), dim=1, dtype=torch.float32))
+        else:
+            flat.append(t)
+    if flat:
+        # dtype only where needed: foreach norms of bf16/fp16 tensors would come back rounded to that dtype.
+        if all(t.dtype == torch.float32 for t in flat):
+            norms = torch._foreach_norm(flat)
+        else:
+            norms = torch._foreach_norm(flat, dtype=torch.float32)
+        parts.append(torch.stack(norms))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Global L2 norm as a 0-d float32 tensor (no host sync)."""
+    return torch.linalg.vector_norm(_partial_norms(tensors))
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Control:
@@ -93,11 +123,11 @@ class GovernedOptimizer:
 
     @staticmethod
     def _norm(tensors: list[torch.Tensor]) -> float:
-        """Global L2 norm, accumulated in float32 whatever the parameter dtype."""
+        """Global L2 norm, accumulated in float32 whatever the parameter dtype (bf16 norms are not rounded to bf16)."""
         if not tensors:
             return 0.0
-        norms = torch._foreach_norm([t.detach() for t in tensors])
-        return float(torch.linalg.vector_norm(torch.stack([n.float() for n in norms])))
+        with torch.no_grad():
+            return float(_global_norm(tensors))
 
     def _grads(self) -> list[torch.Tensor]:
         return [p.grad for p in self.params if p.grad is not None]
@@ -150,12 +180,16 @@ class GovernedOptimizer:
                 g["lr"] = lr_g
             self.optimizer.zero_grad(set_to_none=True)
             lr = scheduled_lr * control.lr_scale
-            self._param_norm = self._norm([p.detach() for p in self.params])
             if self.measure_update:
                 assert self._prev is not None
-                torch._foreach_sub_(self._prev, [p.detach() for p in self.params])
-                update_ratio = self._norm(self._prev) / max(self._param_norm, 1e-12)
+                params = [p.detach() for p in self.params]
+                torch._foreach_sub_(self._prev, params)
+                with torch.no_grad():  # both norms in one host transfer: one device sync, not two
+                    param_norm, update_norm = torch.stack([_global_norm(params), _global_norm(self._prev)]).tolist()
+                self._param_norm = param_norm
+                update_ratio = update_norm / max(param_norm, 1e-12)
             else:
+                self._param_norm = self._norm([p.detach() for p in self.params])
                 update_ratio = math.nan
             self.loss_stats.update(loss_value)
             self.grad_stats.update(log_grad)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,3 +22,69 @@ def shared_data() -> Path:
             f"WikiText data not found at {root} (set LBW_DATA_DIR to a folder with wikitext-2/wiki.train.tokens)"
         )
     return root
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The training plant (tests/test_trainer.py, tests/test_models.py): one cache and one corpus per session
+# ----------------------------------------------------------------------------------------------------------
+
+SMALL_VOCAB = 2048
+"""Vocabulary of the session corpus: small, so the LM head (the tiny preset's main cost) stays cheap."""
+
+
+@pytest.fixture(scope="session")
+def lbw_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A cache root for the whole session (tokenizer, token arrays, base checkpoints), also set as ``$LBW_CACHE``.
+
+    Session-scoped so the BPE is trained and WikiText-2 tokenized once per session, never in ``~/.cache``.
+    """
+    root = tmp_path_factory.mktemp("lbw_cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LBW_CACHE", str(root))
+        yield root
+
+
+@pytest.fixture(scope="session")
+def torch_threads() -> None:
+    """One torch thread: the test machine has two cores shared with other jobs, and a tiny model's steps on two
+    contended threads were measured 10-50x slower (OpenMP spin-waiting) than on one."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def corpus(shared_data: Path, lbw_cache: Path) -> Any:
+    """WikiText-2 train / WikiText-103 valid+test, tokenized with a BPE of ``SMALL_VOCAB``, once per session."""
+    from lbw_env.config import DataConfig
+    from lbw_env.data import load_corpus
+
+    return load_corpus(DataConfig(root=str(shared_data), vocab_size=SMALL_VOCAB), str(lbw_cache))
+
+
+@pytest.fixture
+def make_cfg(shared_data: Path, lbw_cache: Path, torch_threads: None) -> Callable[..., Any]:
+    """Factory of small :class:`~lbw_env.config.TrainerConfig` s (qwen2-tiny, seq 32, batch 4, 8 eval blocks).
+
+    ``make_cfg("optim.lr=1e-3", faults=[{"kind": "nan_loss", "start": 3}])``: ``key=value`` overrides win
+    over the small defaults; ``faults`` is a list of FaultConfig mappings.
+    """
+    from lbw_env.config import load_trainer_config
+
+    def make(*overrides: str, faults: Sequence[Mapping[str, Any]] = ()) -> Any:
+        data: dict[str, Any] = {
+            "model": {"preset": "qwen2-tiny"},
+            "data": {
+                "root": str(shared_data),
+                "vocab_size": SMALL_VOCAB,
+                "seq_len": 32,
+                "batch_size": 4,
+                "eval_blocks": 8,
+            },
+            "optim": {"steps": 100, "warmup_steps": 5},
+            "runtime": {"threads": 1, "cache_dir": str(lbw_cache)},
+            "faults": [dict(f) for f in faults],
+        }
+        return load_trainer_config(data, overrides)
+
+    return make

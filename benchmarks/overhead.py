@@ -1,0 +1,265 @@
+"""Overhead of the governed plant over a bare PyTorch AdamW loop, measured in one process.
+
+Both loops train the same preset from the same initial weights on the same seeded batches, with the same
+AdamW hyperparameters and param groups (decay on matrices only) and the same LR schedule. The bare loop
+does nothing else: no telemetry, no skip logic, no LR scaling. ``Trainer.step`` adds the governed step
+(gradient norm, finiteness check, z-scores, parameter copy for ‖Δθ‖/‖θ‖, LR scale and restore, the record).
+
+The two loops run interleaved in blocks (after a warm-up of each), alternating which goes first, so that
+drift in the machine's load hits both equally. Reported: the median over rounds of the per-round ratio of
+mean step times (trainer / bare), median step time and tokens/s of each, and the process's peak RSS.
+``--mode trainer`` or ``--mode bare`` times one loop alone (for its own peak RSS). ``--breakdown`` then
+times the parts of the governed step: the time inside ``GovernedOptimizer.step`` other than the wrapped
+optimizer's own ``step``.
+
+    python benchmarks/overhead.py --preset qwen2-tiny --vocab-size 2048 --seq-len 64 --batch-size 8
+    python benchmarks/overhead.py --preset qwen2-m --vocab-size 4096 --seq-len 128 --batch-size 8 --steps 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from lbw_env.config import OptimConfig, TrainerConfig, load_trainer_config
+from lbw_env.data import BatchStream, Corpus, load_corpus
+from lbw_env.governed import Control
+from lbw_env.models import build_model, count_parameters
+from lbw_env.trainer import Trainer
+
+
+def schedule(o: OptimConfig, t: int) -> float:
+    """Linear warmup, then cosine to ``min_lr_ratio`` or constant: the plain schedule, without faults."""
+    if o.warmup_steps and t < o.warmup_steps:
+        return o.lr * (t + 1) / o.warmup_steps
+    if o.schedule == "constant":
+        return o.lr
+    progress = min(1.0, (t - o.warmup_steps) / max(1, o.steps - o.warmup_steps))
+    return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class BareLoop:
+    """The reference: a plain PyTorch AdamW training loop, as one would write it without lbw-env."""
+
+    def __init__(self, cfg: TrainerConfig, corpus: Corpus) -> None:
+        self.cfg = cfg
+        self.model = build_model(cfg.model, corpus.vocab_size, cfg.data.seq_len, cfg.runtime.seed)
+        self.model.train()
+        self.device = next(self.model.parameters()).device
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        o = cfg.optim
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": o.weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        self.optimizer = torch.optim.AdamW(
+            [g for g in groups if g["params"]], lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, foreach=True
+        )
+        train = corpus.train[: cfg.data.max_train_tokens] if cfg.data.max_train_tokens else corpus.train
+        self.batches = BatchStream(train, cfg.data.seq_len, cfg.data.batch_size, cfg.runtime.seed)
+        self.t = 0
+
+    def step(self) -> None:
+        x = self.batches.next().to(self.device, non_blocking=True)
+        lr = schedule(self.cfg.optim, self.t)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        logits = self.model(input_ids=x[:, :-1]).logits
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten())
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.t += 1
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_block(step: Callable[[], Any], n: int, device: torch.device) -> list[float]:
+    """Seconds of each of ``n`` steps (synchronised on a GPU, so that each step's time is its own)."""
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+def breakdown(trainer: Trainer, n: int) -> dict[str, float]:
+    """Mean microseconds per step: the whole Trainer.step, GovernedOptimizer.step, and the AdamW step in it."""
+    governed, optimizer = trainer.governed, trainer.optimizer
+    inner: dict[str, list[float]] = {"governed": [], "optimizer": []}
+    gov_step, opt_step = governed.step, optimizer.step
+
+    def timed_gov(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        out = gov_step(*args, **kwargs)
+        inner["governed"].append(time.perf_counter() - t0)
+        return out
+
+    def timed_opt(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        out = opt_step(*args, **kwargs)
+        inner["optimizer"].append(time.perf_counter() - t0)
+        return out
+
+    governed.step = timed_gov  # type: ignore[method-assign]
+    optimizer.step = timed_opt  # type: ignore[method-assign]
+    try:
+        whole = time_block(lambda: trainer.step(Control()), n, trainer.device)
+    finally:
+        del governed.step, optimizer.step
+    us = 1e6
+    gov = statistics.median(inner["governed"]) * us
+    opt = statistics.median(inner["optimizer"]) * us
+    return {
+        "trainer_step_us": statistics.median(whole) * us,
+        "governed_step_us": gov,
+        "adamw_step_us": opt,
+        "governed_extra_us": gov - opt,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="qwen2-tiny", help="model preset (configs/models/<name>.yaml)")
+    ap.add_argument("--steps", type=int, default=20, help="steps per timed block")
+    ap.add_argument("--rounds", type=int, default=10, help="timed blocks of each loop, interleaved")
+    ap.add_argument("--warmup", type=int, default=10, help="untimed steps of each loop first")
+    ap.add_argument("--seq-len", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--vocab-size", type=int, default=2048)
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--mode", choices=["both", "trainer", "bare"], default="both")
+    ap.add_argument("--breakdown", action="store_true", help="also time the parts of the governed step")
+    ap.add_argument("--json", type=Path, help="write the results here as JSON")
+    ap.add_argument("overrides", nargs="*", help="further trainer key=value overrides")
+    args = ap.parse_args(argv)
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    total = args.warmup + args.rounds * args.steps
+    cfg = load_trainer_config(
+        {"model": {"preset": args.preset, "device": args.device}},
+        [
+            f"data.vocab_size={args.vocab_size}",
+            f"data.seq_len={args.seq_len}",
+            f"data.batch_size={args.batch_size}",
+            f"optim.lr={args.lr}",
+            f"optim.steps={total}",
+            f"runtime.threads={max(args.threads, 0)}",
+            *args.overrides,
+        ],
+    )
+    corpus = load_corpus(cfg.data, cfg.runtime.cache_dir)
+    loops: dict[str, Callable[[], Any]] = {}
+    device = torch.device(args.device)
+    params = 0
+    if args.mode in ("both", "trainer"):
+        trainer = Trainer(cfg, corpus)
+        loops["trainer"] = lambda: trainer.step(Control())
+        params = count_parameters(trainer.model)
+    if args.mode in ("both", "bare"):
+        bare = BareLoop(cfg, corpus)
+        loops["bare"] = bare.step
+        params = count_parameters(bare.model)
+    rss_setup = peak_rss_mib()
+
+    for step in loops.values():
+        time_block(step, args.warmup, device)
+    times: dict[str, list[list[float]]] = {name: [] for name in loops}
+    names = list(loops)
+    for r in range(args.rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            gc.collect()
+            times[name].append(time_block(loops[name], args.steps, device))
+
+    tokens = cfg.data.batch_size * cfg.data.seq_len
+    result: dict[str, Any] = {
+        "preset": args.preset,
+        "parameters": params,
+        "vocab_size": corpus.vocab_size,
+        "seq_len": cfg.data.seq_len,
+        "batch_size": cfg.data.batch_size,
+        "threads": torch.get_num_threads(),
+        "device": args.device,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "rounds": args.rounds,
+        "steps_per_round": args.steps,
+    }
+    for name, blocks in times.items():
+        flat = [t for block in blocks for t in block]
+        median = statistics.median(flat)
+        result[f"{name}_median_step_ms"] = median * 1e3
+        result[f"{name}_tokens_per_s"] = tokens / median
+    if len(times) == 2:
+        ratios = [statistics.mean(a) / statistics.mean(b) for a, b in zip(times["trainer"], times["bare"])]
+        result["ratio_median"] = statistics.median(ratios)
+        result["ratio_min"], result["ratio_max"] = min(ratios), max(ratios)
+        result["ratio_of_medians"] = result["trainer_median_step_ms"] / result["bare_median_step_ms"]
+    if args.breakdown and "trainer" in loops:
+        result.update(breakdown(trainer, args.rounds * args.steps))
+        if "bare" in times:
+            # The governed step's own work (minus AdamW, which both loops run) relative to a bare step: an
+            # estimate of the overhead that the machine's load disturbs less than the end-to-end ratio.
+            result["governed_extra_fraction"] = result["governed_extra_us"] / (result["bare_median_step_ms"] * 1e3)
+    result["peak_rss_setup_mib"] = rss_setup
+    result["peak_rss_mib"] = peak_rss_mib()
+
+    print(f"{args.preset}: {params:,} parameters, batch {cfg.data.batch_size} x seq {cfg.data.seq_len}, ", end="")
+    print(f"{result['threads']} thread(s), {args.rounds} rounds x {args.steps} steps")
+    for name in times:
+        print(
+            f"  {name:<8} median step {result[f'{name}_median_step_ms']:8.2f} ms   "
+            f"{result[f'{name}_tokens_per_s']:10.0f} tokens/s"
+        )
+    if "ratio_median" in result:
+        print(
+            f"  ratio trainer/bare: median {result['ratio_median']:.4f} "
+            f"(rounds {result['ratio_min']:.4f}..{result['ratio_max']:.4f}; "
+            f"ratio of median steps {result['ratio_of_medians']:.4f})"
+        )
+    if "governed_extra_us" in result:
+        print(
+            f"  breakdown (median us): trainer step {result['trainer_step_us']:.0f}, governed step "
+            f"{result['governed_step_us']:.0f}, of which AdamW {result['adamw_step_us']:.0f} "
+            f"-> governed extra {result['governed_extra_us']:.0f}"
+            + (
+                f" ({100 * result['governed_extra_fraction']:.1f} % of a bare step)"
+                if "governed_extra_fraction" in result
+                else ""
+            )
+        )
+    print(f"  peak RSS {result['peak_rss_mib']:.0f} MiB (after setup {rss_setup:.0f} MiB)")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
