@@ -148,6 +148,8 @@ class LBWEnv(gym.Env[np.ndarray, np.ndarray]):
         self.scenario: Scenario | None = None
         self._window: TelemetryWindow | None = None
         self._good: Snapshot | None = None
+        self._good_owner: Trainer | None = None  # whose parameter shapes the rollback buffers have
+        self._ended = False
         self._last_records: list[StepRecord] = []
         self._last_info: dict[str, Any] = {}
 
@@ -205,7 +207,9 @@ class LBWEnv(gym.Env[np.ndarray, np.ndarray]):
         self._window.reset(initial.valid_loss)
         # The rollback target. A state becomes "good" only once the interval *after* it was healthy too: damage
         # done by a step shows in the losses of the steps that follow it, not in its own.
-        self._good = self.trainer.snapshot(into=self._good)
+        # Reuse the buffers only for the same trainer: scenarios of a pool may have different model shapes.
+        self._good = self.trainer.snapshot(into=self._good if self._good_owner is self.trainer else None)
+        self._good_owner = self.trainer
         self._good_loss = initial.valid_loss
         self._candidate: Snapshot | None = None
         self._candidate_loss = initial.valid_loss
@@ -213,6 +217,7 @@ class LBWEnv(gym.Env[np.ndarray, np.ndarray]):
         self._t0 = time.perf_counter()
         self._train_seconds = 0.0
         self._skipped = 0
+        self._ended = False
         self._last_records = []
         self._last_info = {"scenario": self.scenario.name, "run_seed": run_seed, "step": 0}
         return self._window.observation(), dict(self._last_info)
@@ -220,7 +225,7 @@ class LBWEnv(gym.Env[np.ndarray, np.ndarray]):
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if self.trainer is None or self._window is None or self.scenario is None:
             raise RuntimeError("LBWEnv.step() called before reset()")
-        if self.trainer.done:
+        if self._ended or self.trainer.done:
             raise RuntimeError("LBWEnv.step() called after the episode ended; call reset()")
         trainer, window, envelope = self.trainer, self._window, self.envelope
         decision = envelope.decode(action)
@@ -252,8 +257,14 @@ class LBWEnv(gym.Env[np.ndarray, np.ndarray]):
                 window.rebase(self._good_loss)
                 self._candidate = None  # it was not followed by a healthy interval
                 rolled_back = 1
+            elif reason == "requested":
+                envelope.interventions["rollback_refused"] += 1  # the governor asked; the budget says no
+                # A refused request must not mask a divergence the envelope's own criteria see.
+                own = envelope.needs_rollback(window.nonfinite_streak, window.smoothed_loss, window.best_loss, False)
+                if own:
+                    reason, terminated = own, True
             else:
-                terminated = True
+                terminated = True  # the run diverged and the envelope can no longer recover it
         elif healthy:
             if self._candidate is not None:  # the candidate was followed by this healthy interval: promote it
                 self._good, self._candidate = self._candidate, self._good
@@ -263,6 +274,7 @@ class LBWEnv(gym.Env[np.ndarray, np.ndarray]):
         else:
             self._candidate = None
         truncated = trainer.done and not terminated
+        self._ended = terminated or truncated
 
         info: dict[str, Any] = {
             "scenario": self.scenario.name,

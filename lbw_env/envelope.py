@@ -36,8 +36,8 @@ class EnvelopeConfig:
 
     action_mode: Literal["continuous", "discrete"] = "continuous"
     """``continuous``: ``Box(-1, 1)``; ``discrete``: ``MultiDiscrete`` with ``lr_bins`` x ``gate_bins``."""
-    lr_scale_min: float = 0.02
-    """Lowest LR scale the governor can reach."""
+    lr_scale_min: float = 0.005
+    """Lowest LR scale the governor can reach (1/200: enough to bring a 100x-too-high LR back to sanity)."""
     lr_scale_max: float = 2.0
     """Highest LR scale (above 1 a governor may speed training up beyond the schedule)."""
     lr_scale_init: float = 1.0
@@ -70,7 +70,8 @@ class EnvelopeConfig:
     runaway_ratio: float = 2.0
     """Smoothed training loss above this multiple of the best smoothed loss counts as a runaway."""
     max_rollbacks: int = 3
-    """Rollbacks allowed per episode; one more needed means the run diverged (``terminated``)."""
+    """Rollbacks allowed per episode. When the envelope's own criterion needs one more, the run has diverged
+    (``terminated``); a governor's request beyond the budget is refused and counted."""
 
     def validate(self) -> None:
         check(
@@ -122,7 +123,13 @@ class Envelope:
     def reset(self) -> None:
         self.lr_scale = float(self.cfg.lr_scale_init)
         self.rollbacks = 0
-        self.interventions = {"action_nonfinite": 0, "action_clipped": 0, "lr_scale_bounded": 0, "rollbacks": 0}
+        self.interventions = {
+            "action_nonfinite": 0,
+            "action_clipped": 0,
+            "lr_scale_bounded": 0,
+            "rollbacks": 0,
+            "rollback_refused": 0,
+        }
 
     # -- decoding ---------------------------------------------------------------------------------------
 
@@ -165,9 +172,10 @@ class Envelope:
             gate = math.inf if gate_raw >= self.cfg.never_above else self._continuous_gate(gate_raw)
             rollback = self.cfg.rollback_action and float(a[2]) > 0.0
         else:
-            move = float(self._lr_moves[round(a[0])])
-            gate = self._gates[round(a[1])]
-            rollback = self.cfg.rollback_action and round(a[2]) == 1
+            # np.rint, not round(): on NumPy < 2, round() of a NumPy float is a float and cannot index.
+            move = float(self._lr_moves[int(np.rint(a[0]))])
+            gate = self._gates[int(np.rint(a[1]))]
+            rollback = self.cfg.rollback_action and int(np.rint(a[2])) == 1
         old = self.lr_scale
         target = old * self.move_factor(move)
         new = min(max(target, self.cfg.lr_scale_min), self.cfg.lr_scale_max)

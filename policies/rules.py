@@ -101,15 +101,15 @@ Regime = Literal["stable", "warning", "unstable", "recovering"]
 class GuardConfig:
     """Thresholds of the LBW guard. The reasoning for each value is in ``configs/governors/lbw_guard.yaml``."""
 
-    start_scale: float = 0.25
+    start_scale: float = 0.1
     """Slow start: the LR scale of the first decision, before any telemetry exists."""
     slow_start_growth: float = 2.0
     """Multiplicative growth per healthy decision, up to the remembered ceiling (TCP slow start)."""
     max_scale: float = 1.0
     """Highest LR scale the guard asks for."""
-    backoff: float = 0.5
+    backoff: float = 0.25
     """Multiplicative decrease when the run turns unstable."""
-    ceiling_margin: float = 0.7
+    ceiling_margin: float = 0.5
     """On instability the effective-LR ceiling becomes at most ``margin`` x the effective LR that caused it
     (and at most the effective LR of the last healthy interval)."""
     ceiling_probe: float = 1.02
