@@ -118,7 +118,7 @@ class GuardConfig:
     """Smoothed loss this far above its best (relative) is a warning."""
     unstable_vs_best: float = 0.08
     """... and this far above it is instability: back off."""
-    rollback_vs_best: float = 0.25
+    rollback_vs_best: float = 0.08
     """... and this far above it asks for a rollback (damaged weights are worse than lost steps)."""
     warn_trend: float = 0.05
     """``loss_trend`` feature (10 x relative change per interval) above this is a warning."""
