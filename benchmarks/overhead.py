@@ -7,7 +7,8 @@ does nothing else: no telemetry, no skip logic, no LR scaling. ``Trainer.step`` 
 
 The two loops run interleaved in blocks (after a warm-up of each), alternating which goes first, so that
 drift in the machine's load hits both equally. Reported: the median over rounds of the per-round ratio of
-mean step times (trainer / bare), median step time and tokens/s of each, and the process's peak RSS.
+mean step times (trainer / bare), in wall time and in process CPU time (which neighbours on a shared machine
+disturb far less), median step time and tokens/s of each, and the process's peak RSS.
 ``--mode trainer`` or ``--mode bare`` times one loop alone (for its own peak RSS). ``--breakdown`` then
 times the parts of the governed step: the time inside ``GovernedOptimizer.step`` other than the wrapped
 optimizer's own ``step``.
@@ -90,15 +91,20 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_block(step: Callable[[], Any], n: int, device: torch.device) -> list[float]:
-    """Seconds of each of ``n`` steps (synchronised on a GPU, so that each step's time is its own)."""
-    times = []
+def time_block(step: Callable[[], Any], n: int, device: torch.device) -> tuple[list[float], list[float]]:
+    """Wall and process-CPU seconds of each of ``n`` steps (synchronised on a GPU).
+
+    CPU time counts only this process's own work, so on a CPU shared with other jobs it is far less disturbed
+    than wall time by being descheduled (cache pollution by the neighbours still shows).
+    """
+    wall, cpu = [], []
     for _ in range(n):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         step()
         sync(device)
-        times.append(time.perf_counter() - t0)
-    return times
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return wall, cpu
 
 
 def peak_rss_mib() -> float:
@@ -128,7 +134,7 @@ def breakdown(trainer: Trainer, n: int) -> dict[str, float]:
     governed.step = timed_gov  # type: ignore[method-assign]
     optimizer.step = timed_opt  # type: ignore[method-assign]
     try:
-        whole = time_block(lambda: trainer.step(Control()), n, trainer.device)
+        whole, _ = time_block(lambda: trainer.step(Control()), n, trainer.device)
     finally:
         del governed.step, optimizer.step
     us = 1e6
@@ -192,11 +198,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for step in loops.values():
         time_block(step, args.warmup, device)
     times: dict[str, list[list[float]]] = {name: [] for name in loops}
+    cpu_times: dict[str, list[list[float]]] = {name: [] for name in loops}
     names = list(loops)
     for r in range(args.rounds):
         for name in names if r % 2 == 0 else names[::-1]:
             gc.collect()
-            times[name].append(time_block(loops[name], args.steps, device))
+            wall, cpu = time_block(loops[name], args.steps, device)
+            times[name].append(wall)
+            cpu_times[name].append(cpu)
 
     tokens = cfg.data.batch_size * cfg.data.seq_len
     result: dict[str, Any] = {
@@ -213,15 +222,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "steps_per_round": args.steps,
     }
     for name, blocks in times.items():
-        flat = [t for block in blocks for t in block]
-        median = statistics.median(flat)
+        median = statistics.median(t for block in blocks for t in block)
         result[f"{name}_median_step_ms"] = median * 1e3
         result[f"{name}_tokens_per_s"] = tokens / median
+        result[f"{name}_median_cpu_ms"] = statistics.median(t for block in cpu_times[name] for t in block) * 1e3
     if len(times) == 2:
         ratios = [statistics.mean(a) / statistics.mean(b) for a, b in zip(times["trainer"], times["bare"])]
         result["ratio_median"] = statistics.median(ratios)
         result["ratio_min"], result["ratio_max"] = min(ratios), max(ratios)
         result["ratio_of_medians"] = result["trainer_median_step_ms"] / result["bare_median_step_ms"]
+        cpu_ratios = [statistics.mean(a) / statistics.mean(b) for a, b in zip(cpu_times["trainer"], cpu_times["bare"])]
+        result["cpu_ratio_median"] = statistics.median(cpu_ratios)
+        result["cpu_ratio_min"], result["cpu_ratio_max"] = min(cpu_ratios), max(cpu_ratios)
     if args.breakdown and "trainer" in loops:
         result.update(breakdown(trainer, args.rounds * args.steps))
         if "bare" in times:
@@ -236,13 +248,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in times:
         print(
             f"  {name:<8} median step {result[f'{name}_median_step_ms']:8.2f} ms   "
-            f"{result[f'{name}_tokens_per_s']:10.0f} tokens/s"
+            f"{result[f'{name}_tokens_per_s']:10.0f} tokens/s   (CPU time {result[f'{name}_median_cpu_ms']:8.2f} ms)"
         )
     if "ratio_median" in result:
         print(
             f"  ratio trainer/bare: median {result['ratio_median']:.4f} "
             f"(rounds {result['ratio_min']:.4f}..{result['ratio_max']:.4f}; "
             f"ratio of median steps {result['ratio_of_medians']:.4f})"
+        )
+        print(
+            f"  CPU-time ratio:     median {result['cpu_ratio_median']:.4f} "
+            f"(rounds {result['cpu_ratio_min']:.4f}..{result['cpu_ratio_max']:.4f})"
         )
     if "governed_extra_us" in result:
         print(
