@@ -50,6 +50,15 @@ class StepRecord:
     """Wall time of the whole step (forward, backward, governed optimizer step); not part of equality, so
     that records of identical runs compare equal."""
 
+    def __eq__(self, other: object) -> bool:
+        """Field by field except ``seconds``, with NaN equal to NaN: the records of identical runs compare equal
+        even where a step's loss or gradient norm was NaN (the generated ``__eq__`` would say NaN != NaN)."""
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return all(_same(getattr(self, name), getattr(other, name)) for name in _COMPARED)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the generated eq=True dataclass
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON (non-finite floats become strings so that the JSON stays valid)."""
         return {
@@ -57,6 +66,13 @@ class StepRecord:
             for f in dataclasses.fields(self)
             for v in [getattr(self, f.name)]
         }
+
+
+_COMPARED = tuple(f.name for f in dataclasses.fields(StepRecord) if f.compare)
+
+
+def _same(a: object, b: object) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
 
 
 def _json_float(x: float) -> float | str:
