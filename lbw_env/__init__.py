@@ -32,7 +32,7 @@ ENV_IDS: dict[str, list[str]] = {
 def _register() -> None:
     for env_id, pool in ENV_IDS.items():
         if env_id not in gym.registry:
-            gym.register(id=env_id, entry_point=ENTRY_POINT, kwargs={"config": {"scenarios": pool}})
+            gym.register(id=env_id, entry_point=ENTRY_POINT, kwargs={"scenarios": pool})
 
 
 _register()
