@@ -2,11 +2,14 @@
 
 ``evaluate.py --governors ppo:runs/<run>/best_model.zip`` loads the model with the algorithm named by the
 prefix, and, if a ``vecnormalize.pkl`` lies beside it, normalises observations exactly as during training.
+A checkpoint of SB3's ``CheckpointCallback`` (``<prefix>_<N>_steps.zip``) finds its own statistics
+(``<prefix>_vecnormalize_<N>_steps.pkl``) the same way.
 """
 
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,17 @@ from .base import Governor, register
 
 ALGOS = ("ppo", "a2c", "sac", "recurrent_ppo")
 VECNORM_FILE = "vecnormalize.pkl"
+_CHECKPOINT = re.compile(r"^(?P<prefix>.+)_(?P<steps>\d+)_steps\.zip$")
+
+
+def vecnormalize_path(model_path: str | Path) -> Path | None:
+    """The VecNormalize statistics saved with a model: ``vecnormalize.pkl`` beside it, or for an SB3 checkpoint
+    ``<prefix>_<N>_steps.zip`` its ``<prefix>_vecnormalize_<N>_steps.pkl``. None if there are none."""
+    p = Path(model_path)
+    m = _CHECKPOINT.match(p.name)
+    candidates = [p.parent / f"{m['prefix']}_vecnormalize_{m['steps']}_steps.pkl"] if m else []
+    candidates.append(p.parent / VECNORM_FILE)
+    return next((c for c in candidates if c.is_file()), None)
 
 
 def _algo_class(name: str) -> Any:
@@ -52,8 +66,8 @@ class SB3Governor:
         except Exception as e:  # SB3 raises many kinds for a corrupt file
             raise ConfigError(f"governor {algo}:{path}: not a loadable {algo} model ({type(e).__name__}: {e})") from e
         obs_rms, clip_obs, eps = None, 10.0, 1e-8
-        stats = p.parent / VECNORM_FILE
-        if stats.is_file():
+        stats = vecnormalize_path(p)
+        if stats is not None:
             with open(stats, "rb") as f:
                 vn = pickle.load(f)
             if getattr(vn, "norm_obs", False):

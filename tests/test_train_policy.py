@@ -1,0 +1,334 @@
+"""train_policy.py: a short PPO run end to end, its run folder, evaluation of the saved model, kill + resume,
+bad input, and rl-zoo3 compatibility of the shipped hyperparameters.
+
+Runs use the tiny family cut to 16 optimizer steps per episode (4 decisions of 4 steps), tiny evaluation
+subsets and an 8-step base checkpoint for the fine-tune scenarios, so that a whole training run with
+evaluations and checkpoints takes seconds on two cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from lbw_env.config import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["optim.steps=16", "base_steps=8", "data.eval_blocks=4"]
+"""Trainer overrides of every run here: 16-step episodes, cheap validation, an 8-step base checkpoint."""
+ENV = {"decision_interval": 4, "trainer_overrides": TINY}
+"""4 decisions per episode. A learned governor must be evaluated with the env settings it was trained with."""
+
+
+def load_cli(name: str) -> ModuleType:
+    """A top-level script of the repository as a module (``train_policy.py``, ``evaluate.py``), loaded once.
+
+    Registered in ``sys.modules`` under its own name: dataclasses and ``typing.get_type_hints`` look their
+    module up there."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def small_config(run_dir: Path, **changes: Any) -> dict[str, Any]:
+    """A PPO config that trains 48 decisions with evaluations and checkpoints every 16."""
+    data: dict[str, Any] = {
+        "env_id": "LBW/WikiText-Tiny-v0",
+        "env": dict(ENV),
+        "algo": "ppo",
+        "hyperparams": {"n_steps": 8, "batch_size": 16, "n_epochs": 2, "policy_kwargs": {"net_arch": [16, 16]}},
+        "total_timesteps": 48,
+        "n_envs": 2,
+        "vec_env": "dummy",
+        "eval": {"scenarios": ["tiny:heldout"], "seeds": 1, "eval_freq": 16},
+        "checkpoint_freq": 16,
+        "progress_bar": False,
+        "verbose": 0,
+        "run_dir": str(run_dir),
+    }
+    data.update(changes)
+    return data
+
+
+def write_config(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def tb_scalars(run_tb: Path) -> dict[str, list[int]]:
+    """TensorBoard scalar tag -> steps, over every event file of one run folder."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[str, list[int]] = {}
+    for events in sorted(run_tb.glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            out.setdefault(tag, []).extend(e.step for e in acc.Scalars(tag))
+    return out
+
+
+def monitor_rows(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines()[2:] if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def lbw(shared_data: Path, lbw_cache: Path, torch_threads: None) -> Iterator[None]:
+    """``$LBW_DATA_DIR`` for the scenarios (in ``os.environ``, so env worker processes inherit it)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LBW_DATA_DIR", str(shared_data))
+        yield
+
+
+@pytest.fixture(scope="module")
+def trained(lbw: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One short PPO run through ``train_policy.main`` (in this process); returns its run folder."""
+    tmp = tmp_path_factory.mktemp("train")
+    config = write_config(tmp / "ppo.yaml", small_config(tmp / "run"))
+    assert load_cli("train_policy").main(["--config", str(config)]) == 0
+    return tmp / "run"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A whole run
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_run_folder_holds_config_models_statistics_logs_and_curve(trained: Path) -> None:
+    tp = load_cli("train_policy")
+    run = trained
+    for name in (
+        "config.yaml",
+        "env.yaml",
+        "best_model.zip",
+        "vecnormalize.pkl",
+        "final/model.zip",
+        "final/vecnormalize.pkl",
+        "evaluations.npz",
+        "learning_curve.png",
+        "summary.json",
+        "monitor/0.monitor.csv",
+        "monitor/1.monitor.csv",
+        "monitor/eval.monitor.csv",
+        "checkpoints/model_16_steps.zip",
+        "checkpoints/model_vecnormalize_16_steps.pkl",
+        "checkpoints/model_48_steps.zip",
+    ):
+        assert (run / name).is_file(), f"{name} missing from the run folder"
+    # The saved config is the resolved one, and loads again.
+    cfg = tp.load_config(run / "config.yaml")
+    assert cfg.algo == "ppo" and cfg.total_timesteps == 48 and cfg.env == ENV
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["num_timesteps"] == 48 and summary["best_model"].endswith("best_model.zip")
+    # Evaluations on the fixed held-out episodes: 2 scenarios x 1 seed, at 16, 32, 48 timesteps.
+    evals = np.load(run / "evaluations.npz")
+    assert evals["timesteps"].tolist() == [16, 32, 48]
+    assert evals["results"].shape == (3, 2) and np.isfinite(evals["results"]).all()
+    env_yaml = yaml.safe_load((run / "env.yaml").read_text())
+    assert env_yaml["eval_episodes"] == [["tiny/high_lr", 10_000], ["tiny/ft_high_lr", 10_000]]
+    assert env_yaml["train"]["trainer_overrides"][-1] == "runtime.threads=1"  # threads reach every env process
+    # Training statistics are saved for the eval-time normalisation (norm_reward only during training).
+    with open(run / "vecnormalize.pkl", "rb") as f:
+        vn = pickle.load(f)
+    assert vn.norm_obs and vn.obs_rms.count > 1
+    # Training episodes: 48 decisions / 4 per episode / 2 envs = 6 per env.
+    assert len(monitor_rows(run / "monitor" / "0.monitor.csv")) == 6
+
+
+def test_tensorboard_metrics_are_grouped(trained: Path) -> None:
+    pytest.importorskip("tensorboard")
+    runs = sorted((trained / "tb").iterdir())
+    assert [p.name for p in runs] == ["PPO_1"]
+    tags = set(tb_scalars(runs[0]))
+    for tag in (
+        "train/value_loss",
+        "eval/mean_reward",
+        "eval/final_valid_ppl",
+        "telemetry/loss",
+        "telemetry/lr_scale",
+        "telemetry/skip_rate",
+        "telemetry/final_valid_ppl",
+        "governor/action_0",
+        "governor/action_1",
+        "governor/rollbacks",
+        "governor/interventions/action_clipped",
+        "reward/progress",
+        "reward/final_correction",
+        "reward/return",
+    ):
+        assert tag in tags, f"{tag} not logged; got {sorted(tags)}"
+
+
+def test_saved_model_is_a_governor_for_evaluate_py(trained: Path, tmp_path: Path) -> None:
+    from policies.base import make_governor
+
+    best = make_governor(f"ppo:{trained / 'best_model.zip'}")
+    assert best.obs_rms is not None  # type: ignore[attr-defined]  # vecnormalize.pkl beside it was found
+    checkpoint = make_governor(f"ppo:{trained / 'checkpoints' / 'model_16_steps.zip'}")
+    with open(trained / "checkpoints" / "model_vecnormalize_16_steps.pkl", "rb") as f:
+        own = pickle.load(f).obs_rms
+    assert np.array_equal(checkpoint.obs_rms.mean, own.mean)  # type: ignore[attr-defined]  # its own statistics
+
+    suite = {
+        "name": "learned_test",
+        "scenarios": ["tiny:heldout"],
+        "arms": [{"label": "ppo", "governor": f"ppo:{trained / 'best_model.zip'}"}, "adamw"],
+        "seeds": 1,
+        "env": dict(ENV),  # the settings the model was trained with
+    }
+    path = write_config(tmp_path / "learned.yaml", suite)
+    out = tmp_path / "results"
+    assert load_cli("evaluate").main(["--suite", str(path), "--out", str(out), "--no-plots"]) == 0
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    learned = [r for r in records if r["arm"] == "ppo"]
+    assert {r["scenario"] for r in learned} == {"tiny/high_lr", "tiny/ft_high_lr"}
+    assert all(r["governor_class"] == "SB3Governor" and r["decisions"] == 4 for r in learned)
+    assert (out / "report.md").is_file()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Kill and resume
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_sigkill_then_resume_continues_steps_logs_and_monitor(lbw: None, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    # Subprocess envs, as in real training; long enough that it is still running when killed.
+    config = write_config(
+        tmp_path / "ppo.yaml",
+        small_config(run, total_timesteps=4000, vec_env="subproc", eval={"seeds": 1, "eval_freq": 0}),
+    )
+    cmd = [sys.executable, str(REPO / "train_policy.py"), "--config", str(config)]
+    first = run / "checkpoints" / "model_vecnormalize_16_steps.pkl"  # written after model_16_steps.zip
+    with open(tmp_path / "first.log", "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 240
+            while not first.is_file() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert proc.poll() is None, (
+                "training ended before it could be killed:\n" + (tmp_path / "first.log").read_text()
+            )
+            assert first.is_file(), "no checkpoint in time:\n" + (tmp_path / "first.log").read_text()
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its env workers, as a crash would
+            proc.wait()
+    checkpoints = sorted(run.glob("checkpoints/model_*_steps.zip"), key=lambda p: int(p.stem.split("_")[1]))
+    checkpoint = checkpoints[-1]
+    steps = int(checkpoint.stem.split("_")[1])
+    stats = run / "checkpoints" / f"model_vecnormalize_{steps}_steps.pkl"
+    if not stats.is_file():  # killed between the zip and its statistics: the one before is complete
+        checkpoint = checkpoints[-2]
+        steps = int(checkpoint.stem.split("_")[1])
+    monitor_before = monitor_rows(run / "monitor" / "0.monitor.csv")
+
+    # Resume in this process, with the run's own config.yaml and a budget of 32 more decisions.
+    tp = load_cli("train_policy")
+    assert tp.main([f"resume={checkpoint}", f"total_timesteps={steps + 32}", "vec_env=dummy"]) == 0
+
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["num_timesteps"] == steps + 32 > steps
+    assert summary["segment_timesteps"] == 32
+    from stable_baselines3 import PPO
+
+    assert PPO.load(run / "final" / "model.zip", device="cpu").num_timesteps == steps + 32
+    assert (run / "checkpoints" / f"model_{steps + 16}_steps.zip").is_file()
+    # The monitor files continue (appended, earlier episodes untouched).
+    monitor_after = monitor_rows(run / "monitor" / "0.monitor.csv")
+    assert monitor_after[: len(monitor_before)] == monitor_before
+    assert len(monitor_after) > len(monitor_before)
+    if importlib.util.find_spec("tensorboard") is not None:
+        # One TensorBoard run, written by both segments, its steps continuing past the checkpoint.
+        assert [p.name for p in (run / "tb").iterdir()] == ["PPO_1"]
+        assert len(list((run / "tb" / "PPO_1").glob("events.out.tfevents.*"))) == 2
+        logged = tb_scalars(run / "tb" / "PPO_1")
+        assert max(logged["telemetry/loss"]) > steps
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Bad input fails clearly, before anything is created
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["algo=dqn"], "algo: expected one of"),
+        (["algo=sac", "env.envelope.action_mode=discrete"], "sac needs continuous actions"),
+        (["bogus=1"], "bogus: unknown key for TrainConfig"),
+        (["env.bogus=1"], "env.bogus: unknown key for EnvConfig"),
+        (["hyperparams.n_stepz=8"], "hyperparams.n_stepz: not an argument of PPO"),
+        (["hyperparams.seed=3"], "hyperparams.seed: set by the training config"),
+        (["hyperparams.policy_kwargs.activation_fn=swish"], "activation_fn: expected one of"),
+        (["eval.scenarios=[tiny/missing]"], "tiny/missing"),
+        (["env_id=LBW/Nope-v0"], "env_id: 'LBW/Nope-v0' is not registered"),
+        (["n_envs=0"], "n_envs: expected an int >= 1"),
+        (["resume=nowhere/model_8_steps.zip"], "checkpoint nowhere/model_8_steps.zip not found"),
+    ],
+)
+def test_bad_input_fails_clearly(
+    lbw: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], overrides: list[str], message: str
+) -> None:
+    run = tmp_path / "run"
+    config = write_config(tmp_path / "ppo.yaml", small_config(run))
+    assert load_cli("train_policy").main(["--config", str(config), *overrides]) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert not run.exists(), "the run folder was created before the config was rejected"
+
+
+def test_config_errors_name_the_file(tmp_path: Path) -> None:
+    tp = load_cli("train_policy")
+    with pytest.raises(ConfigError, match=r"ppo\.yaml: algo"):
+        tp.load_config(write_config(tmp_path / "ppo.yaml", {"algo": "nope"}))
+    with pytest.raises(ConfigError, match="--config: required"):
+        tp.load_config(None)
+    for path in sorted((REPO / "configs" / "train").glob("*.yaml")):  # every shipped config is valid
+        tp.load_config(path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# rl-baselines3-zoo
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_rl_zoo3_trains_with_the_shipped_hyperparameters(lbw: None, tmp_path: Path) -> None:
+    pytest.importorskip("rl_zoo3")
+    cmd = [
+        sys.executable, "-m", "rl_zoo3.train", "--algo", "ppo", "--env", "LBW/WikiText-Tiny-v0",
+        "--gym-packages", "lbw_env", "--conf-file", str(REPO / "configs" / "rl_zoo3" / "ppo.yml"),
+        "-n", "16", "-f", str(tmp_path / "logs"), "--num-threads", "1",
+        # Smaller than the shipped run; everything else (normalisation, policy, env id) as shipped.
+        "--hyperparams", "n_envs:1", "n_steps:8", "batch_size:8", "n_epochs:1",
+        "--env-kwargs", "decision_interval:4", f"trainer_overrides:{[*TINY, 'runtime.threads=1']!r}",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    saved = tmp_path / "logs" / "ppo" / "LBW-WikiText-Tiny-v0_1"
+    assert (saved / "LBW-WikiText-Tiny-v0.zip").is_file()
+    assert (saved / "LBW-WikiText-Tiny-v0" / "vecnormalize.pkl").is_file()
