@@ -76,6 +76,29 @@ class DataConfig:
 
 
 @dataclasses.dataclass
+class LoRAConfig:
+    """Low-rank adapters (peft LoRA) on a frozen base: the paper's fine-tune regime. ``r: 0`` = full-parameter."""
+
+    r: int = 0
+    """Adapter rank; 0 turns LoRA off (every parameter trains: the full-parameter regime, the default)."""
+    alpha: float = 16.0
+    """LoRA scaling numerator: the adapter update is scaled by ``alpha / r``."""
+    dropout: float = 0.0
+    """Dropout on the adapter input. 0 keeps training deterministic given the seed (replay, rollback, tests)."""
+    target_modules: list[str] = dataclasses.field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Names (suffixes) of the linear layers that get adapters: by default every attention and MLP projection
+    of the Qwen2/Llama blocks; embeddings and the LM head stay frozen."""
+
+    def validate(self) -> None:
+        check(self.r >= 0, "r", "an int >= 0 (0: no LoRA)", self.r)
+        check(math.isfinite(self.alpha) and self.alpha > 0, "alpha", "a positive finite float", self.alpha)
+        check(0 <= self.dropout < 1, "dropout", "a float in [0, 1)", self.dropout)
+        check(not self.r or bool(self.target_modules), "target_modules", "a non-empty list", self.target_modules)
+
+
+@dataclasses.dataclass
 class ModelConfig:
     """The language model: a preset built from a config, or a real checkpoint."""
 
@@ -101,6 +124,9 @@ class ModelConfig:
     """Parameter dtype. float32 on CPU; bfloat16 for real checkpoints on a GPU."""
     device: str = "cpu"
     """Torch device (``cpu``, ``cuda``, ``cuda:1`` ...)."""
+    lora: LoRAConfig = dataclasses.field(default_factory=LoRAConfig)
+    """LoRA adapters on the loaded weights (``lora.r > 0``); only the adapters train. Needs ``regime: finetune``
+    or ``pretrained``: adapters on a random initialisation would train a low-rank perturbation of noise."""
 
     def validate(self) -> None:
         for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size"):
@@ -214,6 +240,12 @@ class TrainerConfig:
 
     def validate(self) -> None:
         check(self.base_steps >= 1, "base_steps", "an int >= 1", self.base_steps)
+        check(
+            not self.model.lora.r or self.regime == "finetune" or bool(self.model.pretrained),
+            "model.lora.r",
+            "0 unless regime is finetune or model.pretrained is set (LoRA adapts loaded weights)",
+            self.model.lora.r,
+        )
         check(
             math.isfinite(self.base_lr) and self.base_lr > 0,
             "base_lr",

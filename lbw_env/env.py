@@ -14,10 +14,11 @@ import numpy as np
 
 from . import runtime
 from .config import ConfigError, check, deep_merge, fix_yaml_floats, from_dict
-from .envelope import Envelope, EnvelopeConfig
+from .envelope import EnvelopeConfig
+from .governance import Governance, loss_cv
 from .reward import RewardConfig, reward_terms
 from .scenarios import Scenario, get_scenario, resolve, with_overrides
-from .telemetry import FEATURE_NAMES, FEATURES, OBS_BOUND, StepRecord, TelemetryWindow
+from .telemetry import FEATURE_NAMES, FEATURES, OBS_BOUND, StepRecord
 from .trainer import Snapshot, Trainer
 
 
@@ -138,7 +139,9 @@ class LBWEnv(gym.Env[np.ndarray, np.ndarray]):
         self.cfg = cfg
         self.render_mode = render_mode
         self.pool: list[Scenario] = [with_overrides(s, cfg.trainer_overrides) for s in resolve(cfg.scenarios)]
-        self.envelope = Envelope(cfg.envelope)
+        # Envelope, telemetry window and rollback targets: the same Governance the integrations use.
+        self.governance: Governance[Snapshot] = Governance(cfg.envelope, cfg.window, cfg.healthy_ratio)
+        self.envelope = self.governance.envelope
         self.action_space = self.envelope.action_space
         n = cfg.window * len(FEATURE_NAMES)
         self.observation_space = gym.spaces.Box(-OBS_BOUND, OBS_BOUND, (n,), dtype=np.float32)
@@ -146,8 +149,6 @@ class LBWEnv(gym.Env[np.ndarray, np.ndarray]):
         self._initial: collections.OrderedDict[tuple[str, int], _Initial] = collections.OrderedDict()
         self.trainer: Trainer | None = None
         self.scenario: Scenario | None = None
-        self._window: TelemetryWindow | None = None
-        self._good: Snapshot | None = None
         self._good_owner: Trainer | None = None  # whose parameter shapes the rollback buffers have
         self._ended = False
         self._last_records: list[StepRecord] = []
@@ -199,20 +200,17 @@ class LBWEnv(gym.Env[np.ndarray, np.ndarray]):
         self.trainer = self._get_trainer(self.scenario)
         runtime.configure(self.scenario.trainer.runtime.threads, self.scenario.trainer.runtime.mallopt)
         initial = self._start(self.scenario, run_seed)
-        tcfg = self.scenario.trainer
-        self.envelope.reset()
-        self._window = TelemetryWindow(
-            self.cfg.window, self.trainer.corpus.vocab_size, tcfg.optim.steps, self.cfg.envelope.max_rollbacks
-        )
-        self._window.reset(initial.valid_loss)
-        # The rollback target. A state becomes "good" only once the interval *after* it was healthy too: damage
-        # done by a step shows in the losses of the steps that follow it, not in its own.
-        # Reuse the buffers only for the same trainer: scenarios of a pool may have different model shapes.
-        self._good = self.trainer.snapshot(into=self._good if self._good_owner is self.trainer else None)
+        # Reuse the rollback buffers only for the same trainer: scenarios of a pool may have different shapes.
+        if self._good_owner is not self.trainer:
+            self.governance.forget_snapshots()
         self._good_owner = self.trainer
-        self._good_loss = initial.valid_loss
-        self._candidate: Snapshot | None = None
-        self._candidate_loss = initial.valid_loss
+        trainer = self.trainer
+        obs = self.governance.reset(
+            initial.valid_loss,
+            lambda into: trainer.snapshot(into=into),
+            vocab_size=trainer.corpus.vocab_size,
+            total_steps=self.scenario.trainer.optim.steps,
+        )
         self._initial_loss = initial.valid_loss
         self._t0 = time.perf_counter()
         self._train_seconds = 0.0
@@ -220,15 +218,15 @@ class LBWEnv(gym.Env[np.ndarray, np.ndarray]):
         self._ended = False
         self._last_records = []
         self._last_info = {"scenario": self.scenario.name, "run_seed": run_seed, "step": 0}
-        return self._window.observation(), dict(self._last_info)
+        return obs, dict(self._last_info)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        if self.trainer is None or self._window is None or self.scenario is None:
+        if self.trainer is None or self.governance.window is None or self.scenario is None:
             raise RuntimeError("LBWEnv.step() called before reset()")
         if self._ended or self.trainer.done:
             raise RuntimeError("LBWEnv.step() called after the episode ended; call reset()")
-        trainer, window, envelope = self.trainer, self._window, self.envelope
-        decision = envelope.decode(action)
+        trainer, envelope = self.trainer, self.envelope
+        decision = self.governance.decide(action)
 
         # Run the interval under the bounded control.
         n = min(self.cfg.decision_interval, trainer.cfg.optim.steps - trainer.t)
@@ -236,43 +234,17 @@ class LBWEnv(gym.Env[np.ndarray, np.ndarray]):
         self._train_seconds += sum(r.seconds for r in records)
         skipped = sum(r.skipped for r in records)
         self._skipped += skipped
-        prev_loss = window.smoothed_loss
-        stats = trainer.governed.loss_stats
-        loss_cv = stats.std / max(abs(stats.mean), 1e-6) if stats.ready else 0.0
-        window.push(records, envelope.lr_scale, envelope.rollbacks, trainer.t, loss_cv)
-
-        # The envelope's rollback policy: restore the last good weights, or declare divergence.
-        terminated, rolled_back = False, 0
-        reason = envelope.needs_rollback(
-            window.nonfinite_streak, window.smoothed_loss, window.best_loss, decision.rollback_requested
+        # The envelope's rollback policy: restore the last good weights (not the data position: training moves
+        # on to new batches), or declare divergence; healthy intervals leave rollback targets.
+        outcome = self.governance.end_interval(
+            records,
+            trainer.t,
+            loss_cv(trainer.governed.loss_stats),
+            decision.rollback_requested,
+            snapshot_fn=lambda into: trainer.snapshot(into=into),
+            restore_fn=lambda snap: trainer.restore(snap, rewind=False),
         )
-        healthy = (
-            not reason
-            and window.nonfinite_streak == 0
-            and window.smoothed_loss <= self.cfg.healthy_ratio * window.best_loss
-        )
-        if reason:
-            if envelope.take_rollback():
-                trainer.restore(self._good, rewind=False)  # type: ignore[arg-type]
-                window.rebase(self._good_loss)
-                self._candidate = None  # it was not followed by a healthy interval
-                rolled_back = 1
-            elif reason == "requested":
-                envelope.interventions["rollback_refused"] += 1  # the governor asked; the budget says no
-                # A refused request must not mask a divergence the envelope's own criteria see.
-                own = envelope.needs_rollback(window.nonfinite_streak, window.smoothed_loss, window.best_loss, False)
-                if own:
-                    reason, terminated = own, True
-            else:
-                terminated = True  # the run diverged and the envelope can no longer recover it
-        elif healthy:
-            if self._candidate is not None:  # the candidate was followed by this healthy interval: promote it
-                self._good, self._candidate = self._candidate, self._good
-                self._good_loss = self._candidate_loss
-            self._candidate = trainer.snapshot(into=self._candidate)
-            self._candidate_loss = window.smoothed_loss
-        else:
-            self._candidate = None
+        reason, rolled_back, terminated = outcome.reason, outcome.rolled_back, outcome.terminated
         truncated = trainer.done and not terminated
         self._ended = terminated or truncated
 
@@ -300,12 +272,12 @@ class LBWEnv(gym.Env[np.ndarray, np.ndarray]):
                 "wall_time": time.perf_counter() - self._t0,
             }
         terms = reward_terms(
-            self.cfg.reward, prev_loss, window.smoothed_loss, skipped, rolled_back, terminated, valid_loss
+            self.cfg.reward, outcome.prev_loss, outcome.loss, skipped, rolled_back, terminated, valid_loss
         )
         info["reward_terms"] = terms
         self._last_records, self._last_info = records, info
         reward = float(sum(terms.values()))
-        return window.observation(), reward, terminated, truncated, info
+        return self.governance.observation(), reward, terminated, truncated, info
 
     def render(self) -> str | None:
         if self.render_mode != "ansi":

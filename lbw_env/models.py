@@ -4,11 +4,16 @@ Presets live as YAML under ``configs/models/`` (a Qwen2-architecture ladder stan
 and a Llama-architecture preset standing in for TinyLlama-1B). They are built with ``transformers``'
 own ``Qwen2Config``/``LlamaConfig`` and model classes, so the same training code takes a real checkpoint
 on a GPU by setting ``model.pretrained`` (plus ``dtype``/``device``).
+
+LoRA (``model.lora.r > 0``) wraps the loaded model with peft adapters on a frozen base; the adapters are
+initialised from the run seed with a private generator, so a run and its replay start from the same bytes.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +28,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from .config import ConfigError, ModelConfig, read_yaml
+from .config import ConfigError, LoRAConfig, ModelConfig, read_yaml
 
 ENV_CONFIG_DIR = "LBW_CONFIG_DIR"
 
@@ -102,6 +107,61 @@ def from_pretrained(path: str | os.PathLike[str], dtype: str = "float32", device
             hf_logging.enable_progress_bar()
     model.config.use_cache = False
     return model.to(device)
+
+
+def apply_lora(model: PreTrainedModel, cfg: LoRAConfig, seed: int) -> torch.nn.Module:
+    """Wrap ``model`` with peft LoRA adapters per ``cfg``; afterwards only the adapters require gradients.
+
+    The base weights are frozen in their loaded dtype; peft keeps the adapters in float32 even on a bf16 base
+    (``autocast_adapter_dtype``), the usual mixed-precision LoRA set-up. The adapters are then initialised by
+    :func:`init_lora_weights` from ``seed``, not by peft from the global RNG.
+    """
+    from peft import LoraConfig, get_peft_model  # imported here: full-parameter runs never need peft
+
+    if not cfg.r:
+        raise ValueError("apply_lora: lora.r is 0 (LoRA off)")
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in cfg.target_modules if m not in names]
+    if missing:
+        # peft would only complain if *no* module matched; a typo in one name must not silently drop adapters.
+        raise ConfigError(f"model.lora.target_modules: {missing} not found in {type(model).__name__}")
+    peft_cfg = LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    # get_peft_model builds the adapter Linear layers, which draws from the global RNG: fork it, so LoRA does
+    # not shift the caller's random stream (the weights themselves come from init_lora_weights below).
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        # transformers 5 deprecates an attribute peft still reads; the warning says nothing about this run.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(model, peft_cfg)
+    init_lora_weights(peft_model, seed)
+    return peft_model
+
+
+@torch.no_grad()
+def init_lora_weights(model: torch.nn.Module, seed: int) -> None:
+    """(Re-)initialise every LoRA adapter as peft's default does (A: Kaiming-uniform, B: zero), from ``seed``.
+
+    Drawn on the CPU with a private generator in module order, then copied to the adapter's device and dtype:
+    the same seed gives the same adapters on any device, and the global RNG is untouched.
+    """
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    found = False
+    for name, p in model.named_parameters():
+        if ".lora_A." in name:
+            w = torch.empty(p.shape, dtype=torch.float32)
+            torch.nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=gen)
+            p.copy_(w)
+            found = True
+        elif ".lora_B." in name:
+            p.zero_()
+    if not found:
+        raise ValueError("init_lora_weights: the model has no LoRA adapters")
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:

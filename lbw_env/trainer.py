@@ -3,7 +3,11 @@
 ``Trainer.step(control)`` reads top to bottom like nanoGPT's loop: next batch (with any injected fault),
 scheduled LR, forward, backward, then the governed optimizer step (telemetry, true skip, LR scale).
 ``snapshot()``/``restore()`` copy the complete training state into preallocated buffers, so the env can
-roll back or reset in milliseconds and replay bit for bit.
+roll back or reset in milliseconds and replay bit for bit. The model/optimizer part of a snapshot is
+:func:`~lbw_env.governance.capture_train_state`, the same helper the integrations use.
+
+Fine-tune regimes: full-parameter (the default) or LoRA (``model.lora.r > 0``: peft adapters on the frozen
+base; only the adapters are trainable, so the optimizer, the telemetry and snapshots cover only them).
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ from transformers.utils import logging as hf_logging
 
 from . import runtime
 from .cache import cache_root, cached_dir, stable_hash
-from .config import FaultConfig, OptimConfig, TrainerConfig, to_dict
+from .config import FaultConfig, LoRAConfig, OptimConfig, TrainerConfig, to_dict
 from .data import BatchStream, Corpus, eval_blocks, load_corpus
+from .governance import TrainState, capture_train_state, restore_train_state
 from .governed import Control, GateConfig, GovernedOptimizer
-from .models import build_model, count_parameters, from_pretrained
+from .models import apply_lora, build_model, count_parameters, from_pretrained, init_lora_weights
 from .telemetry import StepRecord
 
 
@@ -43,17 +48,15 @@ class EvalResult:
 
 
 @dataclasses.dataclass
-class Snapshot:
-    """The complete training state at one step, in buffers that later snapshots reuse."""
+class Snapshot(TrainState):
+    """The complete training state at one step, in buffers that later snapshots reuse: the model/optimizer
+    :class:`~lbw_env.governance.TrainState` plus where the run stands (step, batch order, fault RNGs)."""
 
     seed: int
-    params: list[torch.Tensor]
-    opt_state: list[dict[str, torch.Tensor]]
     t: int
     data_state: dict[str, int]
     fault_rng_state: dict[str, Any]
     noise_rng_state: torch.Tensor
-    governed_state: dict[str, Any]
 
 
 def safe_exp(x: float) -> float:
@@ -84,7 +87,12 @@ class Trainer:
             self.model = from_pretrained(self.base_path, cfg.model.dtype, cfg.model.device)
         else:
             self.model = build_model(cfg.model, self.corpus.vocab_size, cfg.data.seq_len, cfg.runtime.seed)
-        if self.base_path is not None:
+        self.lora: LoRAConfig | None = cfg.model.lora if cfg.model.lora.r else None
+        if self.lora is not None:
+            # Only the adapters train; the frozen base never changes, so a reset re-initialises the adapters and
+            # needs no copy of the base weights (which, for a real checkpoint, would be the whole model).
+            self.model = apply_lora(self.model, self.lora, cfg.runtime.seed)  # type: ignore[assignment]
+        elif self.base_path is not None:
             # Kept on the CPU so that a reset to the base weights costs a copy, not a disk read.
             self._base_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         self.device = next(self.model.parameters()).device
@@ -115,7 +123,9 @@ class Trainer:
 
     def reset(self, seed: int) -> None:
         """Start the run again with ``seed``: fresh (or base) weights, empty optimizer state, step 0."""
-        if self._base_state is not None:
+        if self.lora is not None:
+            init_lora_weights(self.model, seed)  # the base is frozen: it still holds the base weights
+        elif self._base_state is not None:
             self.model.load_state_dict(self._base_state)
         else:
             fresh = build_model(self.cfg.model, self.corpus.vocab_size, self.cfg.data.seq_len, seed)
@@ -217,33 +227,16 @@ class Trainer:
 
     def snapshot(self, into: Snapshot | None = None) -> Snapshot:
         """Copy the whole training state; pass an earlier snapshot as ``into`` to reuse its buffers."""
-        params = [p.detach() for p in self.params]
-        states = [self.optimizer.state.get(p, {}) for p in self.params]
-        if into is None or len(into.params) != len(params):
-            snap_params = [p.clone() for p in params]
-        else:
-            snap_params = into.params
-            torch._foreach_copy_(snap_params, params)
-        opt_state: list[dict[str, torch.Tensor]] = []
-        for i, st in enumerate(states):
-            old = into.opt_state[i] if into is not None and i < len(into.opt_state) else {}
-            entry = {}
-            for k, v in st.items():
-                if k in old and old[k].shape == v.shape:
-                    old[k].copy_(v)
-                    entry[k] = old[k]
-                else:
-                    entry[k] = v.detach().clone()
-            opt_state.append(entry)
+        state = capture_train_state(self.params, self.optimizer, self.governed, into=into)
         return Snapshot(
+            params=state.params,
+            opt_state=state.opt_state,
+            governed_state=state.governed_state,
             seed=self.seed,
-            params=snap_params,
-            opt_state=opt_state,
             t=self.t,
             data_state=self.batches.state(),
             fault_rng_state=copy.deepcopy(self.fault_rng.bit_generator.state),
             noise_rng_state=self.noise_rng.get_state(),
-            governed_state=copy.deepcopy(self.governed.state_dict()),
         )
 
     def restore(self, snap: Snapshot, rewind: bool = True) -> None:
@@ -253,21 +246,7 @@ class Trainer:
         step counter, batch order and fault RNGs where they are: a *rollback*, in which training moves on
         to new batches from the last good weights, rather than a replay.
         """
-        with torch.no_grad():
-            torch._foreach_copy_([p.detach() for p in self.params], snap.params)
-        for p, saved in zip(self.params, snap.opt_state, strict=True):
-            if not saved:
-                self.optimizer.state.pop(p, None)
-                continue
-            st = self.optimizer.state[p]
-            for k, v in saved.items():
-                if k in st and st[k].shape == v.shape:
-                    st[k].copy_(v)
-                else:
-                    st[k] = v.clone()
-        for p in self.params:
-            p.grad = None
-        self.governed.load_state_dict(copy.deepcopy(snap.governed_state))
+        restore_train_state(snap, self.params, self.optimizer, self.governed)
         if not rewind:
             return
         if snap.seed != self.seed:
@@ -296,7 +275,8 @@ class Trainer:
 
 def base_checkpoint_key(cfg: TrainerConfig) -> dict[str, Any]:
     """What determines a base checkpoint: the architecture, the data it saw, and how it was trained."""
-    model = {k: v for k, v in to_dict(cfg.model).items() if k not in ("device", "dtype", "pretrained")}
+    # Not LoRA: the base is pretrained full-parameter, and LoRA and full fine-tunes share it.
+    model = {k: v for k, v in to_dict(cfg.model).items() if k not in ("device", "dtype", "pretrained", "lora")}
     data = {k: v for k, v in to_dict(cfg.data).items() if k not in ("eval_blocks", "root")}
     return {"model": model, "data": data, "steps": cfg.base_steps, "lr": cfg.base_lr, "version": 1}
 
@@ -315,7 +295,7 @@ def ensure_base_checkpoint(cfg: TrainerConfig, corpus: Corpus | None = None) -> 
         optim = OptimConfig(
             lr=cfg.base_lr, steps=cfg.base_steps, warmup_steps=max(1, cfg.base_steps // 20), schedule="cosine"
         )
-        model = dataclasses.replace(cfg.model, device="cpu" if cfg.model.device == "cpu" else cfg.model.device)
+        model = dataclasses.replace(cfg.model, lora=LoRAConfig())  # pretraining is full-parameter
         pre_cfg = dataclasses.replace(
             cfg, regime="scratch", optim=optim, faults=[], model=model,
             runtime=dataclasses.replace(cfg.runtime, seed=0),

@@ -1,0 +1,331 @@
+"""Decision-level governance, in one place: the envelope, the telemetry window and the rollback targets.
+
+The env (:class:`~lbw_env.env.LBWEnv`), the plain-PyTorch wrapper and the Hugging Face integration
+(:mod:`lbw_env.integrations`) all govern through :class:`Governance`, so an action means the same bounded
+control, an interval produces the same observation, and a runaway is rolled back to the same state
+everywhere. Per decision interval::
+
+    observation() --> governor.predict --> decide(action) -> Decision (bounded Control, rollback request)
+        ... the interval's optimizer steps run under decision.control (GovernedOptimizer: telemetry, true skip) ...
+    end_interval(records, ...) --> TelemetryWindow.push --> envelope.needs_rollback
+                               --> roll back to the last *good* state / declare divergence / keep a candidate
+                               --> IntervalOutcome(reason, rolled_back, terminated, prev_loss, loss)
+
+**Rollback targets.** A state becomes *good* only once the interval *after* it was healthy too: damage done
+by a step shows in the losses of the steps that follow it, not in its own. So a healthy interval leaves a
+*candidate* snapshot, and the next healthy interval promotes it to good; an unhealthy interval drops it.
+
+The module also holds the model+optimizer snapshot used for those targets (:class:`TrainState`,
+:func:`capture_train_state`, :func:`restore_train_state`): parameters, the optimizer's per-parameter state and
+the governed optimizer's rolling statistics, copied into preallocated buffers, for any torch optimizer.
+:class:`~lbw_env.trainer.Trainer` builds its snapshots on it, and so do the integrations.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from .config import check
+from .envelope import Decision, Envelope, EnvelopeConfig
+from .governed import GovernedOptimizer
+from .telemetry import RollingStats, StepRecord, TelemetryWindow
+
+# ----------------------------------------------------------------------------------------------------------
+# Model + optimizer state in reusable buffers
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Trainable parameters, the optimizer's per-parameter state and the governed optimizer's statistics.
+
+    Only tensors that training changes are copied: frozen parameters (a LoRA base) are not in ``params``.
+    """
+
+    params: list[torch.Tensor]
+    """Copies of the trainable parameters, in the order of the ``params`` list they were taken from."""
+    opt_state: list[dict[str, Any]]
+    """Per parameter, a copy of ``optimizer.state[p]`` (``{}``: no state yet, e.g. before the first step)."""
+    governed_state: dict[str, Any]
+    """:meth:`GovernedOptimizer.state_dict` (rolling loss/gradient statistics, skip-budget history)."""
+
+
+def _copy_value(value: Any, old: Any) -> Any:
+    """``value`` copied into ``old``'s buffer when shapes and dtypes allow, else into a new one."""
+    if not isinstance(value, torch.Tensor):
+        return copy.deepcopy(value)  # e.g. an int step count some optimizers keep
+    if isinstance(old, torch.Tensor) and old.shape == value.shape and old.dtype == value.dtype:
+        old.copy_(value)
+        return old
+    return value.detach().clone()
+
+
+def capture_train_state(
+    params: Sequence[torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    governed: GovernedOptimizer,
+    into: TrainState | None = None,
+) -> TrainState:
+    """Copy the training state of ``params`` (and their ``optimizer`` state) into ``into``'s buffers if given.
+
+    Reusing buffers makes a snapshot a plain memory copy after the first one. Every copy stays on its
+    tensor's device and is exact, so a restore replays bit for bit. Memory: one copy of the trainable
+    parameters and their optimizer state (for AdamW 3x the trainable parameters).
+    """
+    detached = [p.detach() for p in params]
+    if into is None or len(into.params) != len(detached):
+        snap_params = [p.clone() for p in detached]
+    else:
+        snap_params = into.params
+        torch._foreach_copy_(snap_params, detached)
+    opt_state: list[dict[str, Any]] = []
+    for i, p in enumerate(params):
+        st = optimizer.state.get(p, {})  # .get: the state is a defaultdict, and reading must not create entries
+        old = into.opt_state[i] if into is not None and i < len(into.opt_state) else {}
+        opt_state.append({k: _copy_value(v, old.get(k)) for k, v in st.items()})
+    return TrainState(snap_params, opt_state, copy.deepcopy(governed.state_dict()))
+
+
+def restore_train_state(
+    state: TrainState,
+    params: Sequence[torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    governed: GovernedOptimizer,
+) -> None:
+    """Put ``state`` back into ``params``, ``optimizer`` and ``governed`` (``state`` stays valid for reuse).
+
+    Gradients are dropped: whatever was accumulated belongs to the state being left.
+    """
+    with torch.no_grad():
+        torch._foreach_copy_([p.detach() for p in params], state.params)
+    for p, saved in zip(params, state.opt_state, strict=True):
+        if not saved:
+            optimizer.state.pop(p, None)
+            continue
+        st = optimizer.state[p]
+        for k in [k for k in st if k not in saved]:
+            del st[k]
+        for k, v in saved.items():
+            cur = st.get(k)
+            if isinstance(v, torch.Tensor) and isinstance(cur, torch.Tensor) and cur.shape == v.shape:
+                cur.copy_(v)
+            elif isinstance(v, torch.Tensor):
+                st[k] = v.clone()
+            else:
+                st[k] = copy.deepcopy(v)
+    for p in params:
+        p.grad = None
+    governed.load_state_dict(copy.deepcopy(state.governed_state))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Decisions
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class GovernanceConfig:
+    """How often the governor decides, what it sees, and the envelope it acts within."""
+
+    decision_interval: int = 8
+    """Optimizer steps per governor decision."""
+    window: int = 4
+    """Decision intervals in the observation."""
+    envelope: EnvelopeConfig = dataclasses.field(default_factory=EnvelopeConfig)
+    """Action space and safety bounds (LR-scale range and slew, skip gate and budget, rollback policy)."""
+    healthy_ratio: float = 1.1
+    """An interval whose smoothed loss is within this multiple of the best can leave a rollback candidate."""
+
+    def validate(self) -> None:
+        check(self.decision_interval >= 1, "decision_interval", "an int >= 1", self.decision_interval)
+        check(self.window >= 1, "window", "an int >= 1", self.window)
+        check(self.healthy_ratio >= 1, "healthy_ratio", "a float >= 1", self.healthy_ratio)
+
+
+@dataclasses.dataclass(frozen=True)
+class IntervalOutcome:
+    """What the envelope made of one decision interval."""
+
+    reason: str
+    """Why a rollback was needed (``requested``, ``nonfinite``, ``runaway``), or ``""``."""
+    rolled_back: int
+    """1 if the state was restored to the last good snapshot, else 0."""
+    terminated: bool
+    """The run diverged beyond what the envelope can recover (a rollback was needed and the budget is spent)."""
+    prev_loss: float
+    """Smoothed training loss before the interval."""
+    loss: float
+    """Smoothed training loss after it (after a rollback: the restored state's)."""
+    healthy: bool
+    """The interval was healthy (it left a rollback candidate)."""
+
+
+S = TypeVar("S")
+SnapshotFn = Callable[[Any], Any]
+"""``snapshot_fn(into)``: capture the current state, reusing ``into``'s buffers when it is not ``None``."""
+RestoreFn = Callable[[Any], None]
+"""``restore_fn(snapshot)``: put a captured state back (model and optimizer, not the data position)."""
+
+
+def loss_cv(stats: RollingStats) -> float:
+    """The ``loss_cv`` feature's input: rolling std / |rolling mean| of the step loss (0 before warm-up)."""
+    return stats.std / max(abs(stats.mean), 1e-6) if stats.ready else 0.0
+
+
+class Governance(Generic[S]):
+    """The envelope, the telemetry window and the rollback targets of one governed run.
+
+    It never touches a model: snapshots are taken and restored through the callables the caller passes, so
+    the same object governs the env's trainer, a plain loop and a Hugging Face ``Trainer``.
+    """
+
+    def __init__(self, envelope: EnvelopeConfig, window: int = 4, healthy_ratio: float = 1.1) -> None:
+        self.cfg = envelope
+        self.envelope = Envelope(envelope)
+        self.window_size = window
+        self.healthy_ratio = healthy_ratio
+        self.window: TelemetryWindow | None = None
+        self.good: S | None = None
+        self.candidate: S | None = None
+        self.good_loss = math.nan
+        self.candidate_loss = math.nan
+        self.initial_loss = math.nan
+        self._start_pending = False
+
+    @property
+    def action_space(self) -> gym.Space:
+        return self.envelope.action_space
+
+    def observation_space(self) -> gym.spaces.Box:
+        """The observation's Box (the same shape for every run of this configuration)."""
+        from .telemetry import FEATURE_NAMES, OBS_BOUND
+
+        return gym.spaces.Box(-OBS_BOUND, OBS_BOUND, (self.window_size * len(FEATURE_NAMES),), dtype=np.float32)
+
+    # -- run start --------------------------------------------------------------------------------------
+
+    def reset(
+        self,
+        initial_loss: float | None,
+        snapshot_fn: SnapshotFn,
+        *,
+        vocab_size: int,
+        total_steps: int,
+    ) -> np.ndarray:
+        """Start a run: a fresh envelope and window, and the initial state as the first rollback target.
+
+        ``initial_loss`` is the loss the smoothed training loss starts from (the env uses the validation
+        loss of the initial weights). ``None``: the first finite step loss of the first interval, for loops
+        that do not evaluate before training. Returns the first observation (all padding).
+        """
+        self.envelope.reset()
+        self.window = TelemetryWindow(self.window_size, vocab_size, total_steps, self.cfg.max_rollbacks)
+        self._start_pending = initial_loss is None
+        start = self.window.log_vocab if initial_loss is None else float(initial_loss)
+        self.window.reset(start)
+        self.good = snapshot_fn(self.good)
+        self.candidate = None
+        self.good_loss = self.candidate_loss = self.initial_loss = start
+        return self.observation()
+
+    def forget_snapshots(self) -> None:
+        """Drop the rollback buffers (before governing a model of other shapes: they cannot be reused)."""
+        self.good = None
+        self.candidate = None
+
+    # -- one decision -----------------------------------------------------------------------------------
+
+    def decide(self, action: object) -> Decision:
+        """The bounded control for the next interval (never raises for NaN/inf/out-of-range actions)."""
+        return self.envelope.decode(action)
+
+    def end_interval(
+        self,
+        records: list[StepRecord],
+        step: int,
+        loss_cv: float,
+        rollback_requested: bool,
+        snapshot_fn: SnapshotFn,
+        restore_fn: RestoreFn,
+    ) -> IntervalOutcome:
+        """Push the interval's telemetry, then apply the rollback policy and manage the rollback targets.
+
+        ``step``: optimizer steps taken so far in the run; ``loss_cv``: see :func:`loss_cv`.
+        """
+        window, envelope = self.window, self.envelope
+        if window is None:
+            raise RuntimeError("Governance.end_interval() called before reset()")
+        if self._start_pending:
+            self._start_from(records)
+        prev_loss = window.smoothed_loss
+        window.push(records, envelope.lr_scale, envelope.rollbacks, step, loss_cv)
+
+        # The envelope's rollback policy: restore the last good weights, or declare divergence.
+        terminated, rolled_back = False, 0
+        reason = envelope.needs_rollback(
+            window.nonfinite_streak, window.smoothed_loss, window.best_loss, rollback_requested
+        )
+        healthy = (
+            not reason
+            and window.nonfinite_streak == 0
+            and window.smoothed_loss <= self.healthy_ratio * window.best_loss
+        )
+        if reason:
+            if envelope.take_rollback():
+                restore_fn(self.good)
+                window.rebase(self.good_loss)
+                self.candidate = None  # it was not followed by a healthy interval
+                rolled_back = 1
+            elif reason == "requested":
+                envelope.interventions["rollback_refused"] += 1  # the governor asked; the budget says no
+                # A refused request must not mask a divergence the envelope's own criteria see.
+                own = envelope.needs_rollback(window.nonfinite_streak, window.smoothed_loss, window.best_loss, False)
+                if own:
+                    reason, terminated = own, True
+            else:
+                terminated = True  # the run diverged and the envelope can no longer recover it
+        elif healthy:
+            if self.candidate is not None:  # the candidate was followed by this healthy interval: promote it
+                self.good, self.candidate = self.candidate, self.good
+                self.good_loss = self.candidate_loss
+            self.candidate = snapshot_fn(self.candidate)
+            self.candidate_loss = window.smoothed_loss
+        else:
+            self.candidate = None
+        return IntervalOutcome(reason, rolled_back, terminated, prev_loss, window.smoothed_loss, healthy)
+
+    def _start_from(self, records: list[StepRecord]) -> None:
+        """Deferred start (``initial_loss=None``): the first finite loss of the first interval."""
+        self._start_pending = False
+        finite = [r.loss for r in records if math.isfinite(r.loss)]
+        if finite and self.window is not None:
+            self.window.reset(finite[0])
+            self.good_loss = self.candidate_loss = self.initial_loss = finite[0]
+
+    # -- what the governor sees -------------------------------------------------------------------------
+
+    def observation(self) -> np.ndarray:
+        """The last ``window`` decision intervals as a float32 vector (see ``FEATURE_NAMES``)."""
+        if self.window is None:
+            raise RuntimeError("Governance.observation() called before reset()")
+        return self.window.observation()
+
+    @property
+    def lr_scale(self) -> float:
+        return self.envelope.lr_scale
+
+    @property
+    def rollbacks(self) -> int:
+        return self.envelope.rollbacks
+
+    @property
+    def interventions(self) -> dict[str, int]:
+        return self.envelope.interventions
