@@ -130,10 +130,12 @@ class LBWEnv(gym.Env[np.ndarray, np.ndarray]):
     def __init__(
         self, config: EnvConfig | Mapping[str, Any] | None = None, render_mode: str | None = None, **kwargs: Any
     ) -> None:
+        # Keyword arguments (the registration's defaults, e.g. the id's scenario pool, and the caller's) are the
+        # base; an explicit ``config`` overrides them key by key.
         if isinstance(config, EnvConfig):
-            cfg = config if not kwargs else from_dict(EnvConfig, deep_merge(dataclasses.asdict(config), kwargs))
+            cfg = config if not kwargs else from_dict(EnvConfig, deep_merge(kwargs, dataclasses.asdict(config)))
         else:
-            cfg = from_dict(EnvConfig, deep_merge(fix_yaml_floats(dict(config or {})), fix_yaml_floats(kwargs)))
+            cfg = from_dict(EnvConfig, deep_merge(fix_yaml_floats(kwargs), fix_yaml_floats(dict(config or {}))))
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ConfigError(f"render_mode: expected one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.cfg = cfg
