@@ -303,6 +303,24 @@ def test_hf_takes_over_grad_clipping(lbw: None, tmp_path: Path) -> None:
     assert all(r.grad_norm > 0.05 for r in hf.lbw.records)  # measured before clipping
 
 
+def test_hf_governs_the_optimizer_and_schedule_it_builds(lbw: None, tmp_path: Path) -> None:
+    """Without ``optimizers=``: the Trainer's own AdamW and linear schedule, governed; the records' LR is HF's."""
+    from lbw_env.integrations.hf import GovernedTrainer, PlantBlocks
+
+    env_run = run_env(Scripted([[0.0, 1.0, -1.0]]))
+    plant = plant_for(env_run)
+    args = hf_args(tmp_path, max_steps=8, learning_rate=1e-3, lr_scheduler_type="linear")
+    hf = GovernedTrainer(
+        model=plant.model, args=args, train_dataset=PlantBlocks.from_plant(plant), governor=Scripted([[0.0, 1.0]])
+    )
+    before = [p.detach().clone() for p in plant.params]
+    hf.train()
+    assert isinstance(hf.lbw.optimizer, torch.optim.AdamW) and hf.lbw.optimizer is not plant.optimizer
+    assert [r.lr for r in hf.lbw.records] == pytest.approx([1e-3 * (1 - t / 8) for t in range(8)], rel=1e-12)
+    assert not any(r.skipped for r in hf.lbw.records)
+    assert all(not torch.equal(a, p.detach()) for a, p in zip(before, plant.params))
+
+
 def test_hf_refuses_what_would_break_governance(lbw: None, tmp_path: Path) -> None:
     from lbw_env.integrations.hf import GovernedTrainer, PlantBlocks
 
