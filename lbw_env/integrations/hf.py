@@ -33,7 +33,9 @@ callback stops training (``control.should_training_stop``).
 
 Not supported (each raises at construction): ``fp16`` (the ``GradScaler`` may skip ``optimizer.step()`` on its
 own, so steps would go unmeasured; use ``bf16``), DeepSpeed (it replaces the optimizer), and more than one
-process (the loss would have to be all-reduced so that every rank takes the same skip decision).
+process (the loss would have to be all-reduced so that every rank takes the same skip decision). Checkpoints
+hold the model and the inner optimizer as usual; the governance state (rolling statistics, LR scale, rollback
+targets) is not in them, so ``resume_from_checkpoint`` restarts governance from scratch.
 
 Exactness. With the same weights, batches (:class:`PlantBlocks`), AdamW and schedule, a governed ``Trainer``
 run produces the env's StepRecords bit for bit (tested). One documented difference: the ``Trainer`` always
