@@ -512,8 +512,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             clip_reward=n.clip_reward,
             gamma=gamma_of(cfg),
         )
-    eval_env = make_eval_env(cfg, run / "monitor", append_monitor=resume is not None)
-
+    eval_env: Any = None
     tb = str(run / "tb") if _installed("tensorboard") else None
     if tb is None:
         print("train_policy.py: tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
@@ -521,6 +520,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     if cfg.progress_bar and not progress_bar:
         print("train_policy.py: the progress bar needs tqdm and rich (pip install tqdm rich); training without it")
     try:
+        eval_env = make_eval_env(cfg, run / "monitor", append_monitor=resume is not None)
         if resume is None:
             try:
                 model = cls(
@@ -627,7 +627,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         # After Ctrl-C the env workers are gone too; closing their pipes then fails, which is fine here.
         with contextlib.suppress(OSError, EOFError):
             venv.close()
-        eval_env.close()
+        if eval_env is not None:
+            eval_env.close()
 
 
 def _installed(module: str) -> bool:

@@ -3,7 +3,8 @@
 ``evaluate.py --governors ppo:runs/<run>/best_model.zip`` loads the model with the algorithm named by the
 prefix, and, if a ``vecnormalize.pkl`` lies beside it, normalises observations exactly as during training.
 A checkpoint of SB3's ``CheckpointCallback`` (``<prefix>_<N>_steps.zip``) finds its own statistics
-(``<prefix>_vecnormalize_<N>_steps.pkl``) the same way.
+(``<prefix>_vecnormalize_<N>_steps.pkl``) the same way, and an rl-zoo3 model ``<log>/<env>.zip`` the zoo's
+``<log>/<env>/vecnormalize.pkl``.
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ _CHECKPOINT = re.compile(r"^(?P<prefix>.+)_(?P<steps>\d+)_steps\.zip$")
 
 
 def vecnormalize_path(model_path: str | Path) -> Path | None:
-    """The VecNormalize statistics saved with a model: ``vecnormalize.pkl`` beside it, or for an SB3 checkpoint
-    ``<prefix>_<N>_steps.zip`` its ``<prefix>_vecnormalize_<N>_steps.pkl``. None if there are none."""
+    """The VecNormalize statistics saved with a model: for an SB3 checkpoint ``<prefix>_<N>_steps.zip`` its
+    ``<prefix>_vecnormalize_<N>_steps.pkl``; else ``vecnormalize.pkl`` beside it; else rl-zoo3's
+    ``<stem>/vecnormalize.pkl``. None if there are none."""
     p = Path(model_path)
     m = _CHECKPOINT.match(p.name)
     candidates = [p.parent / f"{m['prefix']}_vecnormalize_{m['steps']}_steps.pkl"] if m else []
-    candidates.append(p.parent / VECNORM_FILE)
+    candidates += [p.parent / VECNORM_FILE, p.parent / p.stem / VECNORM_FILE]
     return next((c for c in candidates if c.is_file()), None)
 
 

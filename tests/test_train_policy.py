@@ -26,7 +26,8 @@ import numpy as np
 import pytest
 import yaml
 
-from lbw_env.config import ConfigError
+from lbw_env.config import ConfigError, to_dict
+from lbw_env.scenarios import resolve
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["optim.steps=16", "base_steps=8", "data.eval_blocks=4"]
@@ -312,6 +313,23 @@ def test_config_errors_name_the_file(tmp_path: Path) -> None:
         tp.load_config(path)
 
 
+def test_learned_suite_evaluates_the_artifact_with_its_training_env() -> None:
+    from lbw_env.evaluation import load_suite
+
+    tp = load_cli("train_policy")
+    train = tp.load_config(REPO / "configs" / "train" / "ppo_tiny_artifact.yaml")
+    suite = load_suite(REPO / "configs" / "suites" / "learned.yaml")
+    arms = {a.label: a.governor for a in suite.arms}
+    assert arms["ppo"] == f"ppo:{train.run_dir}/best_model.zip"
+    assert {"adamw", "lbw_guard"} <= set(arms) and suite.seeds == 5
+    # Same decision interval, window, envelope, reward and trainer overrides as in training (threads aside).
+    trained_env = to_dict(train.env_config(suite.scenarios))
+    suite_env = to_dict(suite.env_config([f"runtime.threads={train.threads}"]))
+    assert suite_env == trained_env
+    assert all(s.split == "heldout" for s in resolve(suite.scenarios))
+    assert set(suite.scenarios) == set(train.eval.scenarios)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # rl-baselines3-zoo
 # ----------------------------------------------------------------------------------------------------------
@@ -330,5 +348,9 @@ def test_rl_zoo3_trains_with_the_shipped_hyperparameters(lbw: None, tmp_path: Pa
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     saved = tmp_path / "logs" / "ppo" / "LBW-WikiText-Tiny-v0_1"
-    assert (saved / "LBW-WikiText-Tiny-v0.zip").is_file()
     assert (saved / "LBW-WikiText-Tiny-v0" / "vecnormalize.pkl").is_file()
+    # The zoo's model is a governor too, normalised with the zoo's statistics.
+    from policies.base import make_governor
+
+    governor = make_governor(f"ppo:{saved / 'LBW-WikiText-Tiny-v0.zip'}")
+    assert governor.obs_rms is not None  # type: ignore[attr-defined]
