@@ -127,6 +127,6 @@ def with_overrides(scenario: Scenario, overrides: Sequence[str] | dict[str, Any]
     base = dataclasses.asdict(scenario.trainer)
     if "preset" in (update.get("model") or {}):
         # A new preset brings its own architecture; keep only the placement keys of the old model section.
-        base["model"] = {k: v for k, v in base["model"].items() if k in ("device", "dtype")}
+        base["model"] = {k: v for k, v in base["model"].items() if k in ("device", "dtype", "lora")}
     trainer = from_dict(TrainerConfig, expand_presets(deep_merge(base, fix_yaml_floats(update))))
     return dataclasses.replace(scenario, trainer=trainer)

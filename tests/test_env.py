@@ -742,4 +742,8 @@ def test_every_id_is_registered() -> None:
     for env_id, pool in ENV_IDS.items():
         spec = gym.spec(env_id)
         assert spec.entry_point == lbw_env.ENTRY_POINT
-        assert spec.kwargs["config"]["scenarios"] == pool
+        assert spec.kwargs["scenarios"] == pool
+        # An explicit config keeps the id's pool unless it names its own scenarios.
+        env = gym.make(env_id, config={"window": 2}).unwrapped
+        assert {s.name for s in env.pool} == {s.name for s in lbw_env.scenarios.resolve(pool)}
+        assert env.cfg.window == 2
