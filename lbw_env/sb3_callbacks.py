@@ -329,7 +329,7 @@ def plot_learning_curve(run_dir: str | os.PathLike[str], out: str | os.PathLike[
         order = np.argsort(xs)
         x, y = np.asarray(xs)[order], np.asarray(ys)[order]
         ax.plot(x, y, ".", alpha=0.25, color="tab:gray", label="training episodes")
-        k = max(1, len(y) // 20)
+        k = max(5, len(y) // 20)  # a running mean over ~5 % of the episodes, at least 5
         if len(y) >= 2 * k:
             smooth = np.convolve(y, np.ones(k) / k, mode="valid")
             ax.plot(x[k - 1 :], smooth, color="tab:gray", label=f"training (mean of {k})")
