@@ -207,7 +207,9 @@ class TrainConfig:
         if self.env_id not in gym.registry:
             ids = ", ".join(sorted(lbw_env.ENV_IDS))
             raise ConfigError(f"env_id: {self.env_id!r} is not registered; expected one of {ids}")
-        registered = dict(gym.spec(self.env_id).kwargs.get("config") or {})
+        # What the registration passes (a ``config`` mapping and/or EnvConfig keys), merged as LBWEnv merges it.
+        spec_kwargs = dict(gym.spec(self.env_id).kwargs)
+        registered = deep_merge(dict(spec_kwargs.pop("config", None) or {}), spec_kwargs)
         data = deep_merge(registered, self.env_kwargs())
         if scenarios is not None:
             data["scenarios"] = list(scenarios)

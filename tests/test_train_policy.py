@@ -303,6 +303,16 @@ def test_bad_input_fails_clearly(
     assert not run.exists(), "the run folder was created before the config was rejected"
 
 
+def test_env_config_keeps_the_registered_pool_unless_overridden(tmp_path: Path) -> None:
+    tp = load_cli("train_policy")
+    path = write_config(tmp_path / "c.yaml", small_config(tmp_path / "run", env_id="LBW/WikiText-LRStress-v0"))
+    cfg = tp.load_config(path)
+    assert cfg.env_config().scenarios == ["lr_stress:train"]
+    assert cfg.env_config().decision_interval == 4  # ... with the config's env keys merged over it
+    cfg = tp.load_config(path, ["env.scenarios=[lr_stress/ref]"])
+    assert cfg.env_config().scenarios == ["lr_stress/ref"]
+
+
 def test_config_errors_name_the_file(tmp_path: Path) -> None:
     tp = load_cli("train_policy")
     with pytest.raises(ConfigError, match=r"ppo\.yaml: algo"):
