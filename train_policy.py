@@ -55,8 +55,8 @@ from lbw_env.config import (
     read_yaml,
     to_dict,
 )
+from policies.sb3 import algo_class as sb3_algo_class
 
-ALGOS = ("ppo", "a2c", "sac", "recurrent_ppo")
 OFF_POLICY = ("sac",)
 RESERVED_HYPERPARAMS = ("policy", "env", "seed", "device", "tensorboard_log", "verbose", "_init_setup_model")
 """Constructor arguments that TrainConfig sets itself (``hyperparams`` may not)."""
@@ -238,19 +238,11 @@ class TrainConfig:
 
 
 def algo_class(algo: str) -> Any:
-    """The SB3 (or sb3-contrib) class of ``algo``."""
-    if algo == "recurrent_ppo":
-        try:
-            from sb3_contrib import RecurrentPPO
-        except ImportError as e:  # pragma: no cover - optional dependency
-            raise ConfigError("algo: recurrent_ppo needs sb3-contrib (pip install sb3-contrib)") from e
-        return RecurrentPPO
-    import stable_baselines3 as sb3
-
-    classes = {"ppo": sb3.PPO, "a2c": sb3.A2C, "sac": sb3.SAC}
-    if algo not in classes:
-        raise ConfigError(f"algo: expected one of {', '.join(ALGOS)}, got {algo!r}")
-    return classes[algo]
+    """The SB3 (or sb3-contrib) class of ``algo`` (one implementation, shared with ``policies.sb3``)."""
+    try:
+        return sb3_algo_class(algo)
+    except ConfigError as e:
+        raise ConfigError(f"algo: {e}") from None
 
 
 def check_hyperparams(algo: str, hyperparams: dict[str, Any]) -> None:

@@ -37,16 +37,20 @@ def vecnormalize_path(model_path: str | Path) -> Path | None:
     return next((c for c in candidates if c.is_file()), None)
 
 
-def _algo_class(name: str) -> Any:
+def algo_class(name: str) -> Any:
+    """The SB3 (or sb3-contrib) class of an algorithm name in :data:`ALGOS`."""
     if name == "recurrent_ppo":
         try:
             from sb3_contrib import RecurrentPPO
         except ImportError as e:  # pragma: no cover - optional dependency
-            raise ConfigError("governor recurrent_ppo: needs sb3-contrib (pip install sb3-contrib)") from e
+            raise ConfigError("recurrent_ppo needs sb3-contrib (pip install sb3-contrib)") from e
         return RecurrentPPO
     import stable_baselines3 as sb3
 
-    return {"ppo": sb3.PPO, "a2c": sb3.A2C, "sac": sb3.SAC}[name]
+    classes = {"ppo": sb3.PPO, "a2c": sb3.A2C, "sac": sb3.SAC}
+    if name not in classes:
+        raise ConfigError(f"algorithm {name!r}: expected one of {', '.join(ALGOS)}")
+    return classes[name]
 
 
 class SB3Governor:
@@ -64,7 +68,7 @@ class SB3Governor:
         if not p.is_file():
             raise ConfigError(f"governor {algo}:{path}: model file not found (expected an SB3 .zip)")
         try:
-            model = _algo_class(algo).load(str(p), device="cpu")
+            model = algo_class(algo).load(str(p), device="cpu")
         except Exception as e:  # SB3 raises many kinds for a corrupt file
             raise ConfigError(f"governor {algo}:{path}: not a loadable {algo} model ({type(e).__name__}: {e})") from e
         obs_rms, clip_obs, eps = None, 10.0, 1e-8
