@@ -194,7 +194,9 @@ class LBWGuard(RuleGovernor):
         trend = obs["loss_trend"]
         if update_ratio > g.damage_update_ratio:
             return "unstable", True
-        if (vs_best > g.unstable_vs_best and trend > 0) or obs["skip_rate"] >= g.max_skip_rate:
+        # Gate skips only: non-finite steps are skipped by the plant anyway and say nothing about the LR.
+        gate_skips = obs["skip_rate"] - obs["nonfinite_rate"]
+        if (vs_best > g.unstable_vs_best and trend > 0) or gate_skips >= g.max_skip_rate:
             return "unstable", vs_best > g.rollback_vs_best
         # A non-finite step was skipped by the plant and is no evidence against the LR: tighten the gate only.
         # A loss above its best but falling fast is recovering from damage, not being damaged.

@@ -1,0 +1,162 @@
+"""Governors: the protocol, the registry, the action codec, and the LBW guard's rules on synthetic telemetry."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lbw_env.config import ConfigError
+from lbw_env.envelope import Envelope, EnvelopeConfig
+from lbw_env.telemetry import FEATURE_NAMES
+from policies.base import ActionCodec, Governor, ObservationView, available, make_governor
+from policies.rules import ConstantGovernor, GuardConfig, LBWGuard, load_guard_config
+
+WINDOW = 4
+
+
+def obs_with(**features: float) -> np.ndarray:
+    """A flattened window whose newest row has ``valid=1`` and the given features (others 0)."""
+    rows = np.zeros((WINDOW, len(FEATURE_NAMES)), dtype=np.float32)
+    row = {"valid": 1.0, "log_lr": math.log10(3e-3) + 3.0, **features}
+    for name, value in row.items():
+        rows[-1, FEATURE_NAMES.index(name)] = value
+    return rows.reshape(-1)
+
+
+def reset_obs() -> np.ndarray:
+    return np.zeros(WINDOW * len(FEATURE_NAMES), dtype=np.float32)
+
+
+@pytest.mark.parametrize("name", ["adamw", "lbw_guard", "skip_step", "ewm_skip", "plateau"])
+@pytest.mark.parametrize("mode", ["continuous", "discrete"])
+def test_rule_governors_follow_the_protocol_and_the_action_space(name: str, mode: str) -> None:
+    cfg = EnvelopeConfig(action_mode=mode, rollback_action=True)
+    gov = make_governor(name, cfg)
+    assert isinstance(gov, Governor)
+    space = Envelope(cfg).action_space
+    action, state = gov.predict(reset_obs(), episode_start=np.ones(1, bool), deterministic=True)
+    assert state is None and space.contains(action.astype(space.dtype))
+    batched, _ = gov.predict(obs_with(loss=0.8)[None], episode_start=np.zeros(1, bool))
+    assert batched.shape == (1, *space.shape)
+
+
+def test_registry_names_and_errors() -> None:
+    assert {"adamw", "lbw_guard", "skip_step", "ewm_skip", "plateau", "ppo"} <= set(available())
+    with pytest.raises(ConfigError, match="unknown name 'nope'"):
+        make_governor("nope")
+    with pytest.raises(ConfigError, match="model file not found"):
+        make_governor("ppo:/nonexistent/model.zip")
+    with pytest.raises(ConfigError, match="expected ppo:<path"):
+        make_governor("ppo")
+
+
+def test_adamw_is_the_neutral_action() -> None:
+    for mode in ("continuous", "discrete"):
+        cfg = EnvelopeConfig(action_mode=mode)
+        env_neutral = Envelope(cfg).neutral_action()
+        action, _ = ConstantGovernor(cfg).predict(obs_with(loss=0.9))
+        decision = Envelope(cfg).decode(action)
+        assert decision.control.lr_scale == 1.0 and math.isinf(decision.control.skip_gate)
+        assert np.array_equal(Envelope(cfg).decode(env_neutral).control.lr_scale, decision.control.lr_scale)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    current=st.floats(0.005, 2.0),
+    target=st.floats(1e-4, 10.0),
+    gate=st.one_of(st.floats(0.5, 12.0), st.just(math.inf)),
+    mode=st.sampled_from(["continuous", "discrete"]),
+)
+def test_codec_predicts_the_envelope(current: float, target: float, gate: float, mode: str) -> None:
+    """What a rule governor believes the scale will be is exactly what the envelope applies."""
+    cfg = EnvelopeConfig(action_mode=mode)
+    codec, envelope = ActionCodec(cfg), Envelope(cfg)
+    envelope.lr_scale = current
+    decision = envelope.decode(codec.encode(current, target, gate))
+    assert decision.control.lr_scale == pytest.approx(codec.scale_after(current, target), rel=1e-5)
+    if math.isinf(gate):
+        assert math.isinf(decision.control.skip_gate)
+    elif mode == "continuous":
+        assert decision.control.skip_gate == pytest.approx(min(max(gate, cfg.gate_min), cfg.gate_max), rel=1e-4)
+
+
+def test_guard_config_file_matches_the_dataclass() -> None:
+    loaded = load_guard_config()
+    assert loaded == GuardConfig()  # the YAML documents the defaults; the two must not drift
+
+
+def run_guard(guard: LBWGuard, observations: list[np.ndarray]) -> list[tuple[float, float, bool]]:
+    """Feed observations; return (scale the envelope applies, gate, rollback) per decision."""
+    env = Envelope(guard.envelope)
+    out = []
+    start = True
+    for obs in observations:
+        action, _ = guard.predict(obs, episode_start=np.array([start]))
+        start = False
+        d = env.decode(action)
+        out.append((d.control.lr_scale, d.control.skip_gate, d.rollback_requested))
+        assert d.control.lr_scale == pytest.approx(guard.scale, rel=1e-6)  # float32 actions
+    return out
+
+
+def guard() -> LBWGuard:
+    return LBWGuard(EnvelopeConfig(rollback_action=True), GuardConfig())
+
+
+def test_guard_slow_start_then_grows_to_the_schedule_when_healthy() -> None:
+    healthy = obs_with(loss=0.8, loss_trend=-0.2, log_update_ratio=0.5)
+    steps = run_guard(guard(), [reset_obs()] + [healthy] * 5)
+    scales = [s for s, _, _ in steps]
+    assert scales[0] < 0.2  # slow start before any telemetry
+    assert scales == sorted(scales) and scales[-1] == 1.0
+    assert all(g == pytest.approx(GuardConfig().gate_stable, rel=1e-4) for _, g, _ in steps[1:])
+
+
+def test_guard_backs_off_rolls_back_and_remembers_a_ceiling() -> None:
+    healthy = obs_with(loss=0.8, loss_trend=-0.2, log_update_ratio=0.5)
+    damaged = obs_with(loss=0.9, loss_vs_best=0.15, loss_trend=0.5, log_update_ratio=0.5)
+    g = guard()
+    steps = run_guard(g, [reset_obs(), healthy, healthy, healthy, healthy, damaged])
+    before, (after, gate, rollback) = steps[-2][0], steps[-1]
+    assert after <= before * GuardConfig().backoff + 1e-9 and rollback
+    assert gate == pytest.approx(GuardConfig().gate_alert, rel=1e-4)
+    # After recovery it grows again, but only up to the remembered ceiling on the effective LR.
+    steps = run_guard_continue(g, [healthy] * 8)
+    assert max(s for s, _, _ in steps) < 1.0
+
+
+def run_guard_continue(g: LBWGuard, observations: list[np.ndarray]) -> list[tuple[float, float, bool]]:
+    env = Envelope(g.envelope)
+    env.lr_scale = g.scale
+    out = []
+    for obs in observations:
+        action, _ = g.predict(obs, episode_start=np.array([False]))
+        d = env.decode(action)
+        out.append((d.control.lr_scale, d.control.skip_gate, d.rollback_requested))
+    return out
+
+
+def test_guard_does_not_cut_the_lr_for_a_nan_batch() -> None:
+    """Non-finite steps are skipped by the plant; they are no evidence against the LR (a tighter gate is)."""
+    healthy = obs_with(loss=0.8, loss_trend=-0.2, log_update_ratio=0.5)
+    nan_burst = obs_with(loss=0.8, skip_rate=0.5, nonfinite_rate=0.5, loss_z_max=5.0, log_update_ratio=0.5)
+    steps = run_guard(guard(), [reset_obs(), *[healthy] * 4, nan_burst])
+    assert steps[-1][0] == steps[-2][0] and not steps[-1][2]
+    assert steps[-1][1] == pytest.approx(GuardConfig().gate_alert, rel=1e-4)
+
+
+def test_guard_treats_a_huge_update_as_damage() -> None:
+    healthy = obs_with(loss=0.8, loss_trend=-0.2, log_update_ratio=0.5)
+    rewrite = obs_with(loss=0.8, log_update_ratio=math.log10(0.3) + 3.0)  # ‖Δθ‖/‖θ‖ = 0.3 per step
+    steps = run_guard(guard(), [reset_obs(), *[healthy] * 4, rewrite])
+    assert steps[-1][0] < steps[-2][0] and steps[-1][2]
+
+
+def test_observation_view_reads_the_newest_row() -> None:
+    view = ObservationView(obs_with(loss=0.7, skip_rate=0.25))
+    assert view.started and view["loss"] == pytest.approx(0.7) and view["skip_rate"] == 0.25
+    assert not ObservationView(reset_obs()).started
