@@ -115,9 +115,9 @@ class Envelope:
         else:
             nvec = [cfg.lr_bins, cfg.gate_bins] + ([2] if cfg.rollback_action else [])
             self.action_space = gym.spaces.MultiDiscrete(nvec)
-        self._lr_moves = np.linspace(-1.0, 1.0, cfg.lr_bins)
-        gates = np.linspace(cfg.gate_min, cfg.gate_max, cfg.gate_bins - 1).tolist()
-        self._gates = [*gates, math.inf]
+        # The discrete tables (also used by rule governors to invert the decoding).
+        self.lr_moves = np.linspace(-1.0, 1.0, cfg.lr_bins)
+        self.gates = [*np.linspace(cfg.gate_min, cfg.gate_max, cfg.gate_bins - 1).tolist(), math.inf]
         self.reset()
 
     def reset(self) -> None:
@@ -173,8 +173,8 @@ class Envelope:
             rollback = self.cfg.rollback_action and float(a[2]) > 0.0
         else:
             # np.rint, not round(): on NumPy < 2, round() of a NumPy float is a float and cannot index.
-            move = float(self._lr_moves[int(np.rint(a[0]))])
-            gate = self._gates[int(np.rint(a[1]))]
+            move = float(self.lr_moves[int(np.rint(a[0]))])
+            gate = self.gates[int(np.rint(a[1]))]
             rollback = self.cfg.rollback_action and int(np.rint(a[2])) == 1
         old = self.lr_scale
         target = old * self.move_factor(move)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from lbw_env.config import ConfigError
-from lbw_env.envelope import EnvelopeConfig
+from lbw_env.envelope import Envelope, EnvelopeConfig
 from lbw_env.telemetry import FEATURE_NAMES
 
 
@@ -61,8 +61,10 @@ class ActionCodec:
 
     def __init__(self, envelope: EnvelopeConfig) -> None:
         self.cfg = envelope
-        self._gates = [*np.linspace(envelope.gate_min, envelope.gate_max, envelope.gate_bins - 1).tolist(), math.inf]
-        self._moves = np.linspace(-1.0, 1.0, envelope.lr_bins)
+        # The envelope's own decoding tables and move law: the codec inverts them, it does not restate them.
+        self._envelope = Envelope(envelope)
+        self._gates = self._envelope.gates
+        self._moves = self._envelope.lr_moves
 
     def encode(self, current_scale: float, target_scale: float, gate: float, rollback: bool = False) -> np.ndarray:
         """The action that moves the LR scale from ``current_scale`` toward ``target_scale`` with ``gate``."""
@@ -89,16 +91,13 @@ class ActionCodec:
         bound = self.cfg.max_factor if ratio >= 1 else self.cfg.max_cut
         return max(-1.0, min(1.0, math.log(ratio) / math.log(bound)))
 
-    def _factor(self, move: float) -> float:
-        return self.cfg.max_factor**move if move >= 0 else self.cfg.max_cut**move
-
     def scale_after(self, current_scale: float, target_scale: float) -> float:
         """The LR scale the envelope will reach from ``current_scale`` when asked for ``target_scale``."""
         c = self.cfg
         move = self._move(target_scale / max(current_scale, 1e-12))
         if c.action_mode == "discrete":
             move = float(self._moves[int(np.argmin(np.abs(self._moves - move)))])
-        return min(max(current_scale * self._factor(move), c.lr_scale_min), c.lr_scale_max)
+        return min(max(current_scale * self._envelope.move_factor(move), c.lr_scale_min), c.lr_scale_max)
 
 
 class RuleGovernor:
@@ -175,7 +174,3 @@ def make_governor(spec: str, envelope: EnvelopeConfig | None = None) -> Governor
     if name not in _REGISTRY:
         raise ConfigError(f"governor {spec!r}: unknown name {name!r}; expected one of {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name](envelope or EnvelopeConfig(), arg)
-
-
-def describe_governor(governor: Any) -> str:
-    return type(governor).__name__
