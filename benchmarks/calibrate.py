@@ -14,8 +14,8 @@ import math
 import statistics
 import time
 
-from lbw_env.config import load_trainer_config
-from lbw_env.trainer import Trainer
+from lbw_env.plant.config import load_trainer_config
+from lbw_env.plant.trainer import Plant
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
         ppls, maxloss, secs = [], [], []
         for seed in range(args.seeds):
             cfg = load_trainer_config(base, [f"optim.lr={lr}", f"runtime.seed={seed}", *args.overrides])
-            tr = Trainer(cfg)
+            tr = Plant(cfg)
             t0 = time.perf_counter()
             worst = 0.0
             while not tr.done:

@@ -1,16 +1,16 @@
-"""Throughput of ``LBWEnv`` against the bare ``Trainer``, reset cost, and SB3 vectorised decisions/s.
+"""Throughput of ``LBWEnv`` against the bare ``Plant``, reset cost, and SB3 vectorised decisions/s.
 
 On the smallest preset (the tiny family's ``tiny/ref``: qwen2-tiny, vocab 2048, 64-token blocks, batch 8), one
 process, one torch thread:
 
 1. **Env vs bare trainer.** Each round is one whole env episode with the neutral action (plain AdamW: LR scale
-   1, gate off) and a bare ``Trainer`` of the same scenario replaying the same run, in lockstep: every env decision
+   1, gate off) and a bare ``Plant`` of the same scenario replaying the same run, in lockstep: every env decision
    is paired with a block of ``decision_interval`` bare steps over the same steps, the pair's order alternating,
    so that drift in the machine's load hits both. The last env decision also runs the end-of-episode validation
    pass; it is reported apart. Reported: decisions/s and optimizer steps/s of each (medians), and the median over
    rounds of the per-round ratio env time / bare time (the goal is <= 1.02: the envelope, telemetry window,
    reward and rollback-snapshot bookkeeping should cost at most 2 % of a training step). Because a loaded machine
-   makes that ratio noisy, the time each ``env.step`` spends outside ``Trainer.step`` (its wall time minus the
+   makes that ratio noisy, the time each ``env.step`` spends outside ``Plant.step`` (its wall time minus the
    records' own ``seconds``) is reported too: the overhead measured directly.
 2. **Reset cost.** The first reset of a new env (trainer construction from the cached corpus, initial
    validation), resets with a new seed (fresh initialisation + validation pass), and cached resets (a seed seen
@@ -38,8 +38,8 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from lbw_env import LBWEnv
-from lbw_env.governed import Control
-from lbw_env.trainer import Trainer
+from lbw_env.plant.optimizer import Control
+from lbw_env.plant.trainer import Plant
 
 TINY_ID = "LBW/WikiText-Tiny-v0"
 SCENARIO = "tiny/ref"
@@ -53,10 +53,10 @@ def env_config(steps: int, decision_interval: int) -> dict[str, Any]:
     }
 
 
-def lockstep_round(env: LBWEnv, trainer: Trainer, seed: int, run_seed: int, interval: int) -> dict[str, Any]:
+def lockstep_round(env: LBWEnv, trainer: Plant, seed: int, run_seed: int, interval: int) -> dict[str, Any]:
     """One env episode and one bare run of the same scenario and run seed, timed decision by decision in lockstep.
 
-    Each env decision is paired with a bare block of ``interval`` ``Trainer.step`` calls over the same steps, the
+    Each env decision is paired with a bare block of ``interval`` ``Plant.step`` calls over the same steps, the
     pair's order alternating, so that the machine's load drift (other jobs on shared cores) hits both sides alike.
     The episode's last decision also runs the validation pass; it is timed apart and not paired.
     """
@@ -65,7 +65,7 @@ def lockstep_round(env: LBWEnv, trainer: Trainer, seed: int, run_seed: int, inte
     action, control = env.envelope.neutral_action(), Control()
     env_times: list[float] = []
     bare_times: list[float] = []
-    outside: list[float] = []  # time of each env.step spent outside Trainer.step (records' own seconds)
+    outside: list[float] = []  # time of each env.step spent outside Plant.step (records' own seconds)
     k = 0
     while True:
         if k % 2:
@@ -84,7 +84,7 @@ def lockstep_round(env: LBWEnv, trainer: Trainer, seed: int, run_seed: int, inte
         k += 1
 
 
-def _bare_block(trainer: Trainer, control: Control, interval: int) -> float:
+def _bare_block(trainer: Plant, control: Control, interval: int) -> float:
     t0 = time.perf_counter()
     for _ in range(interval):
         trainer.step(control)
@@ -93,7 +93,7 @@ def _bare_block(trainer: Trainer, control: Control, interval: int) -> float:
 
 def env_vs_bare(steps: int, interval: int, rounds: int) -> dict[str, Any]:
     env = LBWEnv(env_config(steps, interval))
-    trainer = Trainer(env.pool[0].trainer)
+    trainer = Plant(env.pool[0].trainer)
     seed = 0
     env.reset(seed=seed)
     run_seed = env.trainer.seed  # type: ignore[union-attr]  # the bare run replays the env's run
@@ -211,7 +211,7 @@ def main() -> None:
     interval = args.decision_interval
     print(f"\nLBWEnv throughput on {SCENARIO} (qwen2-tiny), {args.steps} steps/episode, {interval} steps/decision")
     print(f"{'':34s} {'decisions/s':>12s} {'steps/s':>10s}")
-    print(f"{'bare Trainer.step':34s} {core['bare_decisions_per_s']:12.2f} {core['bare_steps_per_s']:10.1f}")
+    print(f"{'bare Plant.step':34s} {core['bare_decisions_per_s']:12.2f} {core['bare_steps_per_s']:10.1f}")
     print(f"{'LBWEnv.step (1 env)':34s} {core['env_decisions_per_s']:12.2f} {core['env_steps_per_s']:10.1f}")
     for kind, label in (("dummy", "DummyVecEnv"), ("subproc", "SubprocVecEnv")):
         if "vec" in results:
@@ -224,7 +224,7 @@ def main() -> None:
         f"ratio of median decisions {core['ratio_of_medians']:.4f}; goal <= 1.02)"
     )
     print(
-        f"env.step time outside Trainer.step: {core['outside_trainer_ms']:.2f} ms per decision "
+        f"env.step time outside Plant.step: {core['outside_trainer_ms']:.2f} ms per decision "
         f"({100 * core['outside_trainer_fraction']:.2f} % of a decision; load-independent estimate of the overhead)"
     )
     print(

@@ -2,7 +2,7 @@
 
 Both loops train the same preset from the same initial weights on the same seeded batches, with the same
 AdamW hyperparameters and param groups (decay on matrices only) and the same LR schedule. The bare loop
-does nothing else: no telemetry, no skip logic, no LR scaling. ``Trainer.step`` adds the governed step
+does nothing else: no telemetry, no skip logic, no LR scaling. ``Plant.step`` adds the governed step
 (gradient norm, finiteness check, z-scores, parameter copy for ‖Δθ‖/‖θ‖, LR scale and restore, the record).
 
 The two loops run interleaved in blocks (after a warm-up of each), alternating which goes first, so that
@@ -35,11 +35,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lbw_env.config import OptimConfig, TrainerConfig, load_trainer_config
-from lbw_env.data import BatchStream, Corpus, load_corpus
-from lbw_env.governed import Control
-from lbw_env.models import build_model, count_parameters
-from lbw_env.trainer import Trainer
+from lbw_env.plant.config import OptimConfig, TrainerConfig, load_trainer_config
+from lbw_env.plant.data import BatchStream, Corpus, load_corpus
+from lbw_env.plant.models import build_model, count_parameters
+from lbw_env.plant.optimizer import Control
+from lbw_env.plant.trainer import Plant
 
 
 def schedule(o: OptimConfig, t: int) -> float:
@@ -113,8 +113,8 @@ def peak_rss_mib() -> float:
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
 
 
-def breakdown(trainer: Trainer, n: int) -> dict[str, float]:
-    """Mean microseconds per step: the whole Trainer.step, GovernedOptimizer.step, and the AdamW step in it."""
+def breakdown(trainer: Plant, n: int) -> dict[str, float]:
+    """Mean microseconds per step: the whole Plant.step, GovernedOptimizer.step, and the AdamW step in it."""
     governed, optimizer = trainer.governed, trainer.optimizer
     inner: dict[str, list[float]] = {"governed": [], "optimizer": []}
     gov_step, opt_step = governed.step, optimizer.step
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = torch.device(args.device)
     params = 0
     if args.mode in ("both", "trainer"):
-        trainer = Trainer(cfg, corpus)
+        trainer = Plant(cfg, corpus)
         loops["trainer"] = lambda: trainer.step(Control())
         params = count_parameters(trainer.model)
     if args.mode in ("both", "bare"):

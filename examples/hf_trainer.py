@@ -25,11 +25,12 @@ import tempfile
 import torch
 from transformers import TrainingArguments
 
-from lbw_env.config import load_trainer_config, load_yaml
-from lbw_env.data import eval_blocks, load_corpus
-from lbw_env.governance import GovernanceConfig
+from lbw_env.config import load_yaml
+from lbw_env.control.governance import GovernanceConfig
 from lbw_env.integrations.hf import GovernedTrainer, PlantBlocks
-from lbw_env.models import build_model
+from lbw_env.plant.config import load_trainer_config
+from lbw_env.plant.data import eval_blocks, load_corpus
+from lbw_env.plant.models import build_model
 
 
 def main() -> None:

@@ -26,11 +26,12 @@ import time
 import torch
 import torch.nn.functional as F
 
-from lbw_env.config import load_trainer_config, load_yaml
-from lbw_env.data import BatchStream, eval_blocks, load_corpus
-from lbw_env.governance import GovernanceConfig
+from lbw_env.config import load_yaml
+from lbw_env.control.governance import GovernanceConfig
 from lbw_env.integrations import GovernedLoop
-from lbw_env.models import build_model
+from lbw_env.plant.config import load_trainer_config
+from lbw_env.plant.data import BatchStream, eval_blocks, load_corpus
+from lbw_env.plant.models import build_model
 
 
 def main() -> None:

@@ -12,14 +12,15 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from . import runtime
+from .plant import runtime
 from .config import ConfigError, check, deep_merge, fix_yaml_floats, from_dict
-from .envelope import EnvelopeConfig
-from .governance import Governance, loss_cv
-from .reward import RewardConfig, reward_terms
+from .control.envelope import EnvelopeConfig
+from .control.features import FEATURE_NAMES, FEATURES, OBS_BOUND
+from .control.governance import Governance, loss_cv
+from .control.reward import RewardConfig, reward_terms
+from .plant.records import StepRecord
+from .plant.trainer import Plant, Snapshot
 from .scenarios import Scenario, get_scenario, resolve, with_overrides
-from .telemetry import FEATURE_NAMES, FEATURES, OBS_BOUND, StepRecord
-from .trainer import Snapshot, Trainer
 
 
 @dataclasses.dataclass
@@ -111,7 +112,7 @@ class LBWEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Info
 
-    ``scenario``, ``records`` (the interval's :class:`~lbw_env.telemetry.StepRecord` list), ``control``,
+    ``scenario``, ``records`` (the interval's :class:`~lbw_env.plant.records.StepRecord` list), ``control``,
     ``interventions``, ``rollback`` (the reason, or ``""``), ``reward_terms``, ``step``; at the episode's end
     also ``final`` with ``valid_loss``, ``valid_ppl``, ``diverged``, ``wall_time`` and step counts.
 
@@ -147,20 +148,20 @@ class LBWEnv(gym.Env[np.ndarray, np.ndarray]):
         self.action_space = self.envelope.action_space
         n = cfg.window * len(FEATURE_NAMES)
         self.observation_space = gym.spaces.Box(-OBS_BOUND, OBS_BOUND, (n,), dtype=np.float32)
-        self._trainers: dict[str, Trainer] = {}
+        self._trainers: dict[str, Plant] = {}
         self._initial: collections.OrderedDict[tuple[str, int], _Initial] = collections.OrderedDict()
-        self.trainer: Trainer | None = None
+        self.trainer: Plant | None = None
         self.scenario: Scenario | None = None
-        self._good_owner: Trainer | None = None  # whose parameter shapes the rollback buffers have
+        self._good_owner: Plant | None = None  # whose parameter shapes the rollback buffers have
         self._ended = False
         self._last_records: list[StepRecord] = []
         self._last_info: dict[str, Any] = {}
 
     # -- plant management -------------------------------------------------------------------------------
 
-    def _get_trainer(self, scenario: Scenario) -> Trainer:
+    def _get_trainer(self, scenario: Scenario) -> Plant:
         if scenario.name not in self._trainers:
-            self._trainers[scenario.name] = Trainer(scenario.trainer, gate=self.cfg.envelope.gate_config())
+            self._trainers[scenario.name] = Plant(scenario.trainer, gate=self.cfg.envelope.gate_config())
         return self._trainers[scenario.name]
 
     def _scenario(self, name: str) -> Scenario:

@@ -46,6 +46,7 @@ import numpy as np
 from .config import (
     ConfigError,
     check,
+    config_dir,
     deep_merge,
     fix_yaml_floats,
     from_dict,
@@ -53,7 +54,6 @@ from .config import (
     read_yaml,
     to_dict,
 )
-from .models import config_dir
 from .report import reference_of
 from .scenarios import Scenario, get_scenario, load_family, resolve, with_overrides
 

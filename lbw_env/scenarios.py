@@ -26,17 +26,8 @@ import functools
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from .config import (
-    ConfigError,
-    TrainerConfig,
-    deep_merge,
-    expand_presets,
-    fix_yaml_floats,
-    from_dict,
-    parse_overrides,
-    read_yaml,
-)
-from .models import config_dir
+from .config import ConfigError, config_dir, deep_merge, fix_yaml_floats, from_dict, parse_overrides, read_yaml
+from .plant.config import TrainerConfig, expand_presets
 
 
 @dataclasses.dataclass

@@ -15,8 +15,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from lbw_env.config import ConfigError
-from lbw_env.envelope import Envelope, EnvelopeConfig
-from lbw_env.telemetry import FEATURE_NAMES
+from lbw_env.control.envelope import Envelope, EnvelopeConfig
+from lbw_env.control.features import FEATURE_NAMES
 
 
 @runtime_checkable

@@ -17,9 +17,8 @@ import math
 from pathlib import Path
 from typing import Literal
 
-from lbw_env.config import check, load, read_yaml
-from lbw_env.envelope import EnvelopeConfig
-from lbw_env.models import config_dir
+from lbw_env.config import check, config_dir, load, read_yaml
+from lbw_env.control.envelope import EnvelopeConfig
 
 from .base import Governor, ObservationView, RuleGovernor, register
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from lbw_env.config import ConfigError
-from lbw_env.envelope import EnvelopeConfig
+from lbw_env.control.envelope import EnvelopeConfig
 
 from .base import Governor, register
 

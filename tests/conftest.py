@@ -56,8 +56,8 @@ def torch_threads() -> None:
 @pytest.fixture(scope="session")
 def corpus(shared_data: Path, lbw_cache: Path) -> Any:
     """WikiText-2 train / WikiText-103 valid+test, tokenized with a BPE of ``SMALL_VOCAB``, once per session."""
-    from lbw_env.config import DataConfig
-    from lbw_env.data import load_corpus
+    from lbw_env.plant.config import DataConfig
+    from lbw_env.plant.data import load_corpus
 
     return load_corpus(DataConfig(root=str(shared_data), vocab_size=SMALL_VOCAB), str(lbw_cache))
 
@@ -69,7 +69,7 @@ def make_cfg(shared_data: Path, lbw_cache: Path, torch_threads: None) -> Callabl
     ``make_cfg("optim.lr=1e-3", faults=[{"kind": "nan_loss", "start": 3}])``: ``key=value`` overrides win
     over the small defaults; ``faults`` is a list of FaultConfig mappings.
     """
-    from lbw_env.config import load_trainer_config
+    from lbw_env.plant.config import load_trainer_config
 
     def make(*overrides: str, faults: Sequence[Mapping[str, Any]] = ()) -> Any:
         data: dict[str, Any] = {

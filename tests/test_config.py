@@ -12,22 +12,25 @@ from hypothesis import strategies as st
 
 from lbw_env.config import (
     ConfigError,
+    config_dir,
+    describe,
+    field_docs,
+    load,
+    load_yaml,
+    parse_overrides,
+    read_yaml,
+    to_dict,
+)
+from lbw_env.plant.config import (
     DataConfig,
     FaultConfig,
     ModelConfig,
     OptimConfig,
     RuntimeConfig,
     TrainerConfig,
-    describe,
-    field_docs,
-    load,
+    available_presets,
     load_trainer_config,
-    load_yaml,
-    parse_overrides,
-    read_yaml,
-    to_dict,
 )
-from lbw_env.models import available_presets, config_dir
 
 ALL_CONFIGS = [DataConfig, ModelConfig, OptimConfig, FaultConfig, RuntimeConfig, TrainerConfig]
 

@@ -1,4 +1,4 @@
-"""Tests of lbw_env.data: every text source, both tokenizer kinds, both caches, batches and their errors.
+"""Tests of lbw_env.plant.data: every text source, both tokenizer kinds, both caches, batches and their errors.
 
 Fast by construction: BPE is trained on slices of the shared WikiText files (a few thousand lines, vocab 384)
 in a temporary cache; one test reads the whole WikiText-2 train split to check counts against the files.
@@ -15,9 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from lbw_env import data
-from lbw_env.config import DataConfig
-from lbw_env.data import BatchStream, DataError, eval_blocks, get_tokenizer, load_corpus, load_split_text
+from lbw_env.plant import data
+from lbw_env.plant.config import DataConfig
+from lbw_env.plant.data import BatchStream, DataError, eval_blocks, get_tokenizer, load_corpus, load_split_text
 
 torch.set_num_threads(1)
 

@@ -30,10 +30,10 @@ from stable_baselines3.common.vec_env import SubprocVecEnv
 
 import lbw_env
 from lbw_env import ENV_IDS, FEATURE_NAMES, LBWEnv
-from lbw_env.envelope import Envelope, EnvelopeConfig
-from lbw_env.governed import Control, GateConfig, GovernedOptimizer
-from lbw_env.reward import capped
-from lbw_env.telemetry import OBS_BOUND
+from lbw_env.control.envelope import Envelope, EnvelopeConfig
+from lbw_env.control.features import OBS_BOUND
+from lbw_env.control.reward import capped
+from lbw_env.plant.optimizer import Control, GateConfig, GovernedOptimizer
 
 TINY_ID = "LBW/WikiText-Tiny-v0"
 SHORT = ["optim.steps=32", "base_steps=8", "runtime.threads=1"]

@@ -34,7 +34,7 @@ from lbw_env.evaluation import (
     run_suite,
     strip_volatile,
 )
-from lbw_env.telemetry import StepRecord
+from lbw_env.plant.records import StepRecord
 
 REPO = Path(__file__).resolve().parents[1]
 

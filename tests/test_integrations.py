@@ -2,9 +2,9 @@
 true skips through the HF path; LoRA (adapters only, bit-exact snapshot/restore, from_pretrained + LoRA).
 
 The three runs share one scenario (tiny preset, shortened), one run seed and one governor: the plain loop and
-the HF run are built from a plant :class:`~lbw_env.trainer.Trainer` with the env scenario's config (same model
+the HF run are built from a plant :class:`~lbw_env.plant.trainer.Plant` with the env scenario's config (same model
 init, same AdamW, same batches in the same order via ``BatchStream``/``PlantBlocks``, same LR schedule via
-``ScheduleLR(Trainer.scheduled_lr)``), so every StepRecord field but ``seconds`` must be equal, bit for bit.
+``ScheduleLR(Plant.scheduled_lr)``), so every StepRecord field but ``seconds`` must be equal, bit for bit.
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lbw_env.config import ConfigError, from_dict, load_trainer_config
+from lbw_env.config import ConfigError, from_dict
+from lbw_env.control.envelope import EnvelopeConfig
+from lbw_env.control.governance import GovernanceConfig
 from lbw_env.env import LBWEnv
-from lbw_env.envelope import EnvelopeConfig
-from lbw_env.governance import GovernanceConfig
 from lbw_env.integrations import GovernedLoop, ScheduleLR
-from lbw_env.telemetry import StepRecord
-from lbw_env.trainer import Trainer
+from lbw_env.plant.config import load_trainer_config
+from lbw_env.plant.records import StepRecord
+from lbw_env.plant.trainer import Plant
 from policies.base import make_governor
 
 STEPS = 48
@@ -116,10 +117,10 @@ def governance_of(env: LBWEnv) -> GovernanceConfig:
     return GovernanceConfig(c.decision_interval, c.window, c.envelope, c.healthy_ratio)
 
 
-def plant_for(run: EnvRun) -> Trainer:
+def plant_for(run: EnvRun) -> Plant:
     """A second plant with the env scenario's config, at the env run's initial state."""
     assert run.env.scenario is not None
-    plant = Trainer(run.env.scenario.trainer, gate=run.env.cfg.envelope.gate_config())
+    plant = Plant(run.env.scenario.trainer, gate=run.env.cfg.envelope.gate_config())
     plant.reset(run.run_seed)
     return plant
 
@@ -380,7 +381,7 @@ def state_bytes(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def test_lora_trains_only_the_adapters(lora_cfg: Callable[..., Any], corpus: Any) -> None:
-    trainer = Trainer(lora_cfg(), corpus)
+    trainer = Plant(lora_cfg(), corpus)
     names = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
     assert names and all(".lora_A." in n or ".lora_B." in n for n in names)
     assert {id(p) for p in trainer.params} == {id(p) for p in trainer.model.parameters() if p.requires_grad}
@@ -399,10 +400,10 @@ def test_lora_trains_only_the_adapters(lora_cfg: Callable[..., Any], corpus: Any
 
 
 def test_lora_snapshot_restore_is_bit_exact(lora_cfg: Callable[..., Any], corpus: Any) -> None:
-    from lbw_env.governed import Control
+    from lbw_env.plant.optimizer import Control
 
     faults = [{"kind": "grad_noise", "start": 0, "length": 100, "magnitude": 0.3}]
-    trainer = Trainer(lora_cfg(faults=faults), corpus)
+    trainer = Plant(lora_cfg(faults=faults), corpus)
     for _ in range(3):
         trainer.step()
     snap = trainer.snapshot()
@@ -415,7 +416,7 @@ def test_lora_snapshot_restore_is_bit_exact(lora_cfg: Callable[..., Any], corpus
     assert all(torch.equal(end_first[k], end_second[k]) for k in end_first)
 
     # reset(seed) re-initialises the adapters exactly as a fresh trainer with that seed does.
-    fresh = Trainer(lora_cfg("runtime.seed=5", faults=faults), corpus)
+    fresh = Plant(lora_cfg("runtime.seed=5", faults=faults), corpus)
     trainer.reset(5)
     a, b = state_bytes(trainer.model), state_bytes(fresh.model)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -425,12 +426,12 @@ def test_lora_snapshot_restore_is_bit_exact(lora_cfg: Callable[..., Any], corpus
 def test_from_pretrained_with_lora(make_cfg: Callable[..., Any], corpus: Any, tmp_path: Path) -> None:
     """A save_pretrained checkpoint + LoRA: the checkpoint is the frozen base (B = 0: the same function at the
     start), only the adapters train, and the base bytes never change."""
-    from lbw_env.models import build_model
+    from lbw_env.plant.models import build_model
 
     cfg = make_cfg()
     base = build_model(cfg.model, corpus.vocab_size, cfg.data.seq_len, seed=3)
     base.save_pretrained(tmp_path / "ckpt")
-    trainer = Trainer(make_cfg(f"model.pretrained={tmp_path / 'ckpt'}", "model.lora.r=2", "model.lora.alpha=4"), corpus)
+    trainer = Plant(make_cfg(f"model.pretrained={tmp_path / 'ckpt'}", "model.lora.r=2", "model.lora.alpha=4"), corpus)
     assert trainer.lora is not None and trainer.lora.r == 2
     x = trainer.eval_data("valid")[:2, :-1]
     with torch.no_grad():

@@ -8,8 +8,9 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM, Qwen2ForCausalLM
 
-from lbw_env.config import ConfigError, ModelConfig, load_trainer_config
-from lbw_env.models import available_presets, build_model, count_parameters, from_pretrained, load_preset
+from lbw_env.config import ConfigError
+from lbw_env.plant.config import ModelConfig, available_presets, load_preset, load_trainer_config
+from lbw_env.plant.models import build_model, count_parameters, from_pretrained
 
 pytestmark = pytest.mark.usefixtures("torch_threads")
 

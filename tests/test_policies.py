@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lbw_env.config import ConfigError
-from lbw_env.envelope import Envelope, EnvelopeConfig
-from lbw_env.telemetry import FEATURE_NAMES
+from lbw_env.control.envelope import Envelope, EnvelopeConfig
+from lbw_env.control.features import FEATURE_NAMES
 from policies.base import ActionCodec, Governor, ObservationView, available, make_governor
 from policies.rules import ConstantGovernor, GuardConfig, LBWGuard, load_guard_config
 

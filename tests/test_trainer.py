@@ -15,12 +15,12 @@ import pytest
 import torch
 from torch import nn
 
-from lbw_env.config import TrainerConfig
-from lbw_env.data import Corpus
-from lbw_env.governed import Control, GateConfig, GovernedOptimizer
-from lbw_env.models import from_pretrained
-from lbw_env.telemetry import StepRecord
-from lbw_env.trainer import Trainer, ensure_base_checkpoint
+from lbw_env.plant.config import TrainerConfig
+from lbw_env.plant.data import Corpus
+from lbw_env.plant.models import from_pretrained
+from lbw_env.plant.optimizer import Control, GateConfig, GovernedOptimizer
+from lbw_env.plant.records import StepRecord
+from lbw_env.plant.trainer import Plant, ensure_base_checkpoint
 
 MakeCfg = Callable[..., TrainerConfig]
 State = tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]
@@ -43,7 +43,7 @@ def capture(params: list[torch.Tensor], optimizer: torch.optim.Optimizer) -> Sta
     return values, states
 
 
-def capture_trainer(trainer: Trainer) -> State:
+def capture_trainer(trainer: Plant) -> State:
     return capture(trainer.params, trainer.optimizer)
 
 
@@ -67,7 +67,7 @@ def comparable(record: StepRecord) -> dict[str, Any]:
     return d
 
 
-def run(trainer: Trainer, controls: list[Control]) -> list[dict[str, Any]]:
+def run(trainer: Plant, controls: list[Control]) -> list[dict[str, Any]]:
     return [comparable(trainer.step(c)) for c in controls]
 
 
@@ -136,7 +136,7 @@ class Tiny:
 
 
 def test_forced_skip_changes_no_byte(make_cfg: MakeCfg, corpus: Corpus) -> None:
-    trainer = Trainer(make_cfg(), corpus)
+    trainer = Plant(make_cfg(), corpus)
     for _ in range(4):  # moments and step counts exist, so a decay or a moment update would show
         trainer.step()
     before = capture_trainer(trainer)
@@ -154,7 +154,7 @@ def test_forced_skip_changes_no_byte(make_cfg: MakeCfg, corpus: Corpus) -> None:
 
 
 def test_gate_skip_changes_no_byte(make_cfg: MakeCfg, corpus: Corpus) -> None:
-    trainer = Trainer(make_cfg(faults=[{"kind": "bad_batch", "start": 25}]), corpus)
+    trainer = Plant(make_cfg(faults=[{"kind": "bad_batch", "start": 25}]), corpus)
     for _ in range(25):
         assert not trainer.step().skipped
     before = capture_trainer(trainer)
@@ -199,7 +199,7 @@ def test_forced_skip_on_governed_optimizer() -> None:
 
 
 def test_nan_loss_fault_never_reaches_the_weights(make_cfg: MakeCfg, corpus: Corpus) -> None:
-    trainer = Trainer(make_cfg(faults=[{"kind": "nan_loss", "start": 3, "length": 2}]), corpus)
+    trainer = Plant(make_cfg(faults=[{"kind": "nan_loss", "start": 3, "length": 2}]), corpus)
     for _ in range(3):
         trainer.step()
     for _ in range(2):
@@ -220,7 +220,7 @@ def test_nan_loss_fault_never_reaches_the_weights(make_cfg: MakeCfg, corpus: Cor
 
 @pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
 def test_one_nonfinite_gradient_element_in_the_trainer(make_cfg: MakeCfg, corpus: Corpus, value: float) -> None:
-    trainer = Trainer(make_cfg(), corpus)
+    trainer = Plant(make_cfg(), corpus)
     for _ in range(3):
         trainer.step()
     named = dict(trainer.model.named_parameters())
@@ -303,7 +303,7 @@ REPLAY_CONTROLS = [
 
 
 def test_snapshot_restore_replays_exactly_with_faults(make_cfg: MakeCfg, corpus: Corpus) -> None:
-    trainer = Trainer(make_cfg(faults=REPLAY_FAULTS), corpus)
+    trainer = Plant(make_cfg(faults=REPLAY_FAULTS), corpus)
     for _ in range(9):
         trainer.step()
     snap = trainer.snapshot()
@@ -326,7 +326,7 @@ def test_snapshot_restore_replays_exactly_with_faults(make_cfg: MakeCfg, corpus:
 
 
 def test_snapshot_reuses_buffers_and_restores_that_moment(make_cfg: MakeCfg, corpus: Corpus) -> None:
-    trainer = Trainer(make_cfg(faults=[{"kind": "grad_noise", "start": 0, "length": 100, "magnitude": 0.3}]), corpus)
+    trainer = Plant(make_cfg(faults=[{"kind": "grad_noise", "start": 0, "length": 100, "magnitude": 0.3}]), corpus)
     snap = trainer.snapshot()  # at step 0: no optimizer state yet
     first = run(trainer, [Control()] * 6)
     at_six = capture_trainer(trainer)
@@ -338,7 +338,7 @@ def test_snapshot_reuses_buffers_and_restores_that_moment(make_cfg: MakeCfg, cor
     assert run(trainer, [Control(lr_scale=0.5)] * 4) == later
 
     # Back to step 0 (empty optimizer state) from a fresh snapshot taken at step 0.
-    fresh = Trainer(make_cfg(faults=[{"kind": "grad_noise", "start": 0, "length": 100, "magnitude": 0.3}]), corpus)
+    fresh = Plant(make_cfg(faults=[{"kind": "grad_noise", "start": 0, "length": 100, "magnitude": 0.3}]), corpus)
     zero = fresh.snapshot()
     run(fresh, [Control()] * 3)
     fresh.restore(zero)
@@ -349,9 +349,9 @@ def test_snapshot_reuses_buffers_and_restores_that_moment(make_cfg: MakeCfg, cor
 def test_same_seed_same_records_different_seed_differs(make_cfg: MakeCfg, corpus: Corpus) -> None:
     faults = [{"kind": "bad_batch", "start": 4}, {"kind": "grad_noise", "start": 6, "length": 3, "magnitude": 1.0}]
     controls = [Control(), Control(lr_scale=0.7), Control(skip_gate=2.0)] * 4
-    a = Trainer(make_cfg("runtime.seed=3", faults=faults), corpus)
-    b = Trainer(make_cfg("runtime.seed=3", faults=faults), corpus)
-    c = Trainer(make_cfg("runtime.seed=4", faults=faults), corpus)
+    a = Plant(make_cfg("runtime.seed=3", faults=faults), corpus)
+    b = Plant(make_cfg("runtime.seed=3", faults=faults), corpus)
+    c = Plant(make_cfg("runtime.seed=4", faults=faults), corpus)
     records_a, records_b, records_c = run(a, controls), run(b, controls), run(c, controls)
     assert records_a == records_b
     assert_same_state(capture_trainer(a), capture_trainer(b))
@@ -361,9 +361,9 @@ def test_same_seed_same_records_different_seed_differs(make_cfg: MakeCfg, corpus
 def test_reset_seed_equals_a_fresh_trainer(make_cfg: MakeCfg, corpus: Corpus) -> None:
     faults = [{"kind": "grad_noise", "start": 2, "length": 4, "magnitude": 1.0}, {"kind": "bad_batch", "start": 5}]
     controls = [Control(), Control(lr_scale=1.5), Control(force_skip=True), Control()] * 2
-    fresh = Trainer(make_cfg("runtime.seed=5", faults=faults), corpus)
+    fresh = Plant(make_cfg("runtime.seed=5", faults=faults), corpus)
     expected = run(fresh, controls)
-    reused = Trainer(make_cfg("runtime.seed=0", faults=faults), corpus)
+    reused = Plant(make_cfg("runtime.seed=0", faults=faults), corpus)
     run(reused, controls[:5])
     reused.reset(5)
     assert reused.t == 0 and not reused.optimizer.state
@@ -372,7 +372,7 @@ def test_reset_seed_equals_a_fresh_trainer(make_cfg: MakeCfg, corpus: Corpus) ->
 
 
 def test_evaluate_does_not_disturb_training(make_cfg: MakeCfg, corpus: Corpus) -> None:
-    a, b = Trainer(make_cfg(), corpus), Trainer(make_cfg(), corpus)
+    a, b = Plant(make_cfg(), corpus), Plant(make_cfg(), corpus)
     head = run(a, [Control()] * 3)
     first_eval = a.evaluate()
     assert a.evaluate() == first_eval
@@ -388,7 +388,7 @@ def test_evaluate_does_not_disturb_training(make_cfg: MakeCfg, corpus: Corpus) -
 
 def test_effective_lr_is_schedule_times_scale(make_cfg: MakeCfg, corpus: Corpus) -> None:
     cfg = make_cfg("optim.warmup_steps=3", faults=[{"kind": "lr_shock", "start": 5, "magnitude": 3.0}])
-    trainer = Trainer(cfg, corpus)
+    trainer = Plant(cfg, corpus)
     seen = spy_on_optimizer_step(trainer.optimizer)
     scales = [1.0, 0.5, 2.0, 0.3, 1.25, 0.7, 1.0, 0.1]
     for t, scale in enumerate(scales):
@@ -425,7 +425,7 @@ def test_adamw_moves_weights_by_the_scaled_lr(scale: float) -> None:
 
 @pytest.mark.parametrize("clip", [0.0, 0.2, 1e6])
 def test_clipping_caps_the_norm_adamw_sees(make_cfg: MakeCfg, corpus: Corpus, clip: float) -> None:
-    trainer = Trainer(make_cfg(f"optim.clip_norm={clip}"), corpus)
+    trainer = Plant(make_cfg(f"optim.clip_norm={clip}"), corpus)
     seen = spy_on_optimizer_step(trainer.optimizer)
     records = [trainer.step() for _ in range(5)]
     assert len(seen) == 5
@@ -454,7 +454,7 @@ def test_clipping_on_governed_optimizer() -> None:
 
 
 def test_warmup_then_cosine(make_cfg: MakeCfg, corpus: Corpus) -> None:
-    trainer = Trainer(make_cfg("optim.lr=1e-3", "optim.warmup_steps=10", "optim.steps=110"), corpus)
+    trainer = Plant(make_cfg("optim.lr=1e-3", "optim.warmup_steps=10", "optim.steps=110"), corpus)
     lr = trainer.scheduled_lr
     assert lr(0) == pytest.approx(1e-4, rel=1e-12)
     assert lr(4) == pytest.approx(5e-4, rel=1e-12)
@@ -471,21 +471,21 @@ def test_warmup_then_cosine(make_cfg: MakeCfg, corpus: Corpus) -> None:
 
 
 def test_constant_schedule_and_no_warmup(make_cfg: MakeCfg, corpus: Corpus) -> None:
-    constant = Trainer(make_cfg("optim.lr=2e-3", "optim.schedule=constant", "optim.warmup_steps=4"), corpus)
+    constant = Plant(make_cfg("optim.lr=2e-3", "optim.schedule=constant", "optim.warmup_steps=4"), corpus)
     assert [constant.scheduled_lr(t) for t in range(4)] == pytest.approx([5e-4, 1e-3, 1.5e-3, 2e-3], rel=1e-12)
     assert all(constant.scheduled_lr(t) == 2e-3 for t in range(4, 500))
-    cold = Trainer(make_cfg("optim.lr=2e-3", "optim.warmup_steps=0", "optim.min_lr_ratio=0.0"), corpus)
+    cold = Plant(make_cfg("optim.lr=2e-3", "optim.warmup_steps=0", "optim.min_lr_ratio=0.0"), corpus)
     assert cold.scheduled_lr(0) == 2e-3  # full LR at step 0: the fine-tuning stress case
     assert cold.scheduled_lr(cold.cfg.optim.steps) == pytest.approx(0.0, abs=1e-18)
 
 
 def test_lr_shock_multiplies_only_inside_its_window(make_cfg: MakeCfg, corpus: Corpus) -> None:
-    plain = Trainer(make_cfg(), corpus)
+    plain = Plant(make_cfg(), corpus)
     shocks = [
         {"kind": "lr_shock", "start": 20, "length": 5, "magnitude": 10.0},
         {"kind": "lr_shock", "start": 23, "length": 4, "magnitude": 0.5},
     ]
-    shocked = Trainer(make_cfg(faults=shocks), corpus)
+    shocked = Plant(make_cfg(faults=shocks), corpus)
     for t in range(60):
         factor = (10.0 if 20 <= t < 25 else 1.0) * (0.5 if 23 <= t < 27 else 1.0)
         assert shocked.scheduled_lr(t) == pytest.approx(plain.scheduled_lr(t) * factor, rel=1e-15), t
@@ -511,16 +511,16 @@ def test_finetune_starts_from_a_cached_base(make_cfg: MakeCfg, corpus: Corpus, m
 
     with monkeypatch.context() as m:
 
-        def no_training(self: Trainer, control: Control = Control()) -> StepRecord:
+        def no_training(self: Plant, control: Control = Control()) -> StepRecord:
             raise AssertionError("the cached base checkpoint was retrained")
 
-        m.setattr(Trainer, "step", no_training)
+        m.setattr(Plant, "step", no_training)
         assert ensure_base_checkpoint(cfg, corpus) == path
-        trainer = Trainer(cfg, corpus)
+        trainer = Plant(cfg, corpus)
     assert trainer.base_path == path
 
     start = trainer.evaluate()
-    fresh = Trainer(make_cfg(), corpus).evaluate()
+    fresh = Plant(make_cfg(), corpus).evaluate()
     assert start.ppl < 0.5 * fresh.ppl, (start.ppl, fresh.ppl)
     assert start.ppl == pytest.approx(meta["valid_ppl"], rel=1e-4)
 
@@ -546,7 +546,7 @@ def test_a_few_hundred_steps_cut_validation_perplexity(make_cfg: MakeCfg, corpus
         "data.seq_len=64", "data.batch_size=8", "data.eval_blocks=16", "optim.lr=3e-3", "optim.steps=300",
         "optim.warmup_steps=20",
     )  # fmt: skip
-    trainer = Trainer(cfg, corpus)
+    trainer = Plant(cfg, corpus)
     start = trainer.evaluate()
     assert start.ppl == pytest.approx(corpus.vocab_size, rel=0.2), "a fresh model is close to uniform"
     records = []

@@ -5,8 +5,8 @@
 * :mod:`lbw_env.integrations.hf` — :class:`GovernedTrainer` (and :class:`GovernedTrainerMixin` for other
   ``transformers.Trainer`` subclasses): the same governance inside a Hugging Face ``Trainer`` run.
 
-Both run every optimizer step through :class:`~lbw_env.governed.GovernedOptimizer` (telemetry, true skip) and
-every decision through :class:`~lbw_env.governance.Governance` (envelope, telemetry window, rollback targets):
+Both run every optimizer step through :class:`~lbw_env.plant.optimizer.GovernedOptimizer` (telemetry, true skip) and
+every decision through :class:`~lbw_env.control.governance.Governance` (envelope, telemetry window, rollback targets):
 the same code as :class:`~lbw_env.env.LBWEnv`, so a governor trained or evaluated in the env behaves the same
 here, record for record.
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .torch import GovernedLoop, IntervalReport, ScheduleLR
+from .loop import GovernedLoop, IntervalReport, ScheduleLR
 
 __all__ = ["GovernedLoop", "GovernedTrainer", "GovernedTrainerMixin", "IntervalReport", "PlantBlocks", "ScheduleLR"]
 

@@ -4,7 +4,7 @@ The ``Trainer`` owns the loop: it calls ``optimizer.step()`` itself, clips gradi
 never hands the loss to the optimizer. A *true* skip (no parameter change, no weight decay, no moment update,
 no step count) therefore needs three things, each done here:
 
-1. **The step goes through** :class:`~lbw_env.governed.GovernedOptimizer`. :class:`GovernedTrainer` wraps the
+1. **The step goes through** :class:`~lbw_env.plant.optimizer.GovernedOptimizer`. :class:`GovernedTrainer` wraps the
    optimizer (the one passed as ``optimizers=(optimizer, scheduler)``, or the one the ``Trainer`` builds) in
    :class:`GovernedOptimizerProxy`, a ``torch.optim.Optimizer`` that shares the inner optimizer's param groups
    and state (so LR schedulers, checkpoints and ``accelerate`` see the real optimizer) and whose ``step()`` is
@@ -26,7 +26,7 @@ no step count) therefore needs three things, each done here:
    step, after measuring the unclipped norm, with the same arithmetic (``clip_grads_with_norm_``), and sets
    ``args.max_grad_norm = 0`` so the ``Trainer`` does not clip first.
 
-Governance (envelope, observation window, rollback targets) is :class:`~lbw_env.governance.Governance`, as in
+Governance (envelope, observation window, rollback targets) is :class:`~lbw_env.control.governance.Governance`, as in
 the env; a rollback restores the trainable parameters and the optimizer state in place, and training continues
 on the next batches with the ``Trainer``'s schedule untouched. When the envelope declares divergence, the
 callback stops training (``control.should_training_stop``).
@@ -54,13 +54,13 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from ..data import BatchStream
-from ..governance import GovernanceConfig
-from ..telemetry import StepRecord
-from .torch import GovernedLoop
+from ..control.governance import GovernanceConfig
+from ..plant.data import BatchStream
+from ..plant.records import StepRecord
+from .loop import GovernedLoop
 
 if TYPE_CHECKING:
-    from ..trainer import Trainer as Plant
+    from ..plant.trainer import Plant
 
 logger = logging.getLogger(__name__)
 
@@ -289,7 +289,7 @@ class GovernedTrainer(GovernedTrainerMixin, Trainer):
 
 
 class PlantBlocks(torch.utils.data.IterableDataset):
-    """WikiText token blocks in exactly the order of the plant's seeded :class:`~lbw_env.data.BatchStream`.
+    """WikiText token blocks in exactly the order of the plant's seeded :class:`~lbw_env.plant.data.BatchStream`.
 
     Rows of ``seq_len`` inputs predicting ``seq_len`` targets, as the plant trains: ``input_ids = block[:-1]``,
     ``labels = shift_labels = block[1:]``. ``shift_labels`` tells the model's causal-LM loss that the targets are
@@ -308,7 +308,7 @@ class PlantBlocks(torch.utils.data.IterableDataset):
 
     @classmethod
     def from_plant(cls, plant: Plant, seed: int | None = None) -> PlantBlocks:
-        """The batches a :class:`~lbw_env.trainer.Trainer` would train on (with its seed, or ``seed``)."""
+        """The batches a :class:`~lbw_env.plant.trainer.Plant` would train on (with its seed, or ``seed``)."""
         c = plant.cfg.data
         return cls(plant.batches.tokens, c.seq_len, c.batch_size, plant.seed if seed is None else seed)
 

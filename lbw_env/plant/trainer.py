@@ -1,10 +1,10 @@
 """The plant: a real language model trained on WikiText with AdamW, one governed optimizer step at a time.
 
-``Trainer.step(control)`` reads top to bottom like nanoGPT's loop: next batch (with any injected fault),
+``Plant.step(control)`` reads top to bottom like nanoGPT's loop: next batch (with any injected fault),
 scheduled LR, forward, backward, then the governed optimizer step (telemetry, true skip, LR scale).
 ``snapshot()``/``restore()`` copy the complete training state into preallocated buffers, so the env can
 roll back or reset in milliseconds and replay bit for bit. The model/optimizer part of a snapshot is
-:func:`~lbw_env.governance.capture_train_state`, the same helper the integrations use.
+:func:`~lbw_env.plant.state.capture_train_state`, the same helper the integrations use.
 
 Fine-tune regimes: full-parameter (the default) or LoRA (``model.lora.r > 0``: peft adapters on the frozen
 base; only the adapters are trainable, so the optimizer, the telemetry and snapshots cover only them).
@@ -25,14 +25,15 @@ import torch
 import torch.nn.functional as F
 from transformers.utils import logging as hf_logging
 
+from ..cache import cache_root, cached_dir, stable_hash
+from ..config import to_dict
 from . import runtime
-from .cache import cache_root, cached_dir, stable_hash
-from .config import FaultConfig, LoRAConfig, OptimConfig, TrainerConfig, to_dict
+from .config import FaultConfig, LoRAConfig, OptimConfig, TrainerConfig
 from .data import BatchStream, Corpus, eval_blocks, load_corpus
-from .governance import TrainState, capture_train_state, restore_train_state
-from .governed import Control, GateConfig, GovernedOptimizer
 from .models import apply_lora, build_model, count_parameters, from_pretrained, init_lora_weights
-from .telemetry import StepRecord
+from .optimizer import Control, GateConfig, GovernedOptimizer
+from .records import StepRecord
+from .state import TrainState, capture_train_state, restore_train_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +51,7 @@ class EvalResult:
 @dataclasses.dataclass
 class Snapshot(TrainState):
     """The complete training state at one step, in buffers that later snapshots reuse: the model/optimizer
-    :class:`~lbw_env.governance.TrainState` plus where the run stands (step, batch order, fault RNGs)."""
+    :class:`~lbw_env.plant.state.TrainState` plus where the run stands (step, batch order, fault RNGs)."""
 
     seed: int
     t: int
@@ -63,7 +64,7 @@ def safe_exp(x: float) -> float:
     return math.exp(x) if x < 700 else math.inf
 
 
-class Trainer:
+class Plant:
     """Model + data + AdamW + schedule (+ optional clipping baseline and injected faults)."""
 
     def __init__(self, cfg: TrainerConfig, corpus: Corpus | None = None, gate: GateConfig | None = None) -> None:
@@ -300,7 +301,7 @@ def ensure_base_checkpoint(cfg: TrainerConfig, corpus: Corpus | None = None) -> 
             cfg, regime="scratch", optim=optim, faults=[], model=model,
             runtime=dataclasses.replace(cfg.runtime, seed=0),
         )  # fmt: skip
-        trainer = Trainer(pre_cfg, corpus)
+        trainer = Plant(pre_cfg, corpus)
         t0 = time.perf_counter()
         while not trainer.done:
             trainer.step()

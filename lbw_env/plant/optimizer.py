@@ -25,7 +25,7 @@ from collections.abc import Iterable
 
 import torch
 
-from .telemetry import RollingStats, SkipReason, StepRecord
+from .records import RollingStats, SkipReason, StepRecord
 
 _FLAT_NORM_MAX = 1 << 14
 """Tensors up to this many elements are reduced flat; larger matrices row by row first. A flat float32 norm on

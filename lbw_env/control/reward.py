@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from .config import check
+from ..config import check
 
 # Stand-in loss for a non-finite measurement: worse than a uniform model over any vocabulary we use.
 LOSS_CAP = 20.0

@@ -37,7 +37,7 @@ import numpy as np
 import tokenizers
 import torch
 
-from .cache import atomic_path, cache_root, file_fingerprint, stable_hash
+from ..cache import atomic_path, cache_root, file_fingerprint, stable_hash
 from .config import DataConfig
 
 log = logging.getLogger(__name__)

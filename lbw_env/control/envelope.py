@@ -1,6 +1,6 @@
 """The safety envelope: action spaces, their decoding into a bounded control, and the rollback policy.
 
-Whatever a governor answers, NaN included, the envelope turns it into a :class:`~lbw_env.governed.Control`
+Whatever a governor answers, NaN included, the envelope turns it into a :class:`~lbw_env.plant.optimizer.Control`
 inside the configured bounds:
 
 * **LR scale** — action component 0 moves the scale multiplicatively, up by at most ``max_factor`` and down
@@ -8,7 +8,7 @@ inside the configured bounds:
   ``[lr_scale_min, lr_scale_max]``.
 * **Skip gate** — component 1 sets how many rolling standard deviations above its rolling mean a step's loss
   or log gradient norm may be before the step is skipped; the top of the range means *never*. How much the gate
-  may skip is bounded by the skip budget, enforced per step in :class:`~lbw_env.governed.GovernedOptimizer`.
+  may skip is bounded by the skip budget, enforced per step in :class:`~lbw_env.plant.optimizer.GovernedOptimizer`.
 * **Rollback** — the plant is rolled back to the last good snapshot after ``nonfinite_streak`` consecutive
   non-finite steps or a runaway loss (smoothed loss above ``runaway_ratio`` x the best so far), and, when
   ``rollback_action`` is on, when the governor asks with component 2. At most ``max_rollbacks`` per episode;
@@ -26,8 +26,8 @@ from typing import Literal
 import gymnasium as gym
 import numpy as np
 
-from .config import check
-from .governed import Control, GateConfig
+from ..config import check
+from ..plant.optimizer import Control, GateConfig
 
 
 @dataclasses.dataclass

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,30 +27,10 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from .config import ConfigError, LoRAConfig, ModelConfig, read_yaml
-
-ENV_CONFIG_DIR = "LBW_CONFIG_DIR"
+from ..config import ConfigError
+from .config import LoRAConfig, ModelConfig
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def config_dir() -> Path:
-    """The ``configs/`` folder: ``$LBW_CONFIG_DIR`` or the one beside the package in the repository."""
-    return Path(os.environ.get(ENV_CONFIG_DIR) or Path(__file__).resolve().parents[1] / "configs")
-
-
-def available_presets() -> list[str]:
-    return sorted(p.stem for p in (config_dir() / "models").glob("*.yaml"))
-
-
-def load_preset(name: str) -> dict[str, Any]:
-    """The model section stored in ``configs/models/<name>.yaml`` (a mapping of ModelConfig fields)."""
-    path = config_dir() / "models" / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"model.preset: unknown preset {name!r}; expected one of {', '.join(available_presets())}")
-    data = read_yaml(path)
-    data.setdefault("preset", name)
-    return data
 
 
 def torch_dtype(name: str) -> torch.dtype:

@@ -11,9 +11,9 @@ The loop stays the user's: their model, data, loss and LR scheduler. Only ``opti
         if loop.terminated:               # diverged beyond what the envelope can recover
             break
 
-Every step goes through :class:`~lbw_env.governed.GovernedOptimizer` (telemetry, true skip, the LR scale of the
+Every step goes through :class:`~lbw_env.plant.optimizer.GovernedOptimizer` (telemetry, true skip, the LR scale of the
 current decision); every ``decision_interval`` steps the interval's records go to
-:class:`~lbw_env.governance.Governance`, and the governor's ``predict`` is asked for the next action with the
+:class:`~lbw_env.control.governance.Governance`, and the governor's ``predict`` is asked for the next action with the
 observation, exactly as :class:`~lbw_env.env.LBWEnv` and :mod:`lbw_env.evaluation` do. So with the same model,
 batches, schedule and governor the loop produces the env's StepRecords bit for bit (tested).
 
@@ -35,25 +35,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..envelope import Decision
-from ..governance import (
-    Governance,
-    GovernanceConfig,
-    IntervalOutcome,
-    TrainState,
-    capture_train_state,
-    restore_train_state,
-)
-from ..governance import loss_cv as _loss_cv
-from ..governed import Control, GovernedOptimizer
-from ..telemetry import StepRecord
+from ..control.envelope import Decision
+from ..control.governance import Governance, GovernanceConfig, IntervalOutcome
+from ..control.governance import loss_cv as _loss_cv
+from ..plant.optimizer import Control, GovernedOptimizer
+from ..plant.records import StepRecord
+from ..plant.state import TrainState, capture_train_state, restore_train_state
 
 
 class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
     """An LR scheduler from a function of the step: after ``t`` calls of ``step()`` every group's LR is ``fn(t)``.
 
     Unlike ``LambdaLR`` (``base_lr * factor``) the function's value is used as it is, so a schedule written as
-    absolute LRs (``Trainer.scheduled_lr``) is reproduced exactly, bit for bit.
+    absolute LRs (``Plant.scheduled_lr``) is reproduced exactly, bit for bit.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, fn: Callable[[int], float], last_epoch: int = -1) -> None:
