@@ -8,16 +8,27 @@ both succeed and leave one complete copy.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 ENV_CACHE = "LBW_CACHE"
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 def cache_root(configured: str = "") -> Path:
@@ -52,6 +63,9 @@ def atomic_path(target: Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            # mkstemp creates 0600; a result or cache file gets the usual mode (0644 under the common umask).
+            os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
@@ -62,6 +76,34 @@ def atomic_write_text(target: Path, text: str) -> None:
     """Write a text file atomically."""
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+@contextlib.contextmanager
+def atomic_write_yaml(target: Path, data: Any, header: str = "") -> None:
+    """Write ``data`` as YAML (keys in insertion order) to ``target`` atomically, after an optional comment header."""
+    import yaml
+
+    atomic_write_text(Path(target), header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+
+def json_safe(value: Any) -> Any:
+    """Plain JSON data: non-finite floats become ``"nan"``/``"inf"``/``"-inf"`` (as in StepRecord.to_dict)."""
+    import numpy as np
+
+    if isinstance(value, (bool, str)) or value is None:
+        return value
+    if isinstance(value, (float, np.floating)):
+        x = float(value)
+        return x if math.isfinite(x) else str(x)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [json_safe(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return json_safe(dataclasses.asdict(value))
+    return str(value)
 
 
 @contextlib.contextmanager

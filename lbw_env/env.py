@@ -12,12 +12,12 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from .plant import runtime
 from .config import ConfigError, check, deep_merge, fix_yaml_floats, from_dict
 from .control.envelope import EnvelopeConfig
 from .control.features import FEATURE_NAMES, FEATURES, OBS_BOUND
 from .control.governance import Governance, loss_cv
 from .control.reward import RewardConfig, reward_terms
+from .plant import runtime
 from .plant.records import StepRecord
 from .plant.trainer import Plant, Snapshot
 from .scenarios import Scenario, get_scenario, resolve, with_overrides

@@ -69,6 +69,11 @@ class StepRecord:
 _COMPARED = tuple(f.name for f in dataclasses.fields(StepRecord) if f.compare)
 
 
+def safe_exp(x: float) -> float:
+    """``exp(x)`` that saturates to ``inf`` instead of overflowing: perplexity from a (possibly huge) loss."""
+    return math.exp(x) if x < 700 else math.inf
+
+
 def _same(a: object, b: object) -> bool:
     return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
 

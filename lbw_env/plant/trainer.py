@@ -32,7 +32,7 @@ from .config import FaultConfig, LoRAConfig, OptimConfig, TrainerConfig
 from .data import BatchStream, Corpus, eval_blocks, load_corpus
 from .models import apply_lora, build_model, count_parameters, from_pretrained, init_lora_weights
 from .optimizer import Control, GateConfig, GovernedOptimizer
-from .records import StepRecord
+from .records import StepRecord, safe_exp
 from .state import TrainState, capture_train_state, restore_train_state
 
 
@@ -58,10 +58,6 @@ class Snapshot(TrainState):
     data_state: dict[str, int]
     fault_rng_state: dict[str, Any]
     noise_rng_state: torch.Tensor
-
-
-def safe_exp(x: float) -> float:
-    return math.exp(x) if x < 700 else math.inf
 
 
 class Plant:
