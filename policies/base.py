@@ -10,26 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from lbw_env.config import ConfigError
 from lbw_env.control.envelope import Envelope, EnvelopeConfig
 from lbw_env.control.features import FEATURE_NAMES
-
-
-@runtime_checkable
-class Governor(Protocol):
-    """Anything with SB3's ``predict`` signature."""
-
-    def predict(
-        self,
-        observation: np.ndarray,
-        state: tuple[np.ndarray, ...] | None = None,
-        episode_start: np.ndarray | None = None,
-        deterministic: bool = False,
-    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]: ...
+from lbw_env.control.protocol import Governor
 
 
 class ObservationView:
