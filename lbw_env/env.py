@@ -304,7 +304,7 @@ class LBWEnv(gym.Env[np.ndarray, np.ndarray]):
 
 def _feature_table() -> str:
     rows = ["| Index | Feature | Meaning |", "|-------|---------|---------|"]
-    rows += [f"| {i} | ``{name}`` | {FEATURES[name]} |" for i, name in enumerate(FEATURE_NAMES)]
+    rows += [f"| {i} | ``{name}`` | {FEATURES[name].doc} |" for i, name in enumerate(FEATURE_NAMES)]
     return "\n    ".join(rows)
 
 

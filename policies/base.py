@@ -15,28 +15,8 @@ import numpy as np
 
 from lbw_env.config import ConfigError
 from lbw_env.control.envelope import Envelope, EnvelopeConfig
-from lbw_env.control.features import FEATURE_NAMES
+from lbw_env.control.features import ObservationView
 from lbw_env.control.protocol import Governor
-
-
-class ObservationView:
-    """Named access to the newest row of a (flattened) telemetry window: ``view["loss"]``, ``view.row(-2)``."""
-
-    def __init__(self, observation: np.ndarray) -> None:
-        obs = np.asarray(observation, dtype=np.float32)
-        self.rows = obs.reshape(-1, len(FEATURE_NAMES))
-        self.index = {name: i for i, name in enumerate(FEATURE_NAMES)}
-
-    def __getitem__(self, name: str) -> float:
-        return float(self.rows[-1, self.index[name]])
-
-    def row(self, i: int) -> dict[str, float]:
-        return {name: float(self.rows[i, j]) for name, j in self.index.items()}
-
-    @property
-    def started(self) -> bool:
-        """False on the observation of ``reset`` (no interval has run yet)."""
-        return bool(self.rows[-1, self.index["valid"]] > 0)
 
 
 class ActionCodec:

@@ -50,7 +50,7 @@ class EWMSkipGovernor(RuleGovernor):
         super().__init__(envelope)
 
     def decide(self, obs: ObservationView) -> tuple[float, float, bool]:
-        cv = obs["loss_cv"] / 10.0
+        cv = obs.physical("loss_cv") or 0.0
         gate = (self.ratio - 1.0) / cv if cv > 1e-6 else math.inf
         return 1.0, gate, False
 
@@ -188,8 +188,8 @@ class LBWGuard(RuleGovernor):
         g = self.gcfg
         vs_best = obs["loss_vs_best"]
         nonfinite = obs["nonfinite_rate"] > 0
-        update_ratio = 10 ** (obs["log_update_ratio"] - 3.0)
-        spiking = 2.0 * obs["loss_z_max"] > g.spike_z
+        update_ratio = obs.physical("log_update_ratio") or 0.0
+        spiking = (obs.physical("loss_z_max") or 0.0) > g.spike_z
         trend = obs["loss_trend"]
         if update_ratio > g.damage_update_ratio:
             return "unstable", True
@@ -216,7 +216,7 @@ class LBWGuard(RuleGovernor):
             return self.target, g.gate_stable, False  # slow start, before any telemetry
         # The effective LR of the last interval (schedule x our scale x any fault) and the schedule behind it:
         # ceilings are kept on the effective LR, so that a shock or a schedule change is seen through the scale.
-        effective_lr = 10 ** (obs["log_lr"] - 3.0) if obs["log_lr"] > -4.9 else None
+        effective_lr = obs.physical("log_lr")  # None: no step was applied in the interval
         scheduled_lr = effective_lr / self.scale if effective_lr else None
         regime, rollback = self.assess(obs)
         if regime == "unstable":
