@@ -24,7 +24,7 @@ def _list() -> None:
     from lbw_env.config import ConfigError
     from lbw_env.evaluation import available_suites, load_suite, suites_dir
     from lbw_env.scenarios import families, load_family
-    from policies.base import available
+    from policies import available
 
     print(f"Suites ({suites_dir()}):")
     for name in available_suites():
@@ -81,8 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tqdm import tqdm
 
     from lbw_env.config import ConfigError
-    from lbw_env.evaluation import load_suite, run_suite
-    from lbw_env.report import short_table, write_report
+    from lbw_env.evaluation import load_suite, run_suite, short_table, write_report
+    from policies import make_governor
 
     overrides = list(args.overrides) + ([f"seeds={args.seeds}"] if args.seeds is not None else [])
     bar: Any = None
@@ -104,7 +104,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         suite = load_suite(args.suite, overrides, governors=args.governors or ())
         summary = run_suite(
-            suite, args.out, executor=args.executor, workers=args.workers, on_start=on_start, on_record=on_record
+            suite,
+            args.out,
+            make_governor=make_governor,
+            executor=args.executor,
+            workers=args.workers,
+            on_start=on_start,
+            on_record=on_record,
         )
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -22,19 +22,10 @@ import pytest
 import yaml
 
 from lbw_env.config import ConfigError
-from lbw_env.evaluation import (
-    MAX_CURVE_POINTS,
-    Arm,
-    RecordStore,
-    _downsample_intervals,
-    _thin,
-    load_suite,
-    prepare,
-    record_key,
-    run_suite,
-    strip_volatile,
-)
+from lbw_env.evaluation import Arm, RecordStore, load_suite, prepare, record_key, run_suite, strip_volatile
+from lbw_env.evaluation.episode import MAX_CURVE_POINTS, downsample_intervals, thin_indices
 from lbw_env.plant.records import StepRecord
+from policies import make_governor
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,13 +80,13 @@ def test_suite_yaml_bare_arms_overrides_and_governors(tmp_path: Path) -> None:
     assert suite.seeds == 4 and suite.env_config().decision_interval == 4
     replaced = load_suite(path, governors=["adamw", "skip_step:4"])
     assert [a.label for a in replaced.arms] == ["adamw", "skip_step:4"]
-    plan = prepare(suite)
+    plan = prepare(suite, make_governor)
     assert [t.key for t in plan.tasks[:2]] == [("tiny/ref", "lbw_guard", 0), ("tiny/ref", "clip", 0)]
     assert plan.reference == {"tiny/ref": "tiny/ref"}
     assert any("reference arm 'adamw'" in w for w in plan.warnings)
     # Every shipped suite is valid as it stands.
     for name in ("smoke", "lr_stress", "model_size", "clipping", "runtime_faults", "full"):
-        assert prepare(load_suite(name)).tasks
+        assert prepare(load_suite(name), make_governor).tasks
 
 
 def _bad_cases(tmp_path: Path) -> list[tuple[str, Any, str]]:
@@ -125,7 +116,7 @@ def test_bad_input_fails_before_any_run(tmp_path: Path) -> None:
     for what, spec, name in _bad_cases(tmp_path):
         out = tmp_path / "out" / what.replace(" ", "_")
         with pytest.raises(ConfigError) as err:
-            run_suite(load_suite(spec), out)
+            run_suite(load_suite(spec), out, make_governor=make_governor)
         assert name in str(err.value), (what, str(err.value))
         assert not out.exists(), f"{what}: the output folder was created before validation failed"
 
@@ -190,13 +181,13 @@ def test_curves_are_downsampled() -> None:
         )  # fmt: skip
 
     intervals = [[step_record(8 * i + j) for j in range(8)] for i in range(250)]
-    curve = _downsample_intervals(intervals)
+    curve = downsample_intervals(intervals)
     assert len(curve["step"]) <= MAX_CURVE_POINTS and curve["step"][-1] == 2000
     assert sum(curve["skipped"]) == 1000 and sum(curve["nonfinite"]) == 1
     assert all(x == 2.0 for x in curve["loss"]) and all(x == 0.5 for x in curve["lr_scale"])
-    keep = _thin(1000)
+    keep = thin_indices(1000)
     assert len(keep) <= MAX_CURVE_POINTS and keep[0] == 0 and keep[-1] == 999
-    assert _thin(7) == list(range(7))
+    assert thin_indices(7) == list(range(7))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -219,30 +210,31 @@ def _check_record(r: dict[str, Any]) -> None:
 
 def test_process_pool_gives_the_same_records_as_in_process(tmp_path: Path, eval_env: None) -> None:
     suite = load_suite(small_suite(scenarios=["tiny/high_lr"]))
-    local = run_suite(suite, tmp_path / "local")
+    local = run_suite(suite, tmp_path / "local", make_governor=make_governor)
     assert local.ran == 4 and local.skipped == 0
     for r in local.records:
         _check_record(r)
-    pool = run_suite(suite, tmp_path / "pool", executor="process", workers=2)
+    pool = run_suite(suite, tmp_path / "pool", make_governor=make_governor, executor="process", workers=2)
     assert pool.ran == 4
     assert {r["host"]["executor"] for r in pool.records} == {"process"}
     assert by_key(pool.records) == by_key(local.records)
     # The paired arms really differ (otherwise equality would prove little).
     finals = {k: v["final_valid_ppl"] for k, v in by_key(local.records).items()}
     assert finals[("tiny/high_lr", "adamw", 0)] != finals[("tiny/high_lr", "lbw_guard", 0)]
-    again = run_suite(suite, tmp_path / "pool", workers=2)
+    again = run_suite(suite, tmp_path / "pool", make_governor=make_governor, workers=2)
     assert again.ran == 0 and again.skipped == 4
     # A changed configuration must not be mixed into old records.
     with pytest.raises(ConfigError, match="different configuration"):
-        run_suite(load_suite(small_suite(scenarios=["tiny/high_lr"], eval_every=2)), tmp_path / "pool")
+        changed = load_suite(small_suite(scenarios=["tiny/high_lr"], eval_every=2))
+        run_suite(changed, tmp_path / "pool", make_governor=make_governor)
 
 
 @pytest.mark.slow
 def test_ray_gives_the_same_records_as_in_process(tmp_path: Path, eval_env: None) -> None:
     pytest.importorskip("ray")
     suite = load_suite(small_suite(scenarios=["tiny/high_lr"]))
-    local = run_suite(suite, tmp_path / "local")
-    ray_run = run_suite(suite, tmp_path / "ray", executor="ray", workers=2)
+    local = run_suite(suite, tmp_path / "local", make_governor=make_governor)
+    ray_run = run_suite(suite, tmp_path / "ray", make_governor=make_governor, executor="ray", workers=2)
     assert ray_run.ran == 4
     assert {r["host"]["executor"] for r in ray_run.records} == {"ray"}
     assert by_key(ray_run.records) == by_key(local.records)
@@ -296,7 +288,7 @@ def test_run_suite_defaults_and_arm_overrides(tmp_path: Path, eval_env: None, mo
     clip = Arm("clip", "adamw", ["optim.clip_norm=0.5"])
     suite = load_suite(small_suite(scenarios=["tiny/high_lr"], seeds=1, eval_every=0))
     suite.arms = [Arm("adamw", "adamw"), clip]
-    summary = run_suite(suite)
+    summary = run_suite(suite, make_governor=make_governor)
     assert summary.out == Path("results") / "test" and (tmp_path / "results" / "test" / "records.jsonl").is_file()
     recs = {r["arm"]: r for r in summary.records}
     assert recs["clip"]["trainer"]["optim"]["clip_norm"] == 0.5 and recs["adamw"]["trainer"]["optim"]["clip_norm"] == 0
@@ -305,7 +297,7 @@ def test_run_suite_defaults_and_arm_overrides(tmp_path: Path, eval_env: None, mo
     assert np.isfinite(float(recs["clip"]["final_valid_ppl"]))
     # Validation during the run must not change the trajectory: same numbers with eval_every=1.
     suite.arms, suite.eval_every = [Arm("adamw", "adamw")], 1
-    evaluated = run_suite(suite, tmp_path / "evaluated").records[0]
+    evaluated = run_suite(suite, tmp_path / "evaluated", make_governor=make_governor).records[0]
     for key in ("final_valid_ppl", "test_ppl", "skipped_steps", "rollbacks"):
         assert evaluated[key] == recs["adamw"][key], key
     assert evaluated["curves"]["train"] == recs["adamw"]["curves"]["train"]

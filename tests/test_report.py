@@ -10,15 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lbw_env.report import (
-    bootstrap_mean,
-    relative_delta_pct,
-    scenario_targets,
-    summarize,
-    time_to_target,
-    verdict,
-    write_report,
-)
+from lbw_env.evaluation import summarize, write_report
+from lbw_env.evaluation.stats import bootstrap_mean, relative_delta_pct, scenario_targets, time_to_target, verdict
 
 
 def make_record(
