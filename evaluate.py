@@ -21,6 +21,7 @@ from typing import Any
 
 
 def _list() -> None:
+    """``--list``: suites (with their descriptions), governor names, scenario families."""
     from lbw_env.config import ConfigError
     from lbw_env.evaluation import available_suites, load_suite, suites_dir
     from lbw_env.scenarios import families, load_family
@@ -47,6 +48,7 @@ def _list() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line; the engine is imported only after parsing, so ``--help`` needs no torch."""
     p = argparse.ArgumentParser(
         prog="evaluate.py",
         description="Run governors over a suite (scenarios x arms x seeds); write records, report and plots.",
