@@ -1,5 +1,6 @@
-"""train_policy.py: a short PPO run end to end, its run folder, evaluation of the saved model, kill + resume,
-bad input, and rl-zoo3 compatibility of the shipped hyperparameters.
+"""lbw_env.learning and its command line train_policy.py: a short PPO run end to end, its run folder,
+evaluation of the saved model, kill + resume, bad input, run-folder naming, and rl-zoo3 compatibility of the
+shipped hyperparameters.
 
 Runs use the tiny family cut to 16 optimizer steps per episode (4 decisions of 4 steps), tiny evaluation
 subsets and an 8-step base checkpoint for the fine-tune scenarios, so that a whole training run with
@@ -19,40 +20,25 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
 import yaml
 
+import evaluate
+import train_policy
+from lbw_env import learning
 from lbw_env.config import ConfigError, to_dict
+from lbw_env.learning.artifacts import VECNORM_FILE, own_vecnormalize, replay_buffer_path, vecnormalize_path
 from lbw_env.scenarios import resolve
+from policies import make_governor
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["optim.steps=16", "base_steps=8", "data.eval_blocks=4"]
 """Trainer overrides of every run here: 16-step episodes, cheap validation, an 8-step base checkpoint."""
 ENV = {"decision_interval": 4, "trainer_overrides": TINY}
 """4 decisions per episode. A learned governor must be evaluated with the env settings it was trained with."""
-
-
-def load_cli(name: str) -> ModuleType:
-    """A top-level script of the repository as a module (``train_policy.py``, ``evaluate.py``), loaded once.
-
-    Registered in ``sys.modules`` under its own name: dataclasses and ``typing.get_type_hints`` look their
-    module up there."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
 
 
 def small_config(run_dir: Path, **changes: Any) -> dict[str, Any]:
@@ -107,10 +93,10 @@ def lbw(shared_data: Path, lbw_cache: Path, torch_threads: None) -> Iterator[Non
 
 @pytest.fixture(scope="module")
 def trained(lbw: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One short PPO run through ``train_policy.main`` (in this process); returns its run folder."""
+    """One short PPO run through the command line's ``main`` (in this process); returns its run folder."""
     tmp = tmp_path_factory.mktemp("train")
     config = write_config(tmp / "ppo.yaml", small_config(tmp / "run"))
-    assert load_cli("train_policy").main(["--config", str(config)]) == 0
+    assert train_policy.main(["--config", str(config)]) == 0
     return tmp / "run"
 
 
@@ -120,7 +106,6 @@ def trained(lbw: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_run_folder_holds_config_models_statistics_logs_and_curve(trained: Path) -> None:
-    tp = load_cli("train_policy")
     run = trained
     for name in (
         "config.yaml",
@@ -141,7 +126,7 @@ def test_run_folder_holds_config_models_statistics_logs_and_curve(trained: Path)
     ):
         assert (run / name).is_file(), f"{name} missing from the run folder"
     # The saved config is the resolved one, and loads again.
-    cfg = tp.load_config(run / "config.yaml")
+    cfg = learning.load_config(run / "config.yaml")
     assert cfg.algo == "ppo" and cfg.total_timesteps == 48 and cfg.env == ENV
     summary = json.loads((run / "summary.json").read_text())
     assert summary["num_timesteps"] == 48 and summary["best_model"].endswith("best_model.zip")
@@ -185,8 +170,6 @@ def test_tensorboard_metrics_are_grouped(trained: Path) -> None:
 
 
 def test_saved_model_is_a_governor_for_evaluate_py(trained: Path, tmp_path: Path) -> None:
-    from policies.base import make_governor
-
     best = make_governor(f"ppo:{trained / 'best_model.zip'}")
     assert best.obs_rms is not None  # type: ignore[attr-defined]  # vecnormalize.pkl beside it was found
     checkpoint = make_governor(f"ppo:{trained / 'checkpoints' / 'model_16_steps.zip'}")
@@ -203,7 +186,7 @@ def test_saved_model_is_a_governor_for_evaluate_py(trained: Path, tmp_path: Path
     }
     path = write_config(tmp_path / "learned.yaml", suite)
     out = tmp_path / "results"
-    assert load_cli("evaluate").main(["--suite", str(path), "--out", str(out), "--no-plots"]) == 0
+    assert evaluate.main(["--suite", str(path), "--out", str(out), "--no-plots"]) == 0
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     learned = [r for r in records if r["arm"] == "ppo"]
     assert {r["scenario"] for r in learned} == {"tiny/high_lr", "tiny/ft_high_lr"}
@@ -249,8 +232,7 @@ def test_sigkill_then_resume_continues_steps_logs_and_monitor(lbw: None, tmp_pat
     monitor_before = monitor_rows(run / "monitor" / "0.monitor.csv")
 
     # Resume in this process, with the run's own config.yaml and a budget of 32 more decisions.
-    tp = load_cli("train_policy")
-    assert tp.main([f"resume={checkpoint}", f"total_timesteps={steps + 32}", "vec_env=dummy"]) == 0
+    assert train_policy.main([f"resume={checkpoint}", f"total_timesteps={steps + 32}", "vec_env=dummy"]) == 0
 
     summary = json.loads((run / "summary.json").read_text())
     assert summary["num_timesteps"] == steps + 32 > steps
@@ -297,39 +279,36 @@ def test_bad_input_fails_clearly(
 ) -> None:
     run = tmp_path / "run"
     config = write_config(tmp_path / "ppo.yaml", small_config(run))
-    assert load_cli("train_policy").main(["--config", str(config), *overrides]) == 2
+    assert train_policy.main(["--config", str(config), *overrides]) == 2
     err = capsys.readouterr().err
     assert message in err, err
     assert not run.exists(), "the run folder was created before the config was rejected"
 
 
 def test_env_config_keeps_the_registered_pool_unless_overridden(tmp_path: Path) -> None:
-    tp = load_cli("train_policy")
     path = write_config(tmp_path / "c.yaml", small_config(tmp_path / "run", env_id="LBW/WikiText-LRStress-v0"))
-    cfg = tp.load_config(path)
+    cfg = learning.load_config(path)
     assert cfg.env_config().scenarios == ["lr_stress:train"]
     assert cfg.env_config().decision_interval == 4  # ... with the config's env keys merged over it
-    cfg = tp.load_config(path, ["env.scenarios=[lr_stress/ref]"])
+    cfg = learning.load_config(path, ["env.scenarios=[lr_stress/ref]"])
     assert cfg.env_config().scenarios == ["lr_stress/ref"]
 
 
 def test_config_errors_name_the_file(tmp_path: Path) -> None:
-    tp = load_cli("train_policy")
     with pytest.raises(ConfigError, match=r"ppo\.yaml: algo"):
-        tp.load_config(write_config(tmp_path / "ppo.yaml", {"algo": "nope"}))
+        learning.load_config(write_config(tmp_path / "ppo.yaml", {"algo": "nope"}))
     with pytest.raises(ConfigError, match="--config: required"):
-        tp.load_config(None)
+        learning.load_config(None)
     for path in sorted((REPO / "configs" / "train").glob("*.yaml")):  # every shipped config is valid
         if path.stem == "recurrent_ppo" and importlib.util.find_spec("sb3_contrib") is None:
             continue  # optional dependency
-        tp.load_config(path)
+        learning.load_config(path)
 
 
 def test_learned_suite_evaluates_the_artifact_with_its_training_env() -> None:
     from lbw_env.evaluation import load_suite
 
-    tp = load_cli("train_policy")
-    train = tp.load_config(REPO / "configs" / "train" / "ppo_tiny_artifact.yaml")
+    train = learning.load_config(REPO / "configs" / "train" / "ppo_tiny_artifact.yaml")
     suite = load_suite(REPO / "configs" / "suites" / "learned.yaml")
     arms = {a.label: a.governor for a in suite.arms}
     assert arms["ppo"] == f"ppo:{train.run_dir}/best_model.zip"
@@ -340,6 +319,46 @@ def test_learned_suite_evaluates_the_artifact_with_its_training_env() -> None:
     assert suite_env == trained_env
     assert all(s.split == "heldout" for s in resolve(suite.scenarios))
     assert set(suite.scenarios) == set(train.eval.scenarios)
+
+
+def test_help_config_lists_every_key_without_training() -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "train_policy.py"), "--help-config"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    for key in ("env_id", "hyperparams", "normalize.clip_obs", "eval.seed_offset", "max_minutes", "resume"):
+        assert f"  {key} " in done.stdout, done.stdout
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Run folder naming: one rule for the trainer (resume) and for governors loaded from a .zip
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_models_find_their_own_vecnormalize_statistics(tmp_path: Path) -> None:
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    checkpoint = checkpoints / "model_16_steps.zip"
+    assert own_vecnormalize(checkpoint) == checkpoints / "model_vecnormalize_16_steps.pkl"
+    assert replay_buffer_path(checkpoint) == checkpoints / "model_replay_buffer_16_steps.pkl"
+    assert replay_buffer_path(tmp_path / "run" / "best_model.zip") is None
+    assert vecnormalize_path(checkpoint) is None  # nothing saved yet
+    (checkpoints / VECNORM_FILE).touch()  # a stray file beside it is the fallback ...
+    assert vecnormalize_path(checkpoint) == checkpoints / VECNORM_FILE
+    own_vecnormalize(checkpoint).touch()  # ... but a checkpoint's own statistics win
+    assert vecnormalize_path(checkpoint) == checkpoints / "model_vecnormalize_16_steps.pkl"
+    # best_model.zip: the statistics beside it; an rl-zoo3 model <log>/<env>.zip: <log>/<env>/vecnormalize.pkl.
+    best = tmp_path / "run" / "best_model.zip"
+    (tmp_path / "run" / VECNORM_FILE).touch()
+    assert vecnormalize_path(best) == own_vecnormalize(best) == tmp_path / "run" / VECNORM_FILE
+    zoo = tmp_path / "zoo" / "LBW-WikiText-Tiny-v0.zip"
+    (zoo.parent / zoo.stem).mkdir(parents=True)
+    (zoo.parent / zoo.stem / VECNORM_FILE).touch()
+    assert vecnormalize_path(zoo) == zoo.parent / zoo.stem / VECNORM_FILE
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -362,7 +381,5 @@ def test_rl_zoo3_trains_with_the_shipped_hyperparameters(lbw: None, tmp_path: Pa
     saved = tmp_path / "logs" / "ppo" / "LBW-WikiText-Tiny-v0_1"
     assert (saved / "LBW-WikiText-Tiny-v0" / "vecnormalize.pkl").is_file()
     # The zoo's model is a governor too, normalised with the zoo's statistics.
-    from policies.base import make_governor
-
     governor = make_governor(f"ppo:{saved / 'LBW-WikiText-Tiny-v0.zip'}")
     assert governor.obs_rms is not None  # type: ignore[attr-defined]

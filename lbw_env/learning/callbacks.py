@@ -1,11 +1,6 @@
-"""Stable-Baselines3 glue for training learned governors: env factory, fixed evaluation episodes, callbacks.
+"""Stable-Baselines3 callbacks of a training run: metrics, held-out evaluation, statistics beside the best model,
+and a wall-clock budget.
 
-Used by ``train_policy.py``; importable on its own so that SB3 users can build the same pieces by hand.
-
-* :func:`make_env` — a picklable env factory that registers the lbw-env ids first (``SubprocVecEnv``
-  workers start from a fresh interpreter and know nothing of ``gymnasium.register`` calls in the parent).
-* :class:`FixedEpisodes` — an env wrapper that replays the same (scenario, seed) list at every evaluation, so
-  that evaluations at different training steps are paired and the best model is picked on equal terms.
 * :class:`TelemetryCallback` — TensorBoard metrics grouped as in CleanRL: ``telemetry/`` (what the plant did),
   ``governor/`` (what the policy asked for and what the envelope corrected), ``reward/`` (every term of
   ``info["reward_terms"]`` summed per episode). SB3's own metrics stay under ``train/``, ``rollout/``, ``time/``.
@@ -14,7 +9,6 @@ Used by ``train_policy.py``; importable on its own so that SB3 users can build t
 * :class:`SaveVecNormalizeCallback` — saves the VecNormalize statistics (as ``callback_on_new_best``, so that
   ``best_model.zip`` always lies beside the statistics it was evaluated with).
 * :class:`WallClockLimit` — stops training after a wall-clock budget (the run still evaluates and saves).
-* :func:`plot_learning_curve` — ``evaluations.npz`` and the monitor CSVs as a PNG.
 
 Callbacks follow SB3's style: the public ``on_step()`` of :class:`~stable_baselines3.common.callbacks.BaseCallback`
 wraps the protected ``_on_step()`` that each class implements.
@@ -22,7 +16,6 @@ wraps the protected ``_on_step()`` that each class implements.
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import time
@@ -30,62 +23,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
-from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+from stable_baselines3.common.vec_env import VecEnv
 
-# ----------------------------------------------------------------------------------------------------------
-# Environments
-# ----------------------------------------------------------------------------------------------------------
-
-
-def make_env(env_id: str, episodes: Sequence[tuple[str, int]] | None = None, **kwargs: Any) -> gym.Env:
-    """``gymnasium.make(env_id, **kwargs)`` after importing :mod:`lbw_env` (which registers the ids).
-
-    ``kwargs`` are :class:`~lbw_env.env.EnvConfig` keys; they are merged over the id's registered config, so
-    the id's scenario pool stays unless ``scenarios`` is given. ``episodes``: wrap in :class:`FixedEpisodes`.
-    """
-    import lbw_env  # noqa: F401  (registers the ids in this process)
-
-    env = gym.make(env_id, **kwargs)
-    return FixedEpisodes(env, episodes) if episodes else env
-
-
-class FixedEpisodes(gym.Wrapper):
-    """Every ``reset`` starts the next (scenario, seed) of a fixed list, cyclically; ``rewind()`` restarts it.
-
-    The seed and options passed to ``reset`` are ignored: the list decides. Used for evaluation, so that every
-    evaluation runs exactly the same episodes (same scenarios, initialisations, batch orders and faults).
-    """
-
-    def __init__(self, env: gym.Env, episodes: Sequence[tuple[str, int]]) -> None:
-        super().__init__(env)
-        if not episodes:
-            raise ValueError("FixedEpisodes: expected a non-empty list of (scenario, seed)")
-        self.episodes = [(str(s), int(seed)) for s, seed in episodes]
-        self.index = 0
-
-    def rewind(self) -> None:
-        """The next ``reset`` starts the first episode of the list again."""
-        self.index = 0
-
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[np.ndarray, dict[str, Any]]:
-        scenario, episode_seed = self.episodes[self.index % len(self.episodes)]
-        self.index += 1
-        return self.env.reset(seed=episode_seed, options={"scenario": scenario})
-
-
-def unwrap_vecnormalize(env: VecEnv | None) -> VecNormalize | None:
-    """The VecNormalize layer of a VecEnv stack, if there is one."""
-    while env is not None:
-        if isinstance(env, VecNormalize):
-            return env
-        env = getattr(env, "venv", None)
-    return None
-
+from .artifacts import save_vecnormalize
 
 # ----------------------------------------------------------------------------------------------------------
 # Metrics
@@ -119,34 +61,36 @@ class TelemetryCallback(BaseCallback):
         infos: Sequence[Mapping[str, Any]] = self.locals.get("infos") or ()
         dones = np.asarray(self.locals.get("dones", np.zeros(len(infos), dtype=bool))).reshape(-1)
         actions = self.locals.get("clipped_actions", self.locals.get("actions"))
-        log = self.logger
-        if actions is not None:
-            a = np.asarray(actions, dtype=np.float64).reshape(len(infos), -1) if len(infos) else None
-            if a is not None:
-                for i in range(a.shape[1]):
-                    log.record_mean(f"governor/action_{i}", float(a[:, i].mean()))
+        if actions is not None and len(infos):
+            a = np.asarray(actions, dtype=np.float64).reshape(len(infos), -1)
+            for i in range(a.shape[1]):
+                self.logger.record_mean(f"governor/action_{i}", float(a[:, i].mean()))
         for k, info in enumerate(infos):
-            records = info.get("records")
-            if records:
-                losses = _finite([r.loss for r in records])
-                if losses:
-                    log.record_mean("telemetry/loss", float(np.mean(losses)))
-                log.record_mean("telemetry/lr_scale", float(np.mean([r.lr_scale for r in records])))
-                log.record_mean("telemetry/skip_rate", sum(bool(r.skipped) for r in records) / len(records))
-                log.record_mean("telemetry/nonfinite_rate", sum(bool(r.nonfinite) for r in records) / len(records))
-            control = info.get("control")
-            if control is not None:
-                log.record_mean("governor/gate_on", float(math.isfinite(control["skip_gate"])))
-            if "rollback" in info:
-                log.record_mean("governor/rollback_rate", float(bool(info["rollback"])))
-            terms = info.get("reward_terms") or {}
+            self._decision(info)
             acc = self._terms[k] if k < len(self._terms) else {}
-            for name, value in terms.items():
+            for name, value in (info.get("reward_terms") or {}).items():
                 acc[name] = acc.get(name, 0.0) + float(value)
             if k < len(dones) and dones[k]:
                 self._episode_end(info, acc)
                 acc.clear()
         return True
+
+    def _decision(self, info: Mapping[str, Any]) -> None:
+        """What one env's last decision interval did: the plant's steps and the governor's control."""
+        log = self.logger
+        records = info.get("records")
+        if records:
+            losses = _finite([r.loss for r in records])
+            if losses:
+                log.record_mean("telemetry/loss", float(np.mean(losses)))
+            log.record_mean("telemetry/lr_scale", float(np.mean([r.lr_scale for r in records])))
+            log.record_mean("telemetry/skip_rate", sum(bool(r.skipped) for r in records) / len(records))
+            log.record_mean("telemetry/nonfinite_rate", sum(bool(r.nonfinite) for r in records) / len(records))
+        control = info.get("control")
+        if control is not None:
+            log.record_mean("governor/gate_on", float(math.isfinite(control["skip_gate"])))
+        if "rollback" in info:
+            log.record_mean("governor/rollback_rate", float(bool(info["rollback"])))
 
     def _episode_end(self, info: Mapping[str, Any], terms: Mapping[str, float]) -> None:
         log = self.logger
@@ -181,17 +125,15 @@ class SaveVecNormalizeCallback(BaseCallback):
     def _on_step(self) -> bool:
         vn = self.model.get_vec_normalize_env() if self.model is not None else None
         if vn is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            vn.save(str(tmp))
-            os.replace(tmp, self.path)  # never a half-written file beside best_model.zip
+            save_vecnormalize(vn, self.path)  # never a half-written file beside best_model.zip
             if self.verbose >= 1:
                 print(f"Saved VecNormalize statistics to {self.path}")
         return True
 
 
 class HeldOutEvalCallback(EvalCallback):
-    """SB3's ``EvalCallback`` on a :class:`FixedEpisodes` eval env (held-out scenarios x fixed seeds).
+    """SB3's ``EvalCallback`` on a :class:`~lbw_env.learning.vec_env.FixedEpisodes` eval env (held-out
+    scenarios x fixed seeds).
 
     Before every evaluation the episode list is rewound, so that all evaluations run the same episodes and
     ``best_model.zip`` is chosen by a paired comparison. Each evaluation also logs ``eval/final_valid_ppl``
@@ -280,78 +222,3 @@ class WallClockLimit(BaseCallback):
         if self.verbose >= 1:
             print(f"Wall-clock limit of {self.seconds / 60:.1f} min reached at {self.num_timesteps} timesteps")
         return False
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Learning curve
-# ----------------------------------------------------------------------------------------------------------
-
-
-def read_monitor(path: str | os.PathLike[str]) -> list[dict[str, float]]:
-    """Rows ``{r, l, t}`` of an SB3 monitor CSV; appended segments (a resume) repeat the header, skipped here."""
-    rows: list[dict[str, float]] = []
-    with open(path, newline="") as f:
-        lines = [line for line in f if not line.startswith("#")]
-    for row in csv.DictReader(lines):
-        try:
-            rows.append({"r": float(row["r"]), "l": float(row["l"]), "t": float(row["t"])})
-        except (KeyError, TypeError, ValueError):  # a repeated header line or a torn last line
-            continue
-    return rows
-
-
-def plot_learning_curve(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> Path | None:
-    """Plot held-out evaluation returns (``evaluations.npz``) and training episode returns (``monitor/*.csv``)
-    against timesteps. Returns the PNG path, or None when matplotlib is missing or there is nothing to plot."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover - optional
-        return None
-    run = Path(run_dir)
-    out_path = Path(out) if out is not None else run / "learning_curve.png"
-    fig, ax = plt.subplots(figsize=(7, 4))
-    plotted = False
-    train_rows = []
-    for csv_path in sorted((run / "monitor").glob("[0-9]*.monitor.csv")):
-        train_rows.append(read_monitor(csv_path))
-    if any(train_rows):
-        # Episodes of all envs, in completion order per env; x = decisions summed over envs (approximately the
-        # training timesteps at which each episode ended).
-        n_envs = len(train_rows)
-        xs, ys = [], []
-        for rows in train_rows:
-            steps = np.cumsum([r["l"] for r in rows]) * n_envs
-            xs.extend(steps.tolist())
-            ys.extend(r["r"] for r in rows)
-        order = np.argsort(xs)
-        x, y = np.asarray(xs)[order], np.asarray(ys)[order]
-        ax.plot(x, y, ".", alpha=0.25, color="tab:gray", label="training episodes")
-        k = max(5, len(y) // 20)  # a running mean over ~5 % of the episodes, at least 5
-        if len(y) >= 2 * k:
-            smooth = np.convolve(y, np.ones(k) / k, mode="valid")
-            ax.plot(x[k - 1 :], smooth, color="tab:gray", label=f"training (mean of {k})")
-        plotted = True
-    npz = run / "evaluations.npz"
-    if npz.is_file():
-        data = np.load(npz)
-        if len(data["timesteps"]):
-            mean = data["results"].mean(axis=1)
-            std = data["results"].std(axis=1)
-            ax.plot(data["timesteps"], mean, "o-", color="tab:blue", label="held-out eval (mean)")
-            ax.fill_between(data["timesteps"], mean - std, mean + std, color="tab:blue", alpha=0.2)
-            plotted = True
-    if not plotted:
-        plt.close(fig)
-        return None
-    ax.set_xlabel("timesteps (governor decisions)")
-    ax.set_ylabel("episode return (nats of loss decrease)")
-    ax.set_title(run.name, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
-    plt.close(fig)
-    return out_path

@@ -1,0 +1,219 @@
+"""TrainConfig: one training run of a learned governor, as a typed dataclass with a docstring per field.
+
+Loaded strictly by :mod:`lbw_env.config` (unknown keys and mistyped values fail with their dotted key, before
+anything is built), from a YAML file plus ``key=value`` overrides. ``validate`` goes further than types: the
+hyperparameters must be constructor arguments of the algorithm, SAC needs continuous actions, and every scenario
+spec must resolve, so that a typo fails in a second instead of after minutes of env start-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import gymnasium as gym
+
+import lbw_env
+from lbw_env.config import ConfigError, check, deep_merge, describe, from_dict, load, parse_overrides, read_yaml
+from lbw_env.scenarios import resolve, with_overrides
+
+from .algos import algo_class, check_hyperparams
+from .artifacts import run_dir_of_checkpoint
+
+if TYPE_CHECKING:
+    from lbw_env.env import EnvConfig
+
+
+@dataclasses.dataclass
+class NormalizeConfig:
+    """VecNormalize: running statistics of observations (saved beside every model) and of returns."""
+
+    norm_obs: bool = True
+    """Normalise observations with running mean/std (the statistics are saved as ``vecnormalize.pkl``)."""
+    norm_reward: bool = True
+    """Scale rewards by the running std of the discounted return during training (never at evaluation)."""
+    clip_obs: float = 10.0
+    """Clip normalised observations to ``[-clip_obs, clip_obs]``."""
+    clip_reward: float = 10.0
+    """Clip normalised rewards to ``[-clip_reward, clip_reward]``."""
+
+    def validate(self) -> None:
+        check(self.clip_obs > 0, "clip_obs", "a positive float", self.clip_obs)
+        check(self.clip_reward > 0, "clip_reward", "a positive float", self.clip_reward)
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """Evaluation during training on held-out scenarios (SB3 ``EvalCallback``), on fixed episodes."""
+
+    scenarios: list[str] = dataclasses.field(default_factory=lambda: ["tiny:heldout"])
+    """Scenario specs of the evaluation episodes (``family:heldout``, ``family/name`` ...)."""
+    seeds: int = 2
+    """Episodes per scenario per evaluation (``reset(seed=seed_offset + i)``, the same at every evaluation)."""
+    seed_offset: int = 10_000
+    """First evaluation seed. Far from the seeds 0..N that evaluation suites use, so that model selection
+    never sees the suite's own initialisations and batch orders."""
+    eval_freq: int = 2048
+    """Timesteps (decisions summed over envs) between evaluations; 0: only once, at the end of training."""
+    deterministic: bool = True
+    """Evaluate the deterministic policy (mean action)."""
+
+    def validate(self) -> None:
+        check(self.seeds >= 1, "seeds", "an int >= 1", self.seeds)
+        check(self.seed_offset >= 0, "seed_offset", "an int >= 0", self.seed_offset)
+        check(self.eval_freq >= 0, "eval_freq", "an int >= 0 (0: only at the end)", self.eval_freq)
+        check(bool(self.scenarios), "scenarios", "a non-empty list of scenario specs", self.scenarios)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """One training run of a learned governor."""
+
+    env_id: str = "LBW/WikiText-Tiny-v0"
+    """Registered Gymnasium id (its scenario pool is the training pool unless ``env.scenarios`` is set)."""
+    env: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """:class:`~lbw_env.env.EnvConfig` keys merged over the id's registration: ``decision_interval``, ``window``,
+    ``envelope``, ``reward``, ``trainer_overrides`` (e.g. ``["optim.steps=96"]``) ... Unknown keys are errors."""
+    algo: Literal["ppo", "a2c", "sac", "recurrent_ppo"] = "ppo"
+    """SB3 algorithm; ``sac`` needs continuous actions; ``recurrent_ppo`` is sb3-contrib's LSTM PPO."""
+    policy: str = ""
+    """SB3 policy name; empty: ``MlpPolicy`` (``MlpLstmPolicy`` for ``recurrent_ppo``)."""
+    hyperparams: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Keyword arguments of the algorithm's constructor (``n_steps``, ``batch_size``, ``learning_rate`` — a float
+    or ``lin_<x>`` for a linear decay —, ``gamma``, ``policy_kwargs`` with ``net_arch`` and ``activation_fn`` as
+    a name such as ``tanh`` ...). Unknown names are errors."""
+    total_timesteps: int = 20_000
+    """Env steps (governor decisions, summed over envs) to train for, counted from the start of the run
+    (a resumed run trains only the rest)."""
+    n_envs: int = 2
+    """Parallel envs (each a training run of the plant)."""
+    vec_env: Literal["subproc", "dummy"] = "subproc"
+    """``subproc``: one process per env (uses several cores); ``dummy``: all envs in this process."""
+    threads: int = 1
+    """Torch threads in this process and in each env process (set through the env's ``runtime.threads``
+    trainer override, which wins over ``env.trainer_overrides``). Tiny models scale badly past one thread,
+    and two processes x two threads on two cores thrash."""
+    seed: int = 0
+    """Seed of the policy, the envs (env i resets with ``seed + i``) and the action sampling."""
+    device: str = "cpu"
+    """Torch device of the policy (``cpu``: small MLP policies gain nothing from a GPU)."""
+    normalize: NormalizeConfig = dataclasses.field(default_factory=NormalizeConfig)
+    """VecNormalize settings (the evaluation env uses the training statistics, frozen, without reward scaling)."""
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    """Held-out evaluation, which picks ``best_model.zip``."""
+    max_minutes: float = 0.0
+    """Wall-clock budget of the training loop in minutes (0: none). When it is spent, training stops early and the
+    run still evaluates, saves and plots (a few minutes more for the final evaluation)."""
+    checkpoint_freq: int = 4096
+    """Timesteps between checkpoints (model, VecNormalize, replay buffer); 0: none."""
+    save_replay_buffer: bool = True
+    """Off-policy algorithms: save the replay buffer with every checkpoint (needed for an exact resume)."""
+    runs_dir: str = "runs"
+    """Parent folder of run folders ``<env>__<algo>__<seed>__<time>``."""
+    run_dir: str = ""
+    """Explicit run folder (e.g. ``artifacts/ppo_tiny``); empty: a new folder under ``runs_dir``, or the folder
+    of the checkpoint being resumed."""
+    resume: str = ""
+    """Checkpoint ``.zip`` to continue from (``<run>/checkpoints/model_<N>_steps.zip``): same run folder,
+    timesteps, TensorBoard run and monitor files continue."""
+    progress_bar: bool = True
+    """Show SB3's progress bar (tqdm + rich)."""
+    verbose: int = 1
+    """SB3 verbosity: 0 quiet, 1 training logs and evaluations on stdout."""
+    log_interval: int = 1
+    """SB3 ``learn(log_interval=...)``: rollouts (on-policy) or episodes (off-policy) between log dumps."""
+
+    def validate(self) -> None:
+        check(self.total_timesteps >= 1, "total_timesteps", "an int >= 1", self.total_timesteps)
+        check(self.n_envs >= 1, "n_envs", "an int >= 1", self.n_envs)
+        check(self.threads >= 1, "threads", "an int >= 1", self.threads)
+        check(self.seed >= 0, "seed", "an int >= 0", self.seed)
+        check(self.checkpoint_freq >= 0, "checkpoint_freq", "an int >= 0 (0: no checkpoints)", self.checkpoint_freq)
+        check(self.log_interval >= 1, "log_interval", "an int >= 1", self.log_interval)
+        check(self.max_minutes >= 0, "max_minutes", "a float >= 0 (0: no limit)", self.max_minutes)
+        check(not self.resume or self.resume.endswith(".zip"), "resume", "a checkpoint .zip path", self.resume)
+        env_cfg = self.env_config()
+        if self.algo == "sac" and env_cfg.envelope.action_mode != "continuous":
+            raise ConfigError(
+                f"algo: sac needs continuous actions, but env.envelope.action_mode is "
+                f"{env_cfg.envelope.action_mode!r}; use ppo/a2c/recurrent_ppo or action_mode: continuous"
+            )
+        self._check_scenarios(env_cfg)
+        try:
+            cls = algo_class(self.algo)
+        except ConfigError as e:  # e.g. recurrent_ppo without sb3-contrib
+            raise ConfigError(f"algo: {e}") from None
+        check_hyperparams(cls, self.hyperparams)
+
+    # -- derived configuration --------------------------------------------------------------------------
+
+    def env_kwargs(self) -> dict[str, Any]:
+        """The env mapping actually passed to ``gymnasium.make``: ``env`` plus the ``runtime.threads`` override."""
+        kwargs = dict(self.env)
+        overrides = kwargs.get("trainer_overrides") or []
+        if not isinstance(overrides, list):
+            raise ConfigError(f"env.trainer_overrides: expected a list of key=value strings, got {overrides!r}")
+        kwargs["trainer_overrides"] = [*overrides, f"runtime.threads={self.threads}"]
+        return kwargs
+
+    def env_config(self, scenarios: Sequence[str] | None = None) -> EnvConfig:
+        """The resolved :class:`~lbw_env.env.EnvConfig` of training (or, with ``scenarios``, of evaluation)."""
+        # Imported here, not at the top: lbw_env.env loads torch, which --help-config and the checks of a
+        # config file (no env built yet) do without.
+        from lbw_env.env import EnvConfig
+
+        if self.env_id not in gym.registry:
+            ids = ", ".join(sorted(lbw_env.ENV_IDS))
+            raise ConfigError(f"env_id: {self.env_id!r} is not registered; expected one of {ids}")
+        # What the registration passes (a ``config`` mapping and/or EnvConfig keys), merged as LBWEnv merges it.
+        spec_kwargs = dict(gym.spec(self.env_id).kwargs)
+        registered = deep_merge(dict(spec_kwargs.pop("config", None) or {}), spec_kwargs)
+        data = deep_merge(registered, self.env_kwargs())
+        if scenarios is not None:
+            data["scenarios"] = list(scenarios)
+        return from_dict(EnvConfig, data, "env")
+
+    def _check_scenarios(self, env_cfg: EnvConfig) -> None:
+        """Scenario specs and trainer overrides resolve (no data is loaded)."""
+        for where, specs in (("env.scenarios", env_cfg.scenarios), ("eval.scenarios", self.eval.scenarios)):
+            try:
+                for s in resolve(specs):
+                    with_overrides(s, env_cfg.trainer_overrides)
+            except ConfigError as e:
+                raise ConfigError(f"{where}: {e}") from None
+
+    def eval_episodes(self) -> list[tuple[str, int]]:
+        """The fixed evaluation episodes: every eval scenario with seeds ``seed_offset .. seed_offset+seeds-1``."""
+        names = list(dict.fromkeys(s.name for s in resolve(self.eval.scenarios)))
+        return [(name, self.eval.seed_offset + i) for i in range(self.eval.seeds) for name in names]
+
+    def policy_name(self) -> str:
+        """The SB3 policy class name (``policy``, or the algorithm's MLP policy)."""
+        return self.policy or ("MlpLstmPolicy" if self.algo == "recurrent_ppo" else "MlpPolicy")
+
+
+def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """A validated :class:`TrainConfig` from a YAML file (or, without one, the run folder of ``resume=``)."""
+    if path is None:
+        resume = parse_overrides(overrides).get("resume")
+        if not resume:
+            raise ConfigError("--config: required (or resume=<checkpoint.zip>, which reads its run's config.yaml)")
+        path = run_dir_of_checkpoint(Path(resume)) / "config.yaml"
+        if not path.is_file():
+            raise ConfigError(f"resume={resume}: no config.yaml in its run folder {path.parent}; pass --config")
+        # Resuming with the saved config: its resume/run_dir are replaced by the ones given now.
+    data = read_yaml(path)
+    try:
+        return load(TrainConfig, data, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def config_help() -> str:
+    """Every key of :class:`TrainConfig` with its type, default and documentation (``--help-config``)."""
+    rows = describe(TrainConfig)
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"  {key:<{width}}  {tp} = {default}\n  {'':<{width}}  {doc}" for key, tp, default, doc in rows)

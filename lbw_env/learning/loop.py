@@ -1,0 +1,293 @@
+"""``train(cfg)``: one training run (or the next segment of a resumed one) of a learned governor, top to bottom.
+
+Where things go is :mod:`.artifacts`; the envs are :mod:`.vec_env`; metrics, evaluation and the clock are
+:mod:`.callbacks`. What this module adds is the order: resolve the run folder and the start step, record the
+resolved config, build envs and model, learn under the callbacks, evaluate the final model, save, plot, summarise.
+
+Each env process gets exactly ``threads`` torch threads (two processes x two threads on two cores thrash), and
+evaluation runs fixed held-out episodes rather than many random ones, because every env step is a governor
+decision over ``decision_interval`` real AdamW steps: the plant, not the policy update, is the cost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
+from stable_baselines3.common.utils import configure_logger
+from stable_baselines3.common.vec_env import VecNormalize
+
+from lbw_env.config import ConfigError, to_dict
+
+from .algos import OFF_POLICY, algo_class, sb3_kwargs
+from .artifacts import (
+    CHECKPOINT_PREFIX,
+    RunFolder,
+    checkpoint_timesteps,
+    new_run_dir,
+    replay_buffer_path,
+    run_dir_of_checkpoint,
+    save_checkpoint,
+    save_vecnormalize,
+)
+from .callbacks import HeldOutEvalCallback, SaveVecNormalizeCallback, TelemetryCallback, WallClockLimit
+from .config import TrainConfig
+from .plots import plot_learning_curve
+from .vec_env import make_eval_env, make_training_env
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`train` produced."""
+
+    run_dir: Path
+    num_timesteps: int
+    best_model: Path | None
+    final_model: Path
+    summary: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """Where this invocation starts: the run folder, and the checkpoint and step it continues from."""
+
+    run: RunFolder
+    resume: Path | None
+    start_steps: int
+
+    @property
+    def resumed(self) -> bool:
+        return self.resume is not None
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train (or resume) one governor as configured; everything lands in the run folder."""
+    torch.set_num_threads(cfg.threads)
+    # Env processes start from a clean interpreter; their OpenMP pool is sized before the trainer sets threads.
+    os.environ.setdefault("OMP_NUM_THREADS", str(cfg.threads))
+    cls = algo_class(cfg.algo)
+    segment = start_segment(cfg)
+    run = segment.run
+    run.root.mkdir(parents=True, exist_ok=True)
+    episodes = cfg.eval_episodes()
+    run.write_config(to_dict(cfg), to_dict(cfg.env_config()), episodes)
+
+    # A resumed segment seeds its envs differently, so that it does not replay the first segment's episodes.
+    venv = make_training_env(cfg, cfg.seed + segment.start_steps, run.monitor, segment.resume)
+    eval_env: VecNormalize | None = None
+    tb = _tensorboard_dir(run)
+    progress_bar = _progress_bar(cfg)
+    try:
+        eval_env = make_eval_env(cfg, run.monitor, append_monitor=segment.resumed)
+        model = build_model(cls, cfg, venv, tb, segment)
+        eval_cb = _eval_callback(cfg, eval_env, len(episodes), segment)
+        clock = WallClockLimit(cfg.max_minutes, verbose=cfg.verbose) if cfg.max_minutes else None
+        callbacks = [TelemetryCallback(), eval_cb, *_checkpoint_callbacks(cfg, run), *([clock] if clock else [])]
+        seconds = _learn(model, cfg, callbacks, segment, tb, progress_bar, eval_cb)
+        # The final model competes for best_model.zip too (and a run shorter than eval_freq gets one evaluation).
+        eval_cb.evaluate_now()
+        _save_final(model, venv, run)
+        curve = plot_learning_curve(run.root)
+        summary = _summary(cfg, model, segment, seconds, eval_cb, clock, episodes, curve)
+        run.write_summary(summary)
+        best = run.best_model if run.best_model.is_file() else None
+        return TrainResult(run.root, int(model.num_timesteps), best, run.final_model, summary)
+    finally:
+        # After Ctrl-C the env workers are gone too; closing their pipes then fails, which is fine here.
+        with contextlib.suppress(OSError, EOFError):
+            venv.close()
+        if eval_env is not None:
+            eval_env.close()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The steps of train()
+# ----------------------------------------------------------------------------------------------------------
+
+
+def start_segment(cfg: TrainConfig) -> Segment:
+    """The run folder and start step: a checkpoint's own run (``resume``), or a new folder that holds no run."""
+    if cfg.resume:
+        resume = Path(cfg.resume)
+        if not resume.is_file():
+            raise ConfigError(f"resume: checkpoint {resume} not found")
+        root = Path(cfg.run_dir) if cfg.run_dir else run_dir_of_checkpoint(resume)
+        return Segment(RunFolder(root), resume, checkpoint_timesteps(resume))
+    root = Path(cfg.run_dir) if cfg.run_dir else new_run_dir(cfg.runs_dir, cfg.env_id, cfg.algo, cfg.seed)
+    run = RunFolder(root)
+    if run.holds_run():
+        raise ConfigError(f"run_dir: {root} already holds a run; resume=<checkpoint> or choose another folder")
+    return Segment(run, None, 0)
+
+
+def build_model(cls: type[BaseAlgorithm], cfg: TrainConfig, venv: Any, tb: str | None, seg: Segment) -> Any:
+    """A new model from the hyperparameters, or the checkpoint's model (with its replay buffer) on resume."""
+    if seg.resume is None:
+        try:
+            return cls(
+                cfg.policy_name(),
+                venv,
+                seed=cfg.seed,
+                device=cfg.device,
+                tensorboard_log=tb,
+                verbose=cfg.verbose,
+                **sb3_kwargs(cfg.hyperparams),
+            )
+        except (TypeError, ValueError, AssertionError) as e:
+            raise ConfigError(f"hyperparams: {cls.__name__} rejected them: {type(e).__name__}: {e}") from e
+    # Hyperparameters come from the checkpoint (SB3 restores them); the env, logging and seed are new.
+    model = cls.load(str(seg.resume), env=venv, device=cfg.device, tensorboard_log=tb, verbose=cfg.verbose)
+    model.set_random_seed(cfg.seed + seg.start_steps)
+    buffer = replay_buffer_path(seg.resume)
+    if cfg.algo in OFF_POLICY and buffer is not None and buffer.is_file():
+        model.load_replay_buffer(str(buffer))
+    return model
+
+
+def _per_env(cfg: TrainConfig, timesteps: int) -> int:
+    """Callback frequencies in calls: SB3 calls callbacks once per vectorised step, i.e. per ``n_envs`` timesteps."""
+    return max(timesteps // cfg.n_envs, 1)
+
+
+def _eval_callback(cfg: TrainConfig, eval_env: VecNormalize, n_episodes: int, seg: Segment) -> HeldOutEvalCallback:
+    """Held-out evaluation that saves ``best_model.zip`` with its statistics (history continued on resume)."""
+    run = seg.run
+    eval_cb = HeldOutEvalCallback(
+        eval_env,
+        callback_on_new_best=SaveVecNormalizeCallback(run.best_vecnormalize),
+        n_eval_episodes=n_episodes,
+        eval_freq=_per_env(cfg, cfg.eval.eval_freq) if cfg.eval.eval_freq else 0,
+        log_path=str(run.root),  # SB3 writes <log_path>/evaluations.npz
+        best_model_save_path=str(run.root),  # ... and <path>/best_model.zip
+        deterministic=cfg.eval.deterministic,
+        verbose=cfg.verbose,
+    )
+    if seg.resumed:
+        eval_cb.load_history(run.evaluations, limit=seg.start_steps)
+    return eval_cb
+
+
+def _checkpoint_callbacks(cfg: TrainConfig, run: RunFolder) -> list[BaseCallback]:
+    if not cfg.checkpoint_freq:
+        return []
+    checkpoints = CheckpointCallback(
+        _per_env(cfg, cfg.checkpoint_freq),
+        str(run.checkpoints),
+        name_prefix=CHECKPOINT_PREFIX,
+        save_replay_buffer=cfg.save_replay_buffer and cfg.algo in OFF_POLICY,
+        save_vecnormalize=True,
+    )
+    return [checkpoints]
+
+
+def _learn(
+    model: Any,
+    cfg: TrainConfig,
+    callbacks: list[BaseCallback],
+    seg: Segment,
+    tb: str | None,
+    progress_bar: bool,
+    eval_cb: HeldOutEvalCallback,
+) -> float:
+    """``model.learn`` for the rest of ``total_timesteps``; the seconds it took. Ctrl-C saves a checkpoint."""
+    name = type(model).__name__
+    remaining = cfg.total_timesteps - seg.start_steps
+    t0 = time.perf_counter()
+    if remaining <= 0:
+        if cfg.verbose:
+            done = f"already at {seg.start_steps} >= total_timesteps={cfg.total_timesteps}"
+            print(f"{seg.run.root}: {done}; evaluating only")
+        model.set_logger(configure_logger(cfg.verbose, tb, name, reset_num_timesteps=False))
+        eval_cb.init_callback(model)
+        return time.perf_counter() - t0
+    try:
+        # reset_num_timesteps=False on resume: the step count, LR schedules and the TensorBoard run
+        # (tb/<ALGO>_1) continue where the checkpoint left off.
+        model.learn(
+            total_timesteps=remaining,
+            callback=CallbackList(callbacks),
+            log_interval=cfg.log_interval,
+            tb_log_name=name,
+            reset_num_timesteps=not seg.resumed,
+            progress_bar=progress_bar,
+        )
+    except KeyboardInterrupt:
+        path = save_checkpoint(model, seg.run.checkpoints)
+        print(f"\nInterrupted at {model.num_timesteps} timesteps; resume with: resume={path}", file=sys.stderr)
+        raise
+    return time.perf_counter() - t0
+
+
+def _summary(
+    cfg: TrainConfig,
+    model: Any,
+    seg: Segment,
+    seconds: float,
+    eval_cb: HeldOutEvalCallback,
+    clock: WallClockLimit | None,
+    episodes: list[tuple[str, int]],
+    curve: Path | None,
+) -> dict[str, Any]:
+    """``summary.json``: where the models are, how far training got, how fast, and the evaluation rewards."""
+    run = seg.run
+    steps_done = int(model.num_timesteps) - seg.start_steps
+    return {
+        "run_dir": str(run.root),
+        "algo": cfg.algo,
+        "env_id": cfg.env_id,
+        "num_timesteps": int(model.num_timesteps),
+        "resumed_from": cfg.resume or None,
+        "segment_timesteps": steps_done,
+        "segment_seconds": round(seconds, 2),
+        "decisions_per_second": round(steps_done / seconds, 3) if seconds > 0 and steps_done > 0 else None,
+        "stopped_by_wall_clock": bool(clock is not None and clock.stopped),
+        "best_eval_mean_reward": _finite_or_none(eval_cb.best_mean_reward),
+        "last_eval_mean_reward": _finite_or_none(eval_cb.last_mean_reward),
+        "eval_episodes": [list(e) for e in episodes],
+        "best_model": str(run.best_model) if run.best_model.is_file() else None,
+        "final_model": str(run.final_model),
+        "learning_curve": str(curve) if curve else None,
+    }
+
+
+def _save_final(model: Any, venv: VecNormalize, run: RunFolder) -> None:
+    run.final_model.parent.mkdir(exist_ok=True)
+    model.save(str(run.final_model))
+    save_vecnormalize(venv, run.final_vecnormalize)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Optional extras
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _tensorboard_dir(run: RunFolder) -> str | None:
+    if _installed("tensorboard"):
+        return str(run.tensorboard)
+    print("train_policy.py: tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
+    return None
+
+
+def _progress_bar(cfg: TrainConfig) -> bool:
+    shown = cfg.progress_bar and _installed("tqdm") and _installed("rich")
+    if cfg.progress_bar and not shown:
+        print("train_policy.py: the progress bar needs tqdm and rich (pip install tqdm rich); training without it")
+    return shown
+
+
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
