@@ -1,9 +1,10 @@
 """Governors: rule governors (the LBW guard, literature baselines), learned SB3 governors, and their registry.
 
 ``make_governor(spec, envelope)`` builds any of them from a spec string; the CLIs hand it to the ``lbw_env``
-engine, which never imports this package.
+engine, which never imports this package. Modules: :mod:`.base` (action codec, rule base class), :mod:`.rules`,
+:mod:`.sb3`, :mod:`.registry` (names -> builders).
 """
 
-from .base import available, make_governor
+from .registry import available, make_governor, register
 
-__all__ = ["available", "make_governor"]
+__all__ = ["available", "make_governor", "register"]

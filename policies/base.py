@@ -1,9 +1,8 @@
-"""The governor protocol (SB3's ``predict``), the action codec rule governors share, and the registry.
+"""What rule governors share: the action codec (intent -> action) and the :class:`RuleGovernor` base class.
 
-Every governor — plain AdamW, the LBW guard, a literature baseline, a trained SB3 model — answers
-``predict(observation, state, episode_start, deterministic) -> (action, state)``, exactly like
-``stable_baselines3.common.type_aliases.PolicyPredictor``, so one evaluator runs them all and an SB3 model
-is a governor as it is.
+Every governor answers SB3's ``predict`` (the protocol is :class:`lbw_env.control.protocol.Governor`); rule
+governors reason instead in the envelope's own units — a target LR scale, a skip gate in z-units, a rollback —
+and this module turns that intent into an action of the env's space, exactly as the envelope will decode it.
 """
 
 from __future__ import annotations
@@ -13,10 +12,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from lbw_env.config import ConfigError
 from lbw_env.control.envelope import Envelope, EnvelopeConfig
 from lbw_env.control.features import ObservationView
 from lbw_env.control.protocol import Governor
+
+GovernorBuilder = Callable[[EnvelopeConfig, str], Governor]
+"""A registry entry: ``(envelope, argument) -> Governor``; the argument is what follows ``name:`` in a spec."""
 
 
 class ActionCodec:
@@ -105,39 +106,3 @@ class RuleGovernor:
         action = self.codec.encode(self.scale, target, gate, rollback)
         self.scale = self.codec.scale_after(self.scale, target)
         return (action[None] if batched else action), state
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Registry: governors by name, so configs and command lines can name them
-# ----------------------------------------------------------------------------------------------------------
-
-GovernorFactory = Callable[[EnvelopeConfig, str], Governor]
-_REGISTRY: dict[str, GovernorFactory] = {}
-
-
-def register(name: str) -> Callable[[GovernorFactory], GovernorFactory]:
-    """Decorator: ``@register("my_rule")`` on a factory ``(envelope_cfg, argument) -> Governor``."""
-
-    def deco(factory: GovernorFactory) -> GovernorFactory:
-        _REGISTRY[name] = factory
-        return factory
-
-    return deco
-
-
-def available() -> list[str]:
-    _load_builtin()
-    return sorted(_REGISTRY)
-
-
-def _load_builtin() -> None:
-    from . import rules, sb3  # noqa: F401  (registers the built-in governors)
-
-
-def make_governor(spec: str, envelope: EnvelopeConfig | None = None) -> Governor:
-    """A governor from a spec: ``adamw``, ``lbw_guard``, ``lbw_guard:configs/governors/x.yaml``, ``ppo:run.zip``."""
-    _load_builtin()
-    name, _, arg = spec.partition(":")
-    if name not in _REGISTRY:
-        raise ConfigError(f"governor {spec!r}: unknown name {name!r}; expected one of {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](envelope or EnvelopeConfig(), arg)

@@ -19,8 +19,10 @@ from typing import Literal
 
 from lbw_env.config import check, config_dir, load, read_yaml
 from lbw_env.control.envelope import EnvelopeConfig
+from lbw_env.control.features import ObservationView
+from lbw_env.control.protocol import Governor
 
-from .base import Governor, ObservationView, RuleGovernor, register
+from .base import GovernorBuilder, RuleGovernor
 
 # ----------------------------------------------------------------------------------------------------------
 # Plain AdamW and literature baselines
@@ -253,30 +255,36 @@ def load_guard_config(path: str | Path | None = None) -> GuardConfig:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Registry entries
+# Builders by name (policies.registry lists them; argument = what follows ``name:`` in a spec)
 # ----------------------------------------------------------------------------------------------------------
 
 
-@register("adamw")
 def _adamw(envelope: EnvelopeConfig, arg: str) -> Governor:
     return ConstantGovernor(envelope)
 
 
-@register("lbw_guard")
 def _lbw_guard(envelope: EnvelopeConfig, arg: str) -> Governor:
     return LBWGuard(envelope, load_guard_config(arg or None))
 
 
-@register("skip_step")
 def _skip_step(envelope: EnvelopeConfig, arg: str) -> Governor:
     return ConstantGovernor(envelope, gate=float(arg) if arg else 6.0)
 
 
-@register("ewm_skip")
 def _ewm_skip(envelope: EnvelopeConfig, arg: str) -> Governor:
     return EWMSkipGovernor(envelope, ratio=float(arg) if arg else 1.2)
 
 
-@register("plateau")
 def _plateau(envelope: EnvelopeConfig, arg: str) -> Governor:
     return PlateauGovernor(envelope)
+
+
+RULES: dict[str, GovernorBuilder] = {
+    "adamw": _adamw,
+    "lbw_guard": _lbw_guard,
+    "skip_step": _skip_step,
+    "ewm_skip": _ewm_skip,
+    "plateau": _plateau,
+}
+"""The rule governors by registered name: ``adamw``, ``lbw_guard[:<yaml>]``, ``skip_step[:<gate>]``,
+``ewm_skip[:<ratio>]``, ``plateau``."""

@@ -1,16 +1,15 @@
 """A trained Stable-Baselines3 model, with its VecNormalize statistics, as a governor.
 
 ``evaluate.py --governors ppo:runs/<run>/best_model.zip`` loads the model with the algorithm named by the
-prefix, and, if a ``vecnormalize.pkl`` lies beside it, normalises observations exactly as during training.
-A checkpoint of SB3's ``CheckpointCallback`` (``<prefix>_<N>_steps.zip``) finds its own statistics
-(``<prefix>_vecnormalize_<N>_steps.pkl``) the same way, and an rl-zoo3 model ``<log>/<env>.zip`` the zoo's
-``<log>/<env>/vecnormalize.pkl``.
+prefix (the class table of :mod:`lbw_env.learning.algos`, the one training used) and normalises observations
+exactly as during training, with the statistics that :func:`lbw_env.learning.artifacts.vecnormalize_path` finds
+for it: ``vecnormalize.pkl`` beside ``best_model.zip``, a checkpoint's own ``<prefix>_vecnormalize_<N>_steps.pkl``,
+or an rl-zoo3 model's ``<log>/<env>/vecnormalize.pkl``.
 """
 
 from __future__ import annotations
 
 import pickle
-import re
 from pathlib import Path
 from typing import Any
 
@@ -18,39 +17,11 @@ import numpy as np
 
 from lbw_env.config import ConfigError
 from lbw_env.control.envelope import EnvelopeConfig
+from lbw_env.learning.algos import ALGOS, algo_class
+from lbw_env.learning.artifacts import vecnormalize_path
 
-from .base import Governor, register
-
-ALGOS = ("ppo", "a2c", "sac", "recurrent_ppo")
-VECNORM_FILE = "vecnormalize.pkl"
-_CHECKPOINT = re.compile(r"^(?P<prefix>.+)_(?P<steps>\d+)_steps\.zip$")
-
-
-def vecnormalize_path(model_path: str | Path) -> Path | None:
-    """The VecNormalize statistics saved with a model: for an SB3 checkpoint ``<prefix>_<N>_steps.zip`` its
-    ``<prefix>_vecnormalize_<N>_steps.pkl``; else ``vecnormalize.pkl`` beside it; else rl-zoo3's
-    ``<stem>/vecnormalize.pkl``. None if there are none."""
-    p = Path(model_path)
-    m = _CHECKPOINT.match(p.name)
-    candidates = [p.parent / f"{m['prefix']}_vecnormalize_{m['steps']}_steps.pkl"] if m else []
-    candidates += [p.parent / VECNORM_FILE, p.parent / p.stem / VECNORM_FILE]
-    return next((c for c in candidates if c.is_file()), None)
-
-
-def algo_class(name: str) -> Any:
-    """The SB3 (or sb3-contrib) class of an algorithm name in :data:`ALGOS`."""
-    if name == "recurrent_ppo":
-        try:
-            from sb3_contrib import RecurrentPPO
-        except ImportError as e:  # pragma: no cover - optional dependency
-            raise ConfigError("recurrent_ppo needs sb3-contrib (pip install sb3-contrib)") from e
-        return RecurrentPPO
-    import stable_baselines3 as sb3
-
-    classes = {"ppo": sb3.PPO, "a2c": sb3.A2C, "sac": sb3.SAC}
-    if name not in classes:
-        raise ConfigError(f"algorithm {name!r}: expected one of {', '.join(ALGOS)}")
-    return classes[name]
+SB3_ALGOS = ALGOS
+"""Spec prefixes of learned governors: ``<algo>:<model.zip>``."""
 
 
 class SB3Governor:
@@ -101,14 +72,9 @@ class SB3Governor:
         )
 
 
-def _factory(algo: str) -> Any:
-    def make(envelope: EnvelopeConfig, arg: str) -> Governor:
-        if not arg:
-            raise ConfigError(f"governor {algo}: expected {algo}:<path to model .zip>")
-        return SB3Governor.load(algo, arg)
-
-    return make
-
-
-for _algo in ALGOS:
-    register(_algo)(_factory(_algo))
+def load_sb3_governor(algo: str, path: str, envelope: EnvelopeConfig | None = None) -> SB3Governor:
+    """The governor of spec ``<algo>:<path>``. ``envelope`` is accepted for a uniform builder signature and not
+    used: the model's action space is the one it was trained with, and the env's envelope bounds its actions."""
+    if not path:
+        raise ConfigError(f"governor {algo}: expected {algo}:<path to model .zip>")
+    return SB3Governor.load(algo, path)

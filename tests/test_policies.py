@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -11,8 +12,10 @@ from hypothesis import strategies as st
 
 from lbw_env.config import ConfigError
 from lbw_env.control.envelope import Envelope, EnvelopeConfig
-from lbw_env.control.features import FEATURE_NAMES
-from policies.base import ActionCodec, Governor, ObservationView, available, make_governor
+from lbw_env.control.features import FEATURE_NAMES, ObservationView
+from lbw_env.control.protocol import Governor
+from policies import available, make_governor, register, registry
+from policies.base import ActionCodec
 from policies.rules import ConstantGovernor, GuardConfig, LBWGuard, load_guard_config
 
 WINDOW = 4
@@ -45,13 +48,35 @@ def test_rule_governors_follow_the_protocol_and_the_action_space(name: str, mode
 
 
 def test_registry_names_and_errors() -> None:
-    assert {"adamw", "lbw_guard", "skip_step", "ewm_skip", "plateau", "ppo"} <= set(available())
+    names = {"adamw", "lbw_guard", "skip_step", "ewm_skip", "plateau", "ppo", "a2c", "sac", "recurrent_ppo"}
+    assert names <= set(available())
     with pytest.raises(ConfigError, match="unknown name 'nope'"):
         make_governor("nope")
     with pytest.raises(ConfigError, match="model file not found"):
         make_governor("ppo:/nonexistent/model.zip")
     with pytest.raises(ConfigError, match="expected ppo:<path"):
         make_governor("ppo")
+
+
+def test_specs_carry_their_argument() -> None:
+    cfg = EnvelopeConfig()
+    assert make_governor("skip_step:4.5", cfg).gate == 4.5  # type: ignore[attr-defined]
+    assert make_governor("ewm_skip:1.5", cfg).ratio == 1.5  # type: ignore[attr-defined]
+    guard_yaml = "configs/governors/lbw_guard.yaml"
+    assert make_governor(f"lbw_guard:{guard_yaml}", cfg).gcfg == GuardConfig()  # type: ignore[attr-defined]
+
+
+def test_make_governor_pickles_by_reference_and_custom_names_register(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Executors ship ``make_governor`` to process and Ray workers: it must pickle as a module-level name."""
+    assert pickle.loads(pickle.dumps(make_governor)) is make_governor
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # the test's name goes away after it
+
+    @register("test_half_lr")
+    def _half(envelope: EnvelopeConfig, arg: str) -> Governor:
+        return ConstantGovernor(envelope, scale=0.5)
+
+    assert "test_half_lr" in available()
+    assert make_governor("test_half_lr").target == 0.5  # type: ignore[attr-defined]
 
 
 def test_adamw_is_the_neutral_action() -> None:
