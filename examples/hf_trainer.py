@@ -18,44 +18,28 @@ the ``Trainer``'s own optimizer is governed the same way.
 
 from __future__ import annotations
 
-import argparse
 import math
 import tempfile
 
 import torch
+from example_setup import governance, parse_args, shock_range, tiny_setup, valid_ppl
 from transformers import TrainingArguments
 
-from lbw_env.config import load_yaml
-from lbw_env.control.governance import GovernanceConfig
 from lbw_env.integrations.hf import GovernedTrainer, PlantBlocks
-from lbw_env.plant.config import load_trainer_config
-from lbw_env.plant.data import eval_blocks, load_corpus
-from lbw_env.plant.models import build_model
+from policies import make_governor
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--governor", default="lbw_guard", help="lbw_guard | adamw | skip_step | ppo:<model.zip> ...")
-    ap.add_argument("--governance", default="", help="YAML with decision_interval / window / envelope")
-    ap.add_argument("--steps", type=int, default=160)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--warmup", type=int, default=10)
-    ap.add_argument("--shock", action="store_true", help="multiply the LR by 30 for 16 steps a third of the way in")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-
-    cfg = load_trainer_config({"model": {"preset": "qwen2-tiny"}, "data": {"vocab_size": 2048, "seq_len": 64}})
-    corpus = load_corpus(cfg.data)
-    model = build_model(cfg.model, corpus.vocab_size, cfg.data.seq_len, seed=args.seed)
+    args = parse_args(__doc__)
+    setup = tiny_setup(args.seed)
+    cfg, corpus, model = setup.cfg, setup.corpus, setup.model
     # Rows of seq_len inputs predicting seq_len targets, in the plant's seeded batch order.
     train = PlantBlocks(corpus.train, cfg.data.seq_len, cfg.data.batch_size, seed=args.seed)
 
     optimizers: tuple[torch.optim.Optimizer | None, torch.optim.lr_scheduler.LRScheduler | None] = (None, None)
     if args.shock:
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
-        shock = range(args.steps // 3, args.steps // 3 + 16)
+        shock = shock_range(args)
 
         def schedule(t: int) -> float:
             warm = min(1.0, (t + 1) / max(args.warmup, 1))
@@ -83,28 +67,23 @@ def main() -> None:
             remove_unused_columns=False,  # PlantBlocks' shift_labels reach the model through **kwargs
             disable_tqdm=True,
         )
-        governance = load_yaml(GovernanceConfig, args.governance) if args.governance else GovernanceConfig()
         trainer = GovernedTrainer(
             model=model,
             args=training_args,
             train_dataset=train,
             optimizers=optimizers,
             governor=args.governor,
-            governance=governance,
+            make_governor=make_governor,  # builds the --governor spec
+            governance=governance(args),
         )
         trainer.train()
 
     loop = trainer.lbw
     assert loop is not None
-    valid = eval_blocks(corpus.valid, cfg.data.seq_len, 32)
-    with torch.no_grad():
-        model.eval()
-        logits = model(input_ids=valid[:, :-1]).logits
-        valid_loss = float(torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), valid[:, 1:].flatten()))
     skipped = sum(r.skipped for r in loop.records)
     print(
         f"\n{args.governor}: {loop.t} steps, {skipped} skipped, {loop.governance.rollbacks} rollbacks, "
-        f"final LR scale {loop.governance.lr_scale:.3f}; valid ppl {math.exp(min(valid_loss, 700)):.2f}"
+        f"final LR scale {loop.governance.lr_scale:.3f}; valid ppl {valid_ppl(setup):.2f}"
     )
 
 

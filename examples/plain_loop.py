@@ -19,44 +19,28 @@ defaults are the env's), otherwise its observation or action shape will not matc
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 
 import torch
 import torch.nn.functional as F
+from example_setup import governance, parse_args, shock_range, tiny_setup, valid_ppl
 
-from lbw_env.config import load_yaml
-from lbw_env.control.governance import GovernanceConfig
 from lbw_env.integrations import GovernedLoop
-from lbw_env.plant.config import load_trainer_config
-from lbw_env.plant.data import BatchStream, eval_blocks, load_corpus
-from lbw_env.plant.models import build_model
+from lbw_env.plant.data import BatchStream
+from policies import make_governor
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--governor", default="lbw_guard", help="lbw_guard | adamw | skip_step | ppo:<model.zip> ...")
-    ap.add_argument("--governance", default="", help="YAML with decision_interval / window / envelope")
-    ap.add_argument("--steps", type=int, default=160)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--warmup", type=int, default=10)
-    ap.add_argument("--shock", action="store_true", help="multiply the LR by 30 for 16 steps a third of the way in")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-
+    args = parse_args(__doc__)
     # Data and model: WikiText-2 through the project's cached BPE (vocab 2048), the qwen2-tiny preset.
-    cfg = load_trainer_config({"model": {"preset": "qwen2-tiny"}, "data": {"vocab_size": 2048, "seq_len": 64}})
-    corpus = load_corpus(cfg.data)
-    model = build_model(cfg.model, corpus.vocab_size, cfg.data.seq_len, seed=args.seed)
+    setup = tiny_setup(args.seed)
+    cfg, corpus, model = setup.cfg, setup.corpus, setup.model
     batches = BatchStream(corpus.train, cfg.data.seq_len, cfg.data.batch_size, seed=args.seed)
-    valid = eval_blocks(corpus.valid, cfg.data.seq_len, 32)
 
     # The user's optimizer and schedule. The governor scales this schedule; it never replaces AdamW.
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
-    shock = range(args.steps // 3, args.steps // 3 + 16) if args.shock else range(0)
+    shock = shock_range(args)
 
     def schedule(t: int) -> float:
         warm = min(1.0, (t + 1) / max(args.warmup, 1))
@@ -65,14 +49,14 @@ def main() -> None:
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
-    governance = load_yaml(GovernanceConfig, args.governance) if args.governance else GovernanceConfig()
     loop = GovernedLoop(
         optimizer,
         args.governor,
         total_steps=args.steps,
         vocab_size=corpus.vocab_size,
-        config=governance,
+        config=governance(args),
         params=model.parameters(),  # measure in the model's order (as the env does)
+        make_governor=make_governor,  # builds the --governor spec
     )
 
     t0 = time.perf_counter()
@@ -95,14 +79,10 @@ def main() -> None:
             print(f"step {step:4d}  diverged beyond what the envelope can recover: stopping")
             break
 
-    with torch.no_grad():
-        model.eval()
-        logits = model(input_ids=valid[:, :-1]).logits
-        valid_loss = float(F.cross_entropy(logits.flatten(0, 1).float(), valid[:, 1:].flatten()))
     skipped = sum(r.skipped for r in loop.records)
     print(
         f"\n{args.governor}: {loop.t} steps in {time.perf_counter() - t0:.1f}s, {skipped} skipped, "
-        f"{loop.governance.rollbacks} rollbacks; valid ppl {math.exp(min(valid_loss, 700)):.2f}"
+        f"{loop.governance.rollbacks} rollbacks; valid ppl {valid_ppl(setup):.2f}"
     )
 
 

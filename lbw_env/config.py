@@ -3,7 +3,9 @@
 Every config in lbw-env is a plain dataclass. Fields carry their documentation as an attribute docstring
 (the string literal right below the field, as in CleanRL), which :func:`field_docs` reads back for
 ``--help`` output and the docs. Loading is strict: an unknown key, or a value of the wrong type, fails with
-the key's dotted path and the type that was expected, before anything runs.
+the key's dotted path and the type that was expected, before anything runs. PyYAML follows YAML 1.1 and
+reads ``1e-3`` (no dot) as a string: a float field takes such a string as the float it spells, so YAML files
+and ``key=value`` overrides go straight to :func:`from_dict`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import os
 import textwrap
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
@@ -36,6 +38,11 @@ ENV_CONFIG_DIR = "LBW_CONFIG_DIR"
 def config_dir() -> Path:
     """The ``configs/`` folder: ``$LBW_CONFIG_DIR`` or the one beside the package in the repository."""
     return Path(os.environ.get(ENV_CONFIG_DIR) or Path(__file__).resolve().parents[1] / "configs")
+
+
+def config_names(kind: str) -> list[str]:
+    """Names (file stems) of the YAML files in ``configs/<kind>/``: model presets, scenario families."""
+    return sorted(p.stem for p in (config_dir() / kind).glob("*.yaml"))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -104,60 +111,112 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+_MISMATCH = object()
+"""What a scalar converter returns for a value of the wrong type (``None`` is a valid value of ``null``)."""
+
+
+def _to_null(value: Any) -> Any:
+    return None if value is None else _MISMATCH
+
+
+def _to_bool(value: Any) -> Any:
+    return value if isinstance(value, bool) else _MISMATCH
+
+
+def _to_int(value: Any) -> Any:
+    return value if isinstance(value, int) and not isinstance(value, bool) else _MISMATCH
+
+
+def _to_float(value: Any) -> Any:
+    # PyYAML follows YAML 1.1, which reads ``1e-3`` (no dot) as a string; a float field takes it as meant.
+    if isinstance(value, str):
+        return float(value) if _looks_like_float(value) else _MISMATCH
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _MISMATCH
+
+
+def _untyped_floats(data: Any) -> Any:
+    """An untyped (``Any``) value as YAML 1.2 would read it: strings such as ``1e-3`` become floats, recursively.
+
+    Typed float fields take such strings in :func:`_convert`; an ``Any`` field (e.g. a dict of SB3
+    hyperparameters) has no type to go by, so a string counts as a float only when it also has a dot or an
+    exponent (``"12"`` quoted stays a string).
+    """
+    if isinstance(data, dict):
+        return {k: _untyped_floats(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_untyped_floats(v) for v in data]
+    if isinstance(data, str) and _looks_like_float(data) and any(c in data for c in "eE."):
+        return float(data)
+    return data
+
+
+def _to_str(value: Any) -> Any:
+    return value if isinstance(value, str) else _MISMATCH
+
+
+_SCALARS: dict[Any, Callable[[Any], Any]] = {
+    type(None): _to_null,
+    bool: _to_bool,
+    int: _to_int,
+    float: _to_float,
+    str: _to_str,
+    Any: _untyped_floats,
+}
+
+
+def _mismatch(tp: Any, value: Any, path: str) -> ConfigError:
+    return ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _convert_union(value: Any, tp: Any, path: str) -> Any:
+    for arg in get_args(tp):
+        try:
+            return _convert(value, arg, path)
+        except ConfigError:
+            continue
+    raise _mismatch(tp, value, path)
+
+
+def _convert_list(value: Any, tp: Any, path: str) -> list[Any]:
+    if not isinstance(value, (list, tuple)):
+        raise _mismatch(tp, value, path)
+    (item,) = get_args(tp)
+    return [_convert(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+
+
+def _convert_dict(value: Any, tp: Any, path: str) -> dict[Any, Any]:
+    if not isinstance(value, Mapping):
+        raise _mismatch(tp, value, path)
+    kt, vt = get_args(tp)
+    return {_convert(k, kt, f"{path}.<key>"): _convert(v, vt, f"{path}.{k}") for k, v in value.items()}
+
+
 def _convert(value: Any, tp: Any, path: str) -> Any:
-    """Check ``value`` against type ``tp`` and convert it (ints to floats, dicts to dataclasses)."""
-    origin = get_origin(tp)
+    """Check ``value`` against ``tp`` and convert it (ints and float strings to floats, mappings to dataclasses)."""
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, Mapping):
             raise ConfigError(f"{path or '<root>'}: expected a mapping for {tp.__name__}, got {value!r}")
-        return from_dict(tp, value, path)
+        return from_dict(tp, value, path)  # type: ignore[arg-type]
+    origin = get_origin(tp)
     if origin is Literal:
         if value not in get_args(tp):
             raise ConfigError(f"{path}: expected one of {_type_name(tp)}, got {value!r}")
         return value
     if origin in (typing.Union, types.UnionType):
-        errors = []
-        for arg in get_args(tp):
-            try:
-                return _convert(value, arg, path)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+        return _convert_union(value, tp, path)
     if origin in (list, Sequence):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
-        (item,) = get_args(tp)
-        return [_convert(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+        return _convert_list(value, tp, path)
     if origin in (dict, Mapping):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
-        kt, vt = get_args(tp)
-        return {_convert(k, kt, f"{path}.<key>"): _convert(v, vt, f"{path}.{k}") for k, v in value.items()}
-    if tp is type(None):
-        if value is not None:
-            raise ConfigError(f"{path}: expected null, got {value!r}")
-        return None
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected bool, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: expected int, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: expected float, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected str, got {value!r}")
-        return value
-    if tp is Any:
-        return value
-    raise ConfigError(f"{path}: unsupported config type {tp!r}")  # pragma: no cover
+        return _convert_dict(value, tp, path)
+    scalar = _SCALARS.get(tp)
+    if scalar is None:  # pragma: no cover - a config class declared a type this loader does not know
+        raise ConfigError(f"{path}: unsupported config type {tp!r}")
+    out = scalar(value)
+    if out is _MISMATCH:
+        raise _mismatch(tp, value, path)
+    return out
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
@@ -212,7 +271,11 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``["optim.lr=1e-3", "data.seq_len=64"]`` -> nested dict. Values are parsed as YAML scalars."""
+    """``["optim.lr=1e-3", "data.seq_len=64"]`` -> nested dict. Values are parsed as YAML scalars.
+
+    As in a YAML file, ``1e-3`` stays the string PyYAML reads; :func:`from_dict` turns it into the float that a
+    float field (or an untyped value) means, so neither source needs post-processing.
+    """
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
@@ -222,8 +285,6 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         if not key or any(not part for part in key.split(".")):
             raise ConfigError(f"override {item!r}: empty key")
         value = yaml.safe_load(raw) if raw.strip() else ""
-        if isinstance(value, str) and _looks_like_float(value):
-            value = float(value)  # YAML 1.1 reads "1e-3" as a string
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
@@ -254,20 +315,17 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
 
 
 def fix_yaml_floats(data: Any) -> Any:
-    """PyYAML (YAML 1.1) reads ``1e-3`` as a string; turn such strings back into floats."""
-    if isinstance(data, dict):
-        return {k: fix_yaml_floats(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [fix_yaml_floats(v) for v in data]
-    if isinstance(data, str) and _looks_like_float(data) and any(c in data for c in "eE."):
-        return float(data)
-    return data
+    """Deprecated: :func:`from_dict` now reads ``1e-3`` strings as floats itself; callers need not fix them.
+
+    PyYAML (YAML 1.1) reads ``1e-3`` as a string; this turns such strings back into floats, recursively. Kept
+    only until the last callers are gone.
+    """
+    return _untyped_floats(data)
 
 
 def load(cls: type[T], data: Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> T:
     """Build ``cls`` from defaults <- ``data`` <- ``key=value`` overrides, strictly."""
-    merged = deep_merge(fix_yaml_floats(dict(data or {})), parse_overrides(overrides))
-    return from_dict(cls, merged)
+    return from_dict(cls, deep_merge(dict(data or {}), parse_overrides(overrides)))
 
 
 def load_yaml(cls: type[T], path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> T:

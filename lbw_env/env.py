@@ -12,10 +12,9 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from .config import ConfigError, check, deep_merge, fix_yaml_floats, from_dict
-from .control.envelope import EnvelopeConfig
-from .control.features import FEATURE_NAMES, FEATURES, OBS_BOUND
-from .control.governance import Governance, loss_cv
+from .config import ConfigError, check, deep_merge, from_dict
+from .control.features import FEATURE_NAMES, FEATURES
+from .control.governance import Governance, GovernanceConfig
 from .control.reward import RewardConfig, reward_terms
 from .plant import runtime
 from .plant.records import StepRecord
@@ -24,30 +23,24 @@ from .scenarios import Scenario, get_scenario, resolve, with_overrides
 
 
 @dataclasses.dataclass
-class EnvConfig:
-    """Everything an :class:`LBWEnv` needs besides the scenarios' own training configs."""
+class EnvConfig(GovernanceConfig):
+    """Everything an :class:`LBWEnv` needs besides the scenarios' own training configs.
+
+    The governance settings (``decision_interval``, ``window``, ``envelope``, ``healthy_ratio``) are inherited
+    from :class:`~lbw_env.control.governance.GovernanceConfig`, the one definition the integrations use too.
+    """
 
     scenarios: list[str] = dataclasses.field(default_factory=lambda: ["tiny:train"])
     """Scenario pool: ``family/name``, ``family``, or ``family:train``/``family:heldout``. ``reset`` draws from it."""
-    decision_interval: int = 8
-    """Optimizer steps per env step (per governor decision)."""
-    window: int = 4
-    """Decision intervals in the observation."""
-    envelope: EnvelopeConfig = dataclasses.field(default_factory=EnvelopeConfig)
-    """Action space and safety bounds."""
     reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
     """Reward weights."""
-    healthy_ratio: float = 1.1
-    """An interval whose smoothed loss is within this multiple of the best becomes the last good snapshot."""
     trainer_overrides: list[str] = dataclasses.field(default_factory=list)
     """``key=value`` overrides applied to every scenario's trainer config (e.g. ``runtime.threads=1``)."""
     initial_cache: int = 32
     """How many (scenario, seed) initial states to keep in memory, so that resets cost a copy."""
 
     def validate(self) -> None:
-        check(self.decision_interval >= 1, "decision_interval", "an int >= 1", self.decision_interval)
-        check(self.window >= 1, "window", "an int >= 1", self.window)
-        check(self.healthy_ratio >= 1, "healthy_ratio", "a float >= 1", self.healthy_ratio)
+        super().validate()
         check(self.initial_cache >= 1, "initial_cache", "an int >= 1", self.initial_cache)
 
 
@@ -136,18 +129,17 @@ class LBWEnv(gym.Env[np.ndarray, np.ndarray]):
         if isinstance(config, EnvConfig):
             cfg = config if not kwargs else from_dict(EnvConfig, deep_merge(kwargs, dataclasses.asdict(config)))
         else:
-            cfg = from_dict(EnvConfig, deep_merge(fix_yaml_floats(kwargs), fix_yaml_floats(dict(config or {}))))
+            cfg = from_dict(EnvConfig, deep_merge(kwargs, dict(config or {})))
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ConfigError(f"render_mode: expected one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.cfg = cfg
         self.render_mode = render_mode
         self.pool: list[Scenario] = [with_overrides(s, cfg.trainer_overrides) for s in resolve(cfg.scenarios)]
         # Envelope, telemetry window and rollback targets: the same Governance the integrations use.
-        self.governance: Governance[Snapshot] = Governance(cfg.envelope, cfg.window, cfg.healthy_ratio)
+        self.governance: Governance[Snapshot] = Governance(cfg)
         self.envelope = self.governance.envelope
         self.action_space = self.envelope.action_space
-        n = cfg.window * len(FEATURE_NAMES)
-        self.observation_space = gym.spaces.Box(-OBS_BOUND, OBS_BOUND, (n,), dtype=np.float32)
+        self.observation_space = self.governance.observation_space()
         self._trainers: dict[str, Plant] = {}
         self._initial: collections.OrderedDict[tuple[str, int], _Initial] = collections.OrderedDict()
         self.trainer: Plant | None = None
@@ -242,7 +234,7 @@ class LBWEnv(gym.Env[np.ndarray, np.ndarray]):
         outcome = self.governance.end_interval(
             records,
             trainer.t,
-            loss_cv(trainer.governed.loss_stats),
+            trainer.governed.loss_stats,
             decision.rollback_requested,
             snapshot_fn=lambda into: trainer.snapshot(into=into),
             restore_fn=lambda snap: trainer.restore(snap, rewind=False),

@@ -26,7 +26,7 @@ import functools
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from .config import ConfigError, config_dir, deep_merge, fix_yaml_floats, from_dict, parse_overrides, read_yaml
+from .config import ConfigError, config_dir, config_names, deep_merge, from_dict, parse_overrides, read_yaml
 from .plant.config import TrainerConfig, expand_presets
 
 
@@ -47,7 +47,8 @@ class Scenario:
 
 
 def families() -> list[str]:
-    return sorted(p.stem for p in (config_dir() / "scenarios").glob("*.yaml"))
+    """Scenario families: ``configs/scenarios/<family>.yaml``."""
+    return config_names("scenarios")
 
 
 @functools.cache
@@ -56,7 +57,7 @@ def load_family(family: str) -> dict[str, Scenario]:
     path = config_dir() / "scenarios" / f"{family}.yaml"
     if not path.is_file():
         raise ConfigError(f"scenario family {family!r}: no file {path}; expected one of {', '.join(families())}")
-    data = fix_yaml_floats(read_yaml(path))
+    data = read_yaml(path)
     unknown = set(data) - {"family", "description", "defaults", "scenarios"}
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; expected family, description, defaults, scenarios")
@@ -119,5 +120,5 @@ def with_overrides(scenario: Scenario, overrides: Sequence[str] | dict[str, Any]
     if "preset" in (update.get("model") or {}):
         # A new preset brings its own architecture; keep only the placement keys of the old model section.
         base["model"] = {k: v for k, v in base["model"].items() if k in ("device", "dtype", "lora")}
-    trainer = from_dict(TrainerConfig, expand_presets(deep_merge(base, fix_yaml_floats(update))))
+    trainer = from_dict(TrainerConfig, expand_presets(deep_merge(base, update)))
     return dataclasses.replace(scenario, trainer=trainer)

@@ -164,22 +164,24 @@ def test_override_parsing_types() -> None:
     parsed = parse_overrides(
         [
             "optim.lr=1e-3",
-            "optim.eps=1E-8",
+            "optim.eps=1.0E-8",
             "data.seq_len=64",
             "regime=finetune",
             "model.tie_word_embeddings=false",
             "runtime.cache_dir=",
         ]
     )
+    # Plain YAML scalars, as in a file: PyYAML (YAML 1.1) reads "1e-3" as a string; from_dict makes it a float.
     assert parsed == {
-        "optim": {"lr": 1e-3, "eps": 1e-8},
+        "optim": {"lr": "1e-3", "eps": 1e-8},
         "data": {"seq_len": 64},
         "regime": "finetune",
         "model": {"tie_word_embeddings": False},
         "runtime": {"cache_dir": ""},
     }
-    assert type(parsed["optim"]["lr"]) is float
     assert type(parsed["data"]["seq_len"]) is int
+    cfg = load(TrainerConfig, parsed)
+    assert cfg.optim.lr == 1e-3 and type(cfg.optim.lr) is float
 
 
 def test_overrides_win_over_data_and_are_checked() -> None:
@@ -264,6 +266,90 @@ def test_yaml_file_loads_with_float_fix(tmp_path: Path) -> None:
     cfg = load_yaml(TrainerConfig, path, ["optim.steps=7"])
     assert cfg.optim.lr == 1e-3 and type(cfg.optim.lr) is float
     assert cfg.optim.eps == 1e-8 and cfg.data.seq_len == 64 and cfg.optim.steps == 7
+
+
+@dataclasses.dataclass
+class Floats:
+    """A config with every place a YAML 1.1 float string can land."""
+
+    lr: float = 0.1
+    """A float field."""
+    rates: list[float] = dataclasses.field(default_factory=list)
+    """A list of floats."""
+    name: str = ""
+    """A str field: a string that is no float stays a string."""
+    tag: str = ""
+    """A str field given a float-looking string: it stays a string too (the field says str)."""
+    extra: dict[str, typing.Any] = dataclasses.field(default_factory=dict)
+    """Untyped values (like SB3 hyperparameters): ``1e-3`` becomes the float it spells."""
+    maybe: float | None = None
+    """An optional float."""
+
+
+FLOATS_EXPECTED = Floats(
+    lr=1e-3,
+    rates=[1e-3, 2.5e-4, 1.0],
+    name="1e-3x",
+    tag="1e-3",
+    extra={"learning_rate": 3e-4, "policy": "Mlp"},
+    maybe=1e-3,
+)
+
+
+def test_yaml_1e_minus_3_reaches_float_fields_without_post_processing(tmp_path: Path) -> None:
+    text = (
+        "lr: 1e-3\nrates: [1e-3, 2.5e-4, 1]\nname: 1e-3x\ntag: '1e-3'\n"
+        "extra: {learning_rate: 3e-4, policy: Mlp}\nmaybe: 1e-3\n"
+    )
+    raw = read_yaml(write(tmp_path / "floats.yaml", text))
+    assert raw["lr"] == "1e-3" and raw["rates"][0] == "1e-3"  # what PyYAML gives: the loader must cope
+    cfg = load_yaml(Floats, tmp_path / "floats.yaml")
+    assert cfg == FLOATS_EXPECTED
+    assert type(cfg.lr) is float and all(type(x) is float for x in cfg.rates)
+    assert type(cfg.name) is str and type(cfg.tag) is str
+    assert type(cfg.extra["learning_rate"]) is float and type(cfg.maybe) is float
+
+
+def test_override_1e_minus_3_reaches_float_fields() -> None:
+    cfg = load(
+        Floats,
+        overrides=[
+            "lr=1e-3",
+            "rates=[1e-3, 2.5e-4, 1]",
+            "name=1e-3x",
+            "tag='1e-3'",
+            "extra={learning_rate: 3e-4, policy: Mlp}",
+            "maybe=1e-3",
+        ],
+    )
+    assert cfg == FLOATS_EXPECTED
+    assert type(cfg.lr) is float and all(type(x) is float for x in cfg.rates)
+    assert type(cfg.name) is str and type(cfg.tag) is str
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-infinity", "fast", "1e-3x"])
+def test_a_non_float_string_is_no_float(text: str) -> None:
+    with pytest.raises(ConfigError, match="lr: expected float"):
+        load(Floats, {"lr": text})
+    assert load(Floats, {"extra": {"x": text}}).extra == {"x": text}
+
+
+def test_inherited_fields_keep_their_docs_and_checks() -> None:
+    from lbw_env.control.governance import GovernanceConfig
+    from lbw_env.env import EnvConfig
+
+    docs = field_docs(EnvConfig)
+    assert [f.name for f in dataclasses.fields(EnvConfig)][:4] == [f.name for f in dataclasses.fields(GovernanceConfig)]
+    assert all(docs.get(f.name) for f in dataclasses.fields(EnvConfig))
+    assert docs["window"] == field_docs(GovernanceConfig)["window"]
+    rows = {key: doc for key, _, _, doc in describe(EnvConfig)}
+    assert rows["decision_interval"] and rows["envelope.max_rollbacks"] and rows["initial_cache"]
+    cfg = load(EnvConfig, {"decision_interval": 4, "envelope": {"lr_scale_min": "1e-3"}}, ["healthy_ratio=1.5"])
+    assert (cfg.decision_interval, cfg.envelope.lr_scale_min, cfg.healthy_ratio) == (4, 1e-3, 1.5)
+    with pytest.raises(ConfigError, match=r"^window: expected an int >= 1"):
+        load(EnvConfig, {"window": 0})
+    with pytest.raises(ConfigError, match=r"^initial_cache: expected an int >= 1"):
+        load(EnvConfig, {"initial_cache": 0})
 
 
 def test_empty_yaml_file_gives_defaults(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from lbw_env.integrations import GovernedLoop, ScheduleLR
 from lbw_env.plant.config import load_trainer_config
 from lbw_env.plant.records import StepRecord
 from lbw_env.plant.trainer import Plant
-from policies.base import make_governor
+from policies import make_governor
 
 STEPS = 48
 SHOCK = "faults=[{kind: lr_shock, start: 20, length: 8, magnitude: 30.0}]"
@@ -113,8 +113,9 @@ def run_env(governor: Any, seed: int = 0) -> EnvRun:
 
 
 def governance_of(env: LBWEnv) -> GovernanceConfig:
-    c = env.cfg
-    return GovernanceConfig(c.decision_interval, c.window, c.envelope, c.healthy_ratio)
+    """The env's governance settings: an EnvConfig *is* a GovernanceConfig (one definition of the fields)."""
+    assert isinstance(env.cfg, GovernanceConfig)
+    return env.cfg
 
 
 def plant_for(run: EnvRun) -> Plant:
@@ -334,6 +335,29 @@ def test_hf_refuses_what_would_break_governance(lbw: None, tmp_path: Path) -> No
             train_dataset=PlantBlocks.from_plant(plant),
             governor="adamw",
         )
+
+
+def test_a_spec_governor_needs_a_factory(lbw: None) -> None:
+    """lbw_env never imports policies: a spec string is built by the factory the caller passes, for the envelope
+    the loop enforces (``max_rollbacks: 0`` without rollback)."""
+    plant = Plant(load_trainer_config(overrides=OVERRIDES))
+    with pytest.raises(TypeError, match="make_governor"):
+        GovernedLoop(plant.optimizer, "adamw", total_steps=8, vocab_size=plant.corpus.vocab_size)
+    seen: list[Any] = []
+
+    def factory(spec: str, envelope: Any) -> Any:
+        seen.append((spec, envelope.max_rollbacks))
+        return make_governor(spec, envelope)
+
+    loop = GovernedLoop(
+        plant.optimizer,
+        "adamw",
+        total_steps=8,
+        vocab_size=plant.corpus.vocab_size,
+        rollback=False,
+        make_governor=factory,
+    )
+    assert seen == [("adamw", 0)] and hasattr(loop.governor, "predict")
 
 
 def test_plain_loop_without_rollback_and_unknown_initial_loss(lbw: None) -> None:

@@ -37,16 +37,21 @@ from .features import FEATURE_NAMES, OBS_BOUND, TelemetryWindow
 
 @dataclasses.dataclass
 class GovernanceConfig:
-    """How often the governor decides, what it sees, and the envelope it acts within."""
+    """How often the governor decides, what it sees, and the envelope it acts within.
+
+    The one definition of these settings: :class:`~lbw_env.env.EnvConfig` extends it, and the integrations take
+    it as it is, so a governor trained in the env is deployed with the same interval, window and envelope.
+    """
 
     decision_interval: int = 8
-    """Optimizer steps per governor decision."""
+    """Optimizer steps per governor decision (per env step)."""
     window: int = 4
     """Decision intervals in the observation."""
     envelope: EnvelopeConfig = dataclasses.field(default_factory=EnvelopeConfig)
     """Action space and safety bounds (LR-scale range and slew, skip gate and budget, rollback policy)."""
     healthy_ratio: float = 1.1
-    """An interval whose smoothed loss is within this multiple of the best can leave a rollback candidate."""
+    """An interval whose smoothed loss is within this multiple of the best can leave a rollback candidate (and
+    promote the previous one to the last good snapshot)."""
 
     def validate(self) -> None:
         check(self.decision_interval >= 1, "decision_interval", "an int >= 1", self.decision_interval)
@@ -91,11 +96,12 @@ class Governance(Generic[S]):
     the same object governs the env's trainer, a plain loop and a Hugging Face ``Trainer``.
     """
 
-    def __init__(self, envelope: EnvelopeConfig, window: int = 4, healthy_ratio: float = 1.1) -> None:
-        self.cfg = envelope
-        self.envelope = Envelope(envelope)
-        self.window_size = window
-        self.healthy_ratio = healthy_ratio
+    def __init__(self, config: GovernanceConfig) -> None:
+        self.config = config
+        self.cfg = config.envelope
+        self.envelope = Envelope(config.envelope)
+        self.window_size = config.window
+        self.healthy_ratio = config.healthy_ratio
         self.window: TelemetryWindow | None = None
         self.good: S | None = None
         self.candidate: S | None = None
@@ -109,7 +115,7 @@ class Governance(Generic[S]):
         return self.envelope.action_space
 
     def observation_space(self) -> gym.spaces.Box:
-        """The observation's Box (the same shape for every run of this configuration)."""
+        """The observation's Box (the same shape for every run of this configuration; the env's space)."""
         return gym.spaces.Box(-OBS_BOUND, OBS_BOUND, (self.window_size * len(FEATURE_NAMES),), dtype=np.float32)
 
     # -- run start --------------------------------------------------------------------------------------
@@ -153,14 +159,15 @@ class Governance(Generic[S]):
         self,
         records: list[StepRecord],
         step: int,
-        loss_cv: float,
+        loss_stats: RollingStats,
         rollback_requested: bool,
         snapshot_fn: SnapshotFn,
         restore_fn: RestoreFn,
     ) -> IntervalOutcome:
         """Push the interval's telemetry, then apply the rollback policy and manage the rollback targets.
 
-        ``step``: optimizer steps taken so far in the run; ``loss_cv``: see :func:`loss_cv`.
+        ``step``: optimizer steps taken so far in the run; ``loss_stats``: the governed optimizer's rolling loss
+        statistics (the ``loss_cv`` feature, see :func:`loss_cv`).
         """
         window, envelope = self.window, self.envelope
         if window is None:
@@ -168,7 +175,7 @@ class Governance(Generic[S]):
         if self._start_pending:
             self._start_from(records)
         prev_loss = window.smoothed_loss
-        window.push(records, envelope.lr_scale, envelope.rollbacks, step, loss_cv)
+        window.push(records, envelope.lr_scale, envelope.rollbacks, step, loss_cv(loss_stats))
 
         # The envelope's rollback policy: restore the last good weights, or declare divergence.
         terminated, rolled_back = False, 0

@@ -55,9 +55,10 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from ..control.governance import GovernanceConfig
+from ..control.protocol import Governor, GovernorFactory
 from ..plant.data import BatchStream
 from ..plant.records import StepRecord
-from .loop import GovernedLoop
+from .loop import GovernedLoop, check_governor
 
 if TYPE_CHECKING:
     from ..plant.trainer import Plant
@@ -164,8 +165,10 @@ class GovernedTrainerMixin:
     keyword arguments (everything else goes to the ``Trainer``):
 
     Args:
-        governor: a governor object (SB3-style ``predict``) or a ``policies.make_governor`` spec
-            (``"lbw_guard"``, ``"ppo:runs/x/best_model.zip"``).
+        governor: a governor object (SB3-style ``predict``) or a spec (``"lbw_guard"``,
+            ``"ppo:runs/x/best_model.zip"``) for ``make_governor``.
+        make_governor: builds a spec ``governor`` (usually ``policies.make_governor``; see
+            :class:`~lbw_env.integrations.loop.GovernedLoop`).
         governance: decision interval, window, envelope (as in the env's config).
         rollback: keep rollback targets (two copies of the trainable parameters and their optimizer state).
         initial_loss: where the smoothed training loss starts (the env: validation loss of the initial
@@ -185,7 +188,8 @@ class GovernedTrainerMixin:
     def __init__(
         self,
         *args: Any,
-        governor: Any = "lbw_guard",
+        governor: Governor | str = "lbw_guard",
+        make_governor: GovernorFactory | None = None,
         governance: GovernanceConfig | None = None,
         rollback: bool = True,
         initial_loss: float | None = None,
@@ -194,6 +198,7 @@ class GovernedTrainerMixin:
     ) -> None:
         super().__init__(*args, **kwargs)
         self.lbw_governor = governor
+        self.lbw_make_governor = make_governor
         self.lbw_config = governance or GovernanceConfig()
         self.lbw_rollback = rollback
         self.lbw_initial_loss = initial_loss
@@ -201,6 +206,7 @@ class GovernedTrainerMixin:
         self.lbw: GovernedLoop | None = None
         self.lbw_optimizer: GovernedOptimizerProxy | None = None
         self._check_supported()
+        check_governor(governor, make_governor)  # now, not when the Trainer builds the optimizer
         # Clip inside the governed step, after measuring: see the module docstring (point 3).
         self.lbw_clip_norm = float(self.args.max_grad_norm or 0.0)
         if self.lbw_clip_norm > 0:
@@ -250,6 +256,7 @@ class GovernedTrainerMixin:
             rollback=self.lbw_rollback,
             initial_loss=self.lbw_initial_loss,
             deterministic=self.lbw_deterministic,
+            make_governor=self.lbw_make_governor,
         )
         self.lbw_optimizer = GovernedOptimizerProxy(self.lbw)
         self.optimizer = self.lbw_optimizer

@@ -2,7 +2,8 @@
 
 The loop stays the user's: their model, data, loss and LR scheduler. Only ``optimizer.step()`` changes::
 
-    loop = GovernedLoop(optimizer, "lbw_guard", total_steps=1000, vocab_size=model.config.vocab_size)
+    loop = GovernedLoop(optimizer, "lbw_guard", total_steps=1000, vocab_size=model.config.vocab_size,
+                        make_governor=policies.make_governor)
     for step in range(1000):
         loss = model(input_ids=x, labels=y).loss
         loss.backward()
@@ -30,14 +31,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import numpy as np
 import torch
 
-from ..control.envelope import Decision
+from ..control.envelope import Decision, EnvelopeConfig
 from ..control.governance import Governance, GovernanceConfig, IntervalOutcome
-from ..control.governance import loss_cv as _loss_cv
+from ..control.protocol import Governor, GovernorFactory
 from ..plant.optimizer import Control, GovernedOptimizer
 from ..plant.records import StepRecord
 from ..plant.state import TrainState, capture_train_state, restore_train_state
@@ -77,14 +77,34 @@ class IntervalReport:
     """Rollback reason, rollback, termination, smoothed losses."""
 
 
+def check_governor(governor: Governor | str, make_governor: GovernorFactory | None) -> None:
+    """Raise unless ``governor`` is a governor object, or a spec with a ``make_governor`` to build it."""
+    if isinstance(governor, str) and make_governor is None:
+        raise TypeError(
+            f"governor {governor!r} is a spec: pass make_governor=policies.make_governor (lbw_env does not import "
+            "policies) to build it, or pass a governor object"
+        )
+
+
+def resolve_governor(
+    governor: Governor | str, envelope: EnvelopeConfig, make_governor: GovernorFactory | None
+) -> Governor:
+    """``governor`` itself, or the governor that ``make_governor`` builds from the spec ``governor``."""
+    check_governor(governor, make_governor)
+    if isinstance(governor, str):
+        assert make_governor is not None
+        return make_governor(governor, envelope)
+    return governor
+
+
 class GovernedLoop:
     """A governor on any torch optimizer: call :meth:`step` after ``loss.backward()`` instead of
     ``optimizer.step()``.
 
     Args:
         optimizer: any torch optimizer (AdamW, SGD, ...); its param groups' LR is the *scheduled* LR.
-        governor: a :class:`~policies.base.Governor` (SB3-style ``predict``) or a spec for
-            ``policies.base.make_governor`` (``"lbw_guard"``, ``"adamw"``, ``"ppo:runs/x/best_model.zip"``).
+        governor: a :class:`~lbw_env.control.protocol.Governor` (SB3-style ``predict``), or a spec
+            (``"lbw_guard"``, ``"adamw"``, ``"ppo:runs/x/best_model.zip"``) that ``make_governor`` builds.
         total_steps: the planned number of optimizer steps (the ``progress`` feature; a final interval ends
             there even if shorter).
         vocab_size: the model's vocabulary (the ``loss`` feature is loss / ln(vocab)).
@@ -100,12 +120,15 @@ class GovernedLoop:
             initial weights); ``None``: the first finite loss of the run.
         deterministic: passed to ``governor.predict``.
         keep_records: keep every StepRecord in :attr:`records` (a few hundred bytes a step).
+        make_governor: the :data:`~lbw_env.control.protocol.GovernorFactory` for a spec ``governor``, usually
+            ``policies.make_governor`` (``lbw_env`` never imports ``policies``). It is given the envelope the
+            loop really enforces (``max_rollbacks: 0`` without rollback), so a governor's actions match it.
     """
 
     def __init__(
         self,
         optimizer: torch.optim.Optimizer,
-        governor: Any,
+        governor: Governor | str,
         *,
         total_steps: int,
         vocab_size: int,
@@ -116,6 +139,7 @@ class GovernedLoop:
         initial_loss: float | None = None,
         deterministic: bool = True,
         keep_records: bool = True,
+        make_governor: GovernorFactory | None = None,
     ) -> None:
         cfg = config or GovernanceConfig()
         cfg.validate()
@@ -123,14 +147,10 @@ class GovernedLoop:
             raise ValueError(f"total_steps: expected an int >= 1, got {total_steps}")
         envelope = cfg.envelope if rollback else dataclasses.replace(cfg.envelope, max_rollbacks=0)
         self.config = dataclasses.replace(cfg, envelope=envelope)
-        if isinstance(governor, str):
-            from policies.base import make_governor  # the policies package registers the built-in governors
-
-            governor = make_governor(governor, envelope)
-        self.governor = governor
+        self.governor: Governor = resolve_governor(governor, envelope, make_governor)
         self.optimizer = optimizer
         self.governed = GovernedOptimizer(optimizer, params, clip_norm=clip_norm, gate=envelope.gate_config())
-        self.governance: Governance[TrainState | None] = Governance(envelope, cfg.window, cfg.healthy_ratio)
+        self.governance: Governance[TrainState | None] = Governance(self.config)
         self.total_steps = int(total_steps)
         self.rollback = rollback
         self.deterministic = deterministic
@@ -186,7 +206,7 @@ class GovernedLoop:
         outcome = self.governance.end_interval(
             records,
             self.t,
-            _loss_cv(self.governed.loss_stats),
+            self.governed.loss_stats,
             self._decision.rollback_requested,
             snapshot_fn=self._snapshot,
             restore_fn=self._restore,

@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from ..config import ConfigError, check, config_dir, deep_merge, fix_yaml_floats, from_dict, parse_overrides, read_yaml
+from ..config import ConfigError, check, config_dir, config_names, deep_merge, from_dict, parse_overrides, read_yaml
 
 
 @dataclasses.dataclass
@@ -234,7 +234,8 @@ class TrainerConfig:
 
 
 def available_presets() -> list[str]:
-    return sorted(p.stem for p in (config_dir() / "models").glob("*.yaml"))
+    """Model presets: ``configs/models/<name>.yaml``."""
+    return config_names("models")
 
 
 def load_preset(name: str) -> dict[str, Any]:
@@ -262,5 +263,5 @@ def expand_presets(data: Mapping[str, Any]) -> dict[str, Any]:
 
 def load_trainer_config(data: Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> TrainerConfig:
     """A :class:`TrainerConfig` from plain data and overrides, with the model preset expanded."""
-    merged = deep_merge(fix_yaml_floats(dict(data or {})), parse_overrides(overrides))
+    merged = deep_merge(dict(data or {}), parse_overrides(overrides))
     return from_dict(TrainerConfig, expand_presets(merged))
