@@ -1,4 +1,5 @@
-"""Tests of lbw_env.plant.data: every text source, both tokenizer kinds, both caches, batches and their errors.
+"""Tests of lbw_env.plant's sources, tokenizer and data: every text source, both tokenizer kinds, both caches,
+batches and their errors.
 
 Fast by construction: BPE is trained on slices of the shared WikiText files (a few thousand lines, vocab 384)
 in a temporary cache; one test reads the whole WikiText-2 train split to check counts against the files.
@@ -15,9 +16,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from lbw_env.plant import data
+from lbw_env.cache import cache_root
+from lbw_env.plant import data, sources, tokenizer
 from lbw_env.plant.config import DataConfig
-from lbw_env.plant.data import BatchStream, DataError, eval_blocks, get_tokenizer, load_corpus, load_split_text
+from lbw_env.plant.data import BatchStream, eval_blocks, load_corpus
+from lbw_env.plant.sources import DataError, load_split_text
+from lbw_env.plant.tokenizer import get_tokenizer
 
 torch.set_num_threads(1)
 
@@ -100,8 +104,8 @@ def test_local_tokens_lines_follow_the_contract(small_root: Path) -> None:
 
 
 def test_data_root_falls_back_to_env(small_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(data.ENV_DATA_DIR, str(small_root))
-    assert data.data_root(DataConfig()) == small_root
+    monkeypatch.setenv(sources.ENV_DATA_DIR, str(small_root))
+    assert sources.data_root(DataConfig()) == small_root
     assert load_split_text(DataConfig(eval_dir="wikitext-2"), "valid")[0] == " = Homarus gammarus = "
 
 
@@ -111,7 +115,7 @@ def test_local_raw_from_shared_data(shared_data: Path, small_root: Path) -> None
     assert lines == expected_lines(raw_file.read_text(encoding="utf-8").split("\n"))
     # The raw file has three lines ending in two spaces (see data/README.md): proof nothing was stripped.
     assert sum(line.endswith("@,@  ") for line in lines) == 3
-    tok = get_tokenizer(small_cfg(small_root), data.cache_root())
+    tok = get_tokenizer(small_cfg(small_root), cache_root())
     ids = tok.encode_lines(lines[:50])
     assert int((ids == tok.eos_id).sum()) == 50
     assert tok.decode(ids[: np.flatnonzero(ids == tok.eos_id)[0]]) == lines[0]
@@ -120,13 +124,13 @@ def test_local_raw_from_shared_data(shared_data: Path, small_root: Path) -> None
 def test_parquet_shards_give_the_same_text_and_tokens(small_root: Path) -> None:
     text_cfg = small_cfg(small_root)
     pq_cfg = small_cfg(small_root, train_dir="parquet", eval_dir="parquet")
-    for split in data.SPLITS:
+    for split in sources.SPLITS:
         assert load_split_text(pq_cfg, split) == load_split_text(text_cfg, split)
-    assert len(data.split_files(pq_cfg, "train")) == 2
+    assert len(sources.split_files(pq_cfg, "train")) == 2
     a, b = load_corpus(text_cfg), load_corpus(pq_cfg)
     # Different files -> BPE trained twice; equal content proves training is deterministic.
     assert a.tokenizer.key == b.tokenizer.key
-    for split in data.SPLITS:
+    for split in sources.SPLITS:
         np.testing.assert_array_equal(getattr(a, split), getattr(b, split))
 
 
@@ -171,7 +175,7 @@ def test_hub_source_through_datasets(tmp_path: Path, small_root: Path, offline_h
     repo = tmp_path / "Salesforce-wikitext"
     make_hub_like_repo(repo, small_root)
     cfg = DataConfig(source="hub", hub_repo=str(repo), hub_config="wikitext-2-raw-v1", vocab_size=VOCAB)
-    for split in data.SPLITS:
+    for split in sources.SPLITS:
         want = expected_lines(head_lines(small_root / "wikitext-2" / f"wiki.{split}.tokens", 300))
         assert load_split_text(cfg, split) == want
     assert list((offline_hf / "datasets").rglob("*.arrow")), "datasets.load_dataset did not run (no arrow cache)"
@@ -192,7 +196,7 @@ def test_hub_source_through_datasets(tmp_path: Path, small_root: Path, offline_h
 
 
 def test_bpe_round_trip_and_line_layout(small_root: Path, shared_data: Path) -> None:
-    tok = get_tokenizer(small_cfg(small_root), data.cache_root())
+    tok = get_tokenizer(small_cfg(small_root), cache_root())
     assert tok.vocab_size == VOCAB
     assert tok.decode([tok.eos_id]) == "<eos>"
     lines = load_split_text(small_cfg(small_root), "train")[:40]
@@ -207,7 +211,7 @@ def test_bpe_round_trip_and_line_layout(small_root: Path, shared_data: Path) -> 
 
 
 def test_bpe_cache_hit_does_not_retrain(small_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cache = data.cache_root()
+    cache = cache_root()
     first = get_tokenizer(small_cfg(small_root), cache)
     assert len(list((cache / "tokenizers").glob("*.json"))) == 1
     assert not list((cache / "tokenizers").glob(".*"))  # no temporary left behind
@@ -215,7 +219,7 @@ def test_bpe_cache_hit_does_not_retrain(small_root: Path, monkeypatch: pytest.Mo
     def no_training(*args, **kwargs):
         raise AssertionError("BPE retrained despite a cached tokenizer")
 
-    monkeypatch.setattr(data, "train_bpe", no_training)
+    monkeypatch.setattr(tokenizer, "train_bpe", no_training)
     second = get_tokenizer(small_cfg(small_root), cache)
     assert second.key == first.key
     sample = load_split_text(small_cfg(small_root), "valid")[:20]
@@ -225,10 +229,10 @@ def test_bpe_cache_hit_does_not_retrain(small_root: Path, monkeypatch: pytest.Mo
         get_tokenizer(small_cfg(small_root, vocab_size=VOCAB + 64), cache)
 
 
-def save_pretrained_bpe(small_root: Path, out: Path, eos: bool = True) -> data.Tokenizer:
+def save_pretrained_bpe(small_root: Path, out: Path, eos: bool = True) -> tokenizer.Tokenizer:
     from transformers import PreTrainedTokenizerFast
 
-    bpe = get_tokenizer(small_cfg(small_root), data.cache_root())
+    bpe = get_tokenizer(small_cfg(small_root), cache_root())
     kwargs = {"eos_token": "<eos>"} if eos else {}
     PreTrainedTokenizerFast(tokenizer_object=bpe.backend, **kwargs).save_pretrained(out)
     return bpe
@@ -237,13 +241,13 @@ def save_pretrained_bpe(small_root: Path, out: Path, eos: bool = True) -> data.T
 def test_pretrained_tokenizer_via_save_pretrained(small_root: Path, tmp_path: Path) -> None:
     bpe = save_pretrained_bpe(small_root, tmp_path / "tok")
     cfg = small_cfg(small_root, tokenizer=str(tmp_path / "tok"))
-    pre = get_tokenizer(cfg, data.cache_root())
+    pre = get_tokenizer(cfg, cache_root())
     assert (pre.vocab_size, pre.eos_id) == (bpe.vocab_size, bpe.eos_id)
     line = load_split_text(cfg, "train")[3]
     assert pre.decode(pre.encode(line)) == line
     # Through load_corpus the pretrained path must produce exactly the BPE's token arrays.
     a, b = load_corpus(cfg), load_corpus(small_cfg(small_root))
-    for split in data.SPLITS:
+    for split in sources.SPLITS:
         np.testing.assert_array_equal(getattr(a, split), getattr(b, split))
 
 
@@ -251,10 +255,10 @@ def test_pretrained_tokenizer_errors_name_the_path(small_root: Path, tmp_path: P
     empty = tmp_path / "not-a-tokenizer"
     empty.mkdir()
     with pytest.raises(DataError, match="not-a-tokenizer"):
-        get_tokenizer(small_cfg(small_root, tokenizer=str(empty)), data.cache_root())
+        get_tokenizer(small_cfg(small_root, tokenizer=str(empty)), cache_root())
     save_pretrained_bpe(small_root, tmp_path / "no-eos", eos=False)
     with pytest.raises(DataError, match=r"no-eos.*eos_token"):
-        get_tokenizer(small_cfg(small_root, tokenizer=str(tmp_path / "no-eos")), data.cache_root())
+        get_tokenizer(small_cfg(small_root, tokenizer=str(tmp_path / "no-eos")), cache_root())
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -266,11 +270,11 @@ def test_token_cache_written_once_and_reused(small_root: Path, monkeypatch: pyte
     cfg = small_cfg(small_root)
     corpus = load_corpus(cfg)
     assert load_corpus(cfg) is corpus  # in-process memo: a reset costs nothing
-    files = sorted((data.cache_root() / "tokens").rglob("*"))
+    files = sorted((cache_root() / "tokens").rglob("*"))
     npys = [f for f in files if f.suffix == ".npy"]
     assert sorted(f.name for f in npys) == ["test.npy", "train.npy", "valid.npy"]
     assert not [f for f in files if f.name.startswith(".")]  # no temporaries left
-    for split in data.SPLITS:
+    for split in sources.SPLITS:
         arr = getattr(corpus, split)
         assert isinstance(arr, np.memmap) and arr.dtype == np.uint16 and not arr.flags.writeable
         assert int((arr == corpus.eos_id).sum()) == len(load_split_text(cfg, split))
@@ -280,10 +284,10 @@ def test_token_cache_written_once_and_reused(small_root: Path, monkeypatch: pyte
     def no_encoding(self, lines):
         raise AssertionError("re-tokenized despite a cached token array")
 
-    monkeypatch.setattr(data.Tokenizer, "encode_lines", no_encoding)
+    monkeypatch.setattr(tokenizer.Tokenizer, "encode_lines", no_encoding)
     again = load_corpus(cfg)
     assert again is not corpus
-    for split in data.SPLITS:
+    for split in sources.SPLITS:
         np.testing.assert_array_equal(getattr(again, split), getattr(corpus, split))
 
 
@@ -298,7 +302,7 @@ def test_token_cache_write_is_atomic(small_root: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(np, "save", crash_midway)
     with pytest.raises(OSError, match="disk full"):
         load_corpus(cfg)
-    tokens_dir = data.cache_root() / "tokens"
+    tokens_dir = cache_root() / "tokens"
     assert not [f for f in tokens_dir.rglob("*") if f.is_file()], "a partial token file was left in the cache"
     monkeypatch.setattr(np, "save", real_save)
     corpus = load_corpus(cfg)
@@ -316,7 +320,7 @@ def test_full_wikitext2_counts(shared_data: Path) -> None:
     """The whole WikiText-2 train split: every non-blank line becomes one <eos>, and BPE splits words."""
     cfg = DataConfig(root=str(shared_data), eval_dir="wikitext-2", vocab_size=2048)
     corpus = load_corpus(cfg)
-    for split in data.SPLITS:
+    for split in sources.SPLITS:
         with open(shared_data / "wikitext-2" / f"wiki.{split}.tokens", encoding="utf-8") as f:
             non_blank = sum(1 for line in f if line.strip())
         assert int((np.asarray(getattr(corpus, split)) == corpus.eos_id).sum()) == non_blank
@@ -411,13 +415,13 @@ def test_eval_blocks_fixed_and_spread() -> None:
 
 
 def test_missing_data_root_names_the_env_var(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv(data.ENV_DATA_DIR, raising=False)
+    monkeypatch.delenv(sources.ENV_DATA_DIR, raising=False)
     with pytest.raises(DataError, match=r"\$LBW_DATA_DIR") as e:
         load_split_text(DataConfig(), "train")
     assert "data.root" in str(e.value)
-    monkeypatch.setenv(data.ENV_DATA_DIR, str(tmp_path / "nowhere"))
+    monkeypatch.setenv(sources.ENV_DATA_DIR, str(tmp_path / "nowhere"))
     with pytest.raises(DataError, match=r"nowhere.*\$LBW_DATA_DIR.*not a folder"):
-        data.data_root(DataConfig())
+        sources.data_root(DataConfig())
 
 
 def test_missing_folder_is_named(small_root: Path) -> None:
