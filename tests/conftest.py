@@ -88,3 +88,12 @@ def make_cfg(shared_data: Path, lbw_cache: Path, torch_threads: None) -> Callabl
         return load_trainer_config(data, overrides)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_data() -> Path:
+    """A small WikiText data root inside the repository (``tests/assets/wikitext``, see ``tests/assets/README.md``):
+    the first whole articles of WikiText-2 train (8), and of valid/test (2 each) in the ``wikitext-2``,
+    ``wikitext-103`` and ``wikitext-2-raw`` layouts, so that data, tokenizer and plant tests need no ``../shared``.
+    Read-only: copy it before editing anything in it."""
+    return Path(__file__).resolve().parent / "assets" / "wikitext"
