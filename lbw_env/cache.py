@@ -78,7 +78,6 @@ def atomic_write_text(target: Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-@contextlib.contextmanager
 def atomic_write_yaml(target: Path, data: Any, header: str = "") -> None:
     """Write ``data`` as YAML (keys in insertion order) to ``target`` atomically, after an optional comment header."""
     import yaml
