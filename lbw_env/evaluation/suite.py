@@ -101,7 +101,7 @@ class SuiteConfig:
     """The arm of the headline table (the paper's guard column)."""
     imports: list[str] = dataclasses.field(default_factory=list)
     """Python modules imported before governors are built, in every worker (e.g. to register a custom
-    governor with the registry of the governor factory, e.g. ``policies.base.register``)."""
+    governor with the registry of the governor factory, e.g. ``policies.register``)."""
 
     def validate(self) -> None:
         """Check every field, including the env mapping, so that a bad suite fails at load time."""
