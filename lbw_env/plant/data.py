@@ -4,8 +4,11 @@ The data flow, one module per stage: text (:mod:`lbw_env.plant.sources`) -> toke
 (:mod:`lbw_env.plant.tokenizer`) -> token cache and batches (here).
 
 1. :func:`load_corpus` tokenizes each split once and caches it as ``.npy`` under
-   ``<cache>/tokens/<key>/<split>.npy`` (keyed by the tokenizer's content and the split's source content),
-   then memory-maps it. Results are also memoised in-process, so an environment reset costs nothing.
+   ``<cache>/tokens/<key>/<split>.npy`` (keyed by the tokenizer's content and the split's source content, with
+   a sha256 digest checked on every load: a zero-filled or truncated array is logged and rebuilt), then
+   memory-maps it. Results are also memoised in-process, so an environment reset costs nothing.
+   :func:`check_data` is the same load plus the size checks a run would otherwise fail on mid-way; the CLIs
+   call it before they create any output.
 2. :class:`BatchStream` cuts a split into blocks of ``seq_len + 1`` tokens and serves a seeded permutation of
    them per epoch; its ``state()`` is two ints, so a run can be checkpointed and resumed exactly.
    :func:`eval_blocks` picks a fixed, evenly spread evaluation subset (no randomness at all).
@@ -26,9 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..cache import atomic_path, cache_root, stable_hash
+from ..cache import cache_root, stable_hash, store_file, verified_file
 from .config import DataConfig
-from .sources import SPLITS, DataError, Split, data_root, load_split_text, source_fingerprint
+from .sources import SPLITS, DataError, Split, data_root, load_split_text, source_fingerprint, split_files
 from .tokenizer import Tokenizer, get_tokenizer
 
 log = logging.getLogger(__name__)
@@ -59,16 +62,23 @@ def _tokens_path(tok: Tokenizer, cfg: DataConfig, split: Split, root: Path) -> P
     return root / "tokens" / key / f"{split}.npy"
 
 
+def _save_npy(ids: np.ndarray, tmp: Path) -> None:
+    with open(tmp, "wb") as f:
+        np.save(f, ids)  # to a file handle: given a path, numpy would append ".npy" to the temporary name
+
+
 def _cached_split(tok: Tokenizer, cfg: DataConfig, split: Split, root: Path) -> np.ndarray:
     path = _tokens_path(tok, cfg, split, root)
-    if not path.is_file():
+    if not verified_file(path, f"{split} token array"):
         lines = load_split_text(cfg, split)
         t0 = time.perf_counter()
         ids = tok.encode_lines(lines)
         log.info("tokenized %s: %d lines -> %d tokens in %.1fs", split, len(lines), ids.size, time.perf_counter() - t0)
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.save(f, ids)  # to a file handle: given a path, numpy would append ".npy" to the temporary name
-    return np.load(path, mmap_mode="r")
+        store_file(path, functools.partial(_save_npy, ids), f"{split} token array")
+    try:
+        return np.load(path, mmap_mode="r")
+    except ValueError as e:  # the digest matched, so this is a numpy that reads the format differently
+        raise DataError(f"token array {path}: unreadable by numpy {np.__version__} ({e}); delete it to rebuild") from e
 
 
 @functools.lru_cache(maxsize=16)
@@ -97,6 +107,37 @@ def load_corpus(cfg: DataConfig, cache_dir: str = "") -> Corpus:
     corpus = _load_full_corpus(tuple(sorted(fields.items())), str(root.resolve()))
     if cfg.max_train_tokens:
         corpus = dataclasses.replace(corpus, train=corpus.train[: cfg.max_train_tokens])
+    return corpus
+
+
+def _where(cfg: DataConfig, split: Split) -> str:
+    """How messages name a split's text: its file(s), or the hub dataset."""
+    if cfg.source == "hub":
+        return f"{split} split of hub dataset {cfg.hub_repo!r}"
+    files = split_files(cfg, split)
+    return f"{split} file {files[0]}" if len(files) == 1 else f"{split} parquet shards in {files[0].parent}"
+
+
+def check_data(cfg: DataConfig, cache_dir: str = "") -> Corpus:
+    """Load (or build) the corpus of ``cfg`` and check what a run needs of it, naming the file that falls short.
+
+    The data root must exist, each split's files must exist, be non-empty and decode (UTF-8 text or parquet);
+    train must hold at least ``batch_size`` blocks of ``seq_len + 1`` tokens (after ``max_train_tokens``), the
+    evaluation splits at least one. This is the load a run does anyway (the caches it fills are the run's), so a
+    check before the first run costs nothing extra and turns a mid-run failure into a one-line error up front.
+    """
+    corpus = load_corpus(cfg, cache_dir)
+    block = cfg.seq_len + 1
+    for split, need in (("train", cfg.batch_size), ("valid", 1), ("test", 1)):
+        tokens = getattr(corpus, split)
+        blocks = _n_blocks(tokens, cfg.seq_len)
+        if blocks < need:
+            capped = split == "train" and cfg.max_train_tokens
+            cut = f" (data.max_train_tokens={cfg.max_train_tokens})" if capped else ""
+            raise DataError(
+                f"{_where(cfg, split)}: {len(tokens)} tokens{cut} make {blocks} blocks of seq_len+1={block}; "
+                f"expected at least {need} ({'data.batch_size' if split == 'train' else 'one evaluation block'})"
+            )
     return corpus
 
 

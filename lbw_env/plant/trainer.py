@@ -283,7 +283,9 @@ def ensure_base_checkpoint(cfg: TrainerConfig, corpus: Corpus | None = None) -> 
 
     Pretraining: ``base_steps`` steps of cosine AdamW at ``base_lr`` with warmup, seed 0, no faults, no
     governor. Stored in ``save_pretrained`` format under ``<cache>/base/<preset>-<hash>``, built atomically,
-    with ``lbw_base.json`` recording its validation perplexity.
+    with ``lbw_base.json`` recording its validation perplexity and ``lbw_manifest.json`` (written last) the
+    sha256 of every file: each call verifies the folder against it, so a corrupted checkpoint (even one of the
+    same size) is logged, rebuilt and never loaded (:func:`lbw_env.cache.cached_dir`).
     """
     key = base_checkpoint_key(cfg)
     target = cache_root(cfg.runtime.cache_dir) / "base" / f"{cfg.model.preset}-{stable_hash(key)}"
@@ -308,4 +310,4 @@ def ensure_base_checkpoint(cfg: TrainerConfig, corpus: Corpus | None = None) -> 
         meta = {"key": key, "valid_ppl": result.ppl, "seconds": time.perf_counter() - t0}
         (tmp / "lbw_base.json").write_text(json.dumps(meta, indent=2))
 
-    return cached_dir(target, build)
+    return cached_dir(target, build, "base checkpoint")
