@@ -284,7 +284,14 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         key = key.strip()
         if not key or any(not part for part in key.split(".")):
             raise ConfigError(f"override {item!r}: empty key")
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            problem = " ".join(str(getattr(e, "problem", "") or e).split())
+            raise ConfigError(
+                f"override {item!r}: the value is not valid YAML ({problem}); quote it or fix the brackets, "
+                "e.g. key=[a,b] or key='text'"
+            ) from None
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
@@ -312,15 +319,6 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
         else:
             out[k] = v
     return out
-
-
-def fix_yaml_floats(data: Any) -> Any:
-    """Deprecated: :func:`from_dict` now reads ``1e-3`` strings as floats itself; callers need not fix them.
-
-    PyYAML (YAML 1.1) reads ``1e-3`` as a string; this turns such strings back into floats, recursively. Kept
-    only until the last callers are gone.
-    """
-    return _untyped_floats(data)
 
 
 def load(cls: type[T], data: Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> T:

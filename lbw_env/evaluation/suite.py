@@ -26,7 +26,6 @@ from ..config import (
     check,
     config_dir,
     deep_merge,
-    fix_yaml_floats,
     from_dict,
     parse_overrides,
     read_yaml,
@@ -124,7 +123,7 @@ class SuiteConfig:
         data = dict(self.env)
         data["scenarios"] = list(self.scenarios)
         data["trainer_overrides"] = [*(data.get("trainer_overrides") or []), *extra_overrides]
-        return from_dict(EnvConfig, fix_yaml_floats(data), "env")
+        return from_dict(EnvConfig, data, "env")
 
 
 def suites_dir() -> Path:
@@ -167,7 +166,7 @@ def load_suite(
         path = suite_path(spec)
         where, data, stem = str(path), read_yaml(path), path.stem
     try:
-        merged = deep_merge(fix_yaml_floats(data), fix_yaml_floats(parse_overrides(overrides)))
+        merged = deep_merge(data, parse_overrides(overrides))
         if governors:
             merged["arms"] = list(governors)
         suite = from_dict(SuiteConfig, _normalise_arms(merged))
