@@ -33,19 +33,28 @@ class DataError(ValueError):
 
 
 def data_root(cfg: DataConfig) -> Path:
-    """The data root: ``cfg.root`` if set, else ``$LBW_DATA_DIR``. It must be an existing folder."""
+    """The data root: ``cfg.root`` if set, else ``$LBW_DATA_DIR``, as an absolute path to an existing folder.
+
+    A relative root is resolved against the working directory *now*, where it is read: the absolute path stays
+    right after a later ``chdir`` (a test's ``tmp_path``, a worker started elsewhere), the relative one would not.
+    """
     if cfg.root:
         root, origin = cfg.root, "data.root"
     else:
         root, origin = os.environ.get(ENV_DATA_DIR, ""), f"${ENV_DATA_DIR}"
-        if not root:
+        if not root.strip():
             raise DataError(
                 f"no data root: set data.root (DataConfig.root) or ${ENV_DATA_DIR} to a folder holding WikiText "
                 "folders such as wikitext-2/wiki.train.tokens"
             )
-    path = Path(root).expanduser()
+    given = Path(root).expanduser()
+    path = given.resolve()
     if not path.is_dir():
-        raise DataError(f"data root {path} (from {origin}): not a folder; expected a folder of WikiText folders")
+        relative = "" if given.is_absolute() else f", relative to the working directory {Path.cwd()}"
+        what = "not a folder (a file)" if path.exists() else "not a folder (nothing there)"
+        raise DataError(
+            f"data root {path} (from {origin}={root!r}{relative}): {what}; expected a folder of WikiText folders"
+        )
     return path
 
 
