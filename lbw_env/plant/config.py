@@ -146,14 +146,18 @@ class OptimConfig:
 
     def validate(self) -> None:
         check(math.isfinite(self.lr) and self.lr > 0, "lr", "a positive finite float", self.lr)
-        check(self.weight_decay >= 0, "weight_decay", "a float >= 0", self.weight_decay)
+        # Comparisons alone let inf through (inf >= 0); NaN fails them, but say "finite" for both.
+        finite = math.isfinite
+        wd = self.weight_decay
+        check(finite(wd) and wd >= 0, "weight_decay", "a finite float >= 0", wd)
         check(0 <= self.beta1 < 1, "beta1", "a float in [0, 1)", self.beta1)
         check(0 <= self.beta2 < 1, "beta2", "a float in [0, 1)", self.beta2)
-        check(self.eps > 0, "eps", "a positive float", self.eps)
+        check(finite(self.eps) and self.eps > 0, "eps", "a positive finite float", self.eps)
         check(self.warmup_steps >= 0, "warmup_steps", "an int >= 0", self.warmup_steps)
         check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "a float in [0, 1]", self.min_lr_ratio)
         check(self.steps >= 1, "steps", "an int >= 1", self.steps)
-        check(self.clip_norm >= 0, "clip_norm", "a float >= 0 (0: off)", self.clip_norm)
+        clip = self.clip_norm
+        check(finite(clip) and clip >= 0, "clip_norm", "a finite float >= 0 (0: off)", clip)
 
 
 @dataclasses.dataclass
