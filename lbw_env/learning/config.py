@@ -9,6 +9,7 @@ spec must resolve, so that a typo fails in a second instead of after minutes of 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,8 +42,14 @@ class NormalizeConfig:
     """Clip normalised rewards to ``[-clip_reward, clip_reward]``."""
 
     def validate(self) -> None:
-        check(self.clip_obs > 0, "clip_obs", "a positive float", self.clip_obs)
-        check(self.clip_reward > 0, "clip_reward", "a positive float", self.clip_reward)
+        # ``inf > 0`` holds: a non-finite clip would disable clipping while looking like a bound.
+        check(math.isfinite(self.clip_obs) and self.clip_obs > 0, "clip_obs", "a positive finite float", self.clip_obs)
+        check(
+            math.isfinite(self.clip_reward) and self.clip_reward > 0,
+            "clip_reward",
+            "a positive finite float",
+            self.clip_reward,
+        )
 
 
 @dataclasses.dataclass
@@ -133,7 +140,8 @@ class TrainConfig:
         check(self.seed >= 0, "seed", "an int >= 0", self.seed)
         check(self.checkpoint_freq >= 0, "checkpoint_freq", "an int >= 0 (0: no checkpoints)", self.checkpoint_freq)
         check(self.log_interval >= 1, "log_interval", "an int >= 1", self.log_interval)
-        check(self.max_minutes >= 0, "max_minutes", "a float >= 0 (0: no limit)", self.max_minutes)
+        minutes = self.max_minutes
+        check(math.isfinite(minutes) and minutes >= 0, "max_minutes", "a finite float >= 0 (0: no limit)", minutes)
         check(not self.resume or self.resume.endswith(".zip"), "resume", "a checkpoint .zip path", self.resume)
         env_cfg = self.env_config()
         if self.algo == "sac" and env_cfg.envelope.action_mode != "continuous":
