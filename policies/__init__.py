@@ -1,10 +1,11 @@
 """Governors: rule governors (the LBW guard, literature baselines), learned SB3 governors, and their registry.
 
-``make_governor(spec, envelope)`` builds any of them from a spec string; the CLIs hand it to the ``lbw_env``
-engine, which never imports this package. Modules: :mod:`.base` (action codec, rule base class), :mod:`.rules`,
-:mod:`.sb3`, :mod:`.registry` (names -> builders).
+``make_governor(spec, envelope)`` builds any of them from a spec string; the CLIs hand it (or, for
+``--trust-pickle``, ``make_trusted_governor``) to the ``lbw_env`` engine, which never imports this package.
+Modules: :mod:`.base` (action codec, rule base class), :mod:`.rules`, :mod:`.sb3`, :mod:`.registry`
+(names -> builders).
 """
 
-from .registry import available, make_governor, register
+from .registry import available, make_governor, make_trusted_governor, register
 
-__all__ = ["available", "make_governor", "register"]
+__all__ = ["available", "make_governor", "make_trusted_governor", "register"]

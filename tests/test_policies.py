@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lbw_env.config import ConfigError
+from lbw_env.config import ConfigError, config_dir
 from lbw_env.control.envelope import Envelope, EnvelopeConfig
 from lbw_env.control.features import FEATURE_NAMES, ObservationView
 from lbw_env.control.protocol import Governor
-from policies import available, make_governor, register, registry
+from policies import available, make_governor, make_trusted_governor, register, registry
 from policies.base import ActionCodec
 from policies.rules import ConstantGovernor, GuardConfig, LBWGuard, load_guard_config
 
@@ -54,7 +54,7 @@ def test_registry_names_and_errors() -> None:
         make_governor("nope")
     with pytest.raises(ConfigError, match="model file not found"):
         make_governor("ppo:/nonexistent/model.zip")
-    with pytest.raises(ConfigError, match="expected ppo:<path"):
+    with pytest.raises(ConfigError, match="expected ppo:<governor folder"):
         make_governor("ppo")
 
 
@@ -62,7 +62,7 @@ def test_specs_carry_their_argument() -> None:
     cfg = EnvelopeConfig()
     assert make_governor("skip_step:4.5", cfg).gate == 4.5  # type: ignore[attr-defined]
     assert make_governor("ewm_skip:1.5", cfg).ratio == 1.5  # type: ignore[attr-defined]
-    guard_yaml = "configs/governors/lbw_guard.yaml"
+    guard_yaml = config_dir() / "governors" / "lbw_guard.yaml"  # absolute: tests must not depend on the cwd
     assert make_governor(f"lbw_guard:{guard_yaml}", cfg).gcfg == GuardConfig()  # type: ignore[attr-defined]
 
 
@@ -77,6 +77,14 @@ def test_make_governor_pickles_by_reference_and_custom_names_register(monkeypatc
 
     assert "test_half_lr" in available()
     assert make_governor("test_half_lr").target == 0.5  # type: ignore[attr-defined]
+
+
+def test_learned_names_are_reserved_and_the_trusted_factory_pickles() -> None:
+    """``--trust-pickle`` hands the engine ``make_trusted_governor``: a module-level name, like make_governor."""
+    assert pickle.loads(pickle.dumps(make_trusted_governor)) is make_trusted_governor
+    assert make_trusted_governor("adamw").target == 1.0  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="reserved for learned governors"):
+        register("ppo")
 
 
 def test_adamw_is_the_neutral_action() -> None:

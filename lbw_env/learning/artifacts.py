@@ -1,19 +1,25 @@
-"""What a training run leaves on disk, named in one place: run folders, checkpoints and VecNormalize statistics.
+"""What a training run leaves on disk, named in one place: run folders, governor files, checkpoints and
+VecNormalize statistics.
 
-A model is only usable with the observation statistics it was trained (or evaluated) with, so every model file
+Two kinds of model file. A *governor file* (:mod:`.policy_file`: JSON manifest, safetensors weights, JSON
+statistics) is what to share and evaluate: loading it runs no code. SB3's own ``.zip`` + ``.pkl`` are what
+SB3 needs to resume training; reading them runs pickle, so ``policies`` loads them only on an explicit opt-in.
+A model is only usable with the observation statistics it was trained (or evaluated) with, so every SB3 model
 has a companion ``.pkl``; :func:`vecnormalize_path` is the one rule that finds it, for the trainer (resume) and
-for ``policies.sb3`` (a governor from a ``.zip``). The layout::
+for ``policies.sb3`` (a trusted governor from a ``.zip``). The layout::
 
     <run>/config.yaml, env.yaml             resolved TrainConfig (resume= reads it) and env config + eval episodes
-    <run>/best_model.zip, vecnormalize.pkl  best on the held-out episodes, with the statistics it was evaluated with
-    <run>/final/model.zip, vecnormalize.pkl the model at the end of training
+    <run>/best_model/                       governor file of the best model on the held-out episodes
+    <run>/best_model.zip, vecnormalize.pkl  the same model for SB3, with the statistics it was evaluated with
+    <run>/final/model/                      governor file of the model at the end of training
+    <run>/final/model.zip, vecnormalize.pkl the same for SB3
     <run>/checkpoints/model_<N>_steps.zip   + model_vecnormalize_<N>_steps.pkl (+ model_replay_buffer_<N>_steps.pkl)
     <run>/monitor/<i>.monitor.csv, eval.monitor.csv
     <run>/evaluations.npz, learning_curve.png, summary.json, tb/<ALGO>_1/
 
 SB3 fixes some of these names itself (``EvalCallback`` writes ``best_model.zip`` and ``evaluations.npz``,
 ``CheckpointCallback`` the ``<prefix>_<N>_steps`` files); they are restated here so the rest of the code and
-its readers have one place to look.
+its readers have one place to look. A governor file sits beside its zip under the zip's name without ``.zip``.
 """
 
 from __future__ import annotations
@@ -57,12 +63,22 @@ class RunFolder:
         return self.root / VECNORM_FILE
 
     @property
+    def best_governor(self) -> Path:
+        """The governor file of ``best_model.zip`` (``ppo:<run>/best_model``)."""
+        return self.root / "best_model"
+
+    @property
     def final_model(self) -> Path:
         return self.root / "final" / "model.zip"
 
     @property
     def final_vecnormalize(self) -> Path:
         return self.root / "final" / VECNORM_FILE
+
+    @property
+    def final_governor(self) -> Path:
+        """The governor file of ``final/model.zip`` (``ppo:<run>/final/model``)."""
+        return self.root / "final" / "model"
 
     @property
     def checkpoints(self) -> Path:
