@@ -28,6 +28,7 @@ from stable_baselines3.common.utils import configure_logger
 from stable_baselines3.common.vec_env import VecNormalize
 
 from lbw_env.config import ConfigError, to_dict
+from lbw_env.control.compat import GovernanceSettings
 
 from .algos import OFF_POLICY, algo_class, sb3_kwargs
 from .artifacts import (
@@ -43,6 +44,7 @@ from .artifacts import (
 from .callbacks import HeldOutEvalCallback, SaveVecNormalizeCallback, TelemetryCallback, WallClockLimit
 from .config import TrainConfig
 from .plots import plot_learning_curve
+from .policy_file import save_policy_file
 from .vec_env import make_eval_env, make_training_env
 
 
@@ -96,7 +98,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         seconds = _learn(model, cfg, callbacks, segment, tb, progress_bar, eval_cb)
         # The final model competes for best_model.zip too (and a run shorter than eval_freq gets one evaluation).
         eval_cb.evaluate_now()
-        _save_final(model, venv, run)
+        _save_final(model, venv, run, cfg)
         curve = plot_learning_curve(run.root)
         summary = _summary(cfg, model, segment, seconds, eval_cb, clock, episodes, curve)
         run.write_summary(summary)
@@ -162,9 +164,11 @@ def _per_env(cfg: TrainConfig, timesteps: int) -> int:
 def _eval_callback(cfg: TrainConfig, eval_env: VecNormalize, n_episodes: int, seg: Segment) -> HeldOutEvalCallback:
     """Held-out evaluation that saves ``best_model.zip`` with its statistics (history continued on resume)."""
     run = seg.run
+    # best_model.zip is SB3's (EvalCallback writes it); its statistics and governor file follow it.
+    on_new_best = CallbackList([SaveVecNormalizeCallback(run.best_vecnormalize), SaveGovernorCallback(run, cfg)])
     eval_cb = HeldOutEvalCallback(
         eval_env,
-        callback_on_new_best=SaveVecNormalizeCallback(run.best_vecnormalize),
+        callback_on_new_best=on_new_best,
         n_eval_episodes=n_episodes,
         eval_freq=_per_env(cfg, cfg.eval.eval_freq) if cfg.eval.eval_freq else 0,
         log_path=str(run.root),  # SB3 writes <log_path>/evaluations.npz
@@ -256,14 +260,41 @@ def _summary(
         "eval_episodes": [list(e) for e in episodes],
         "best_model": str(run.best_model) if run.best_model.is_file() else None,
         "final_model": str(run.final_model),
+        # Governor files: what to evaluate and share (evaluate.py --governors <algo>:<path>; no pickle).
+        "best_governor": str(run.best_governor) if run.best_governor.is_dir() else None,
+        "final_governor": str(run.final_governor),
         "learning_curve": str(curve) if curve else None,
     }
 
 
-def _save_final(model: Any, venv: VecNormalize, run: RunFolder) -> None:
+def _save_final(model: Any, venv: VecNormalize, run: RunFolder, cfg: TrainConfig) -> None:
     run.final_model.parent.mkdir(exist_ok=True)
     model.save(str(run.final_model))
     save_vecnormalize(venv, run.final_vecnormalize)
+    save_governor(model, run.final_governor, cfg)
+
+
+def save_governor(model: Any, path: Path, cfg: TrainConfig) -> Path:
+    """The governor file of ``model`` (:mod:`.policy_file`): what to share and evaluate, since loading it runs
+    no code, and it carries the env settings of training so that it is deployed with them."""
+    info = {"env_id": cfg.env_id, "num_timesteps": int(model.num_timesteps), "seed": cfg.seed}
+    settings = GovernanceSettings.of(cfg.env_config())
+    return save_policy_file(
+        model, path, settings, algorithm=cfg.algo, vecnormalize=model.get_vec_normalize_env(), info=info
+    )
+
+
+class SaveGovernorCallback(BaseCallback):
+    """Write the governor file of a new best model beside ``best_model.zip`` (as ``callback_on_new_best``)."""
+
+    def __init__(self, run: RunFolder, cfg: TrainConfig) -> None:
+        super().__init__()
+        self.path = run.best_governor
+        self.cfg = cfg
+
+    def _on_step(self) -> bool:
+        save_governor(self.model, self.path, self.cfg)
+        return True
 
 
 # ----------------------------------------------------------------------------------------------------------
