@@ -31,7 +31,7 @@ from lbw_env.control.compat import GovernanceSettings, check_compatible, check_s
 from lbw_env.control.envelope import EnvelopeConfig
 from lbw_env.control.governance import GovernanceConfig
 from lbw_env.evaluation import load_suite, run_suite
-from lbw_env.integrations.loop import resolve_governor
+from lbw_env.integrations.loop import GovernedLoop
 from lbw_env.learning import convert
 from lbw_env.learning.policy_file import MANIFEST, MEMBERS, NORMALIZER, WEIGHTS, load_policy_file, save_policy_file
 from policies import make_governor, make_trusted_governor
@@ -282,8 +282,9 @@ def test_crafted_sb3_zip_is_refused_before_it_can_run(tmp_path: Path) -> None:
     suite = {"name": "evil", "scenarios": ["tiny/ref"], "arms": [spec], "seeds": 1}
     with pytest.raises(ConfigError, match="--trust-pickle"):
         run_suite(load_suite(suite), tmp_path / "out", make_governor=make_governor)
+    optimizer = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters())
     with pytest.raises(ConfigError, match="--trust-pickle"):
-        resolve_governor(spec, EnvelopeConfig(), make_governor)
+        GovernedLoop(optimizer, spec, total_steps=8, vocab_size=16, make_governor=make_governor)
     suite_file = tmp_path / "evil.yaml"
     suite_file.write_text(yaml.safe_dump(suite))
     assert evaluate.main(["--suite", str(suite_file), "--out", str(tmp_path / "cli"), "--no-plots"]) == 2
