@@ -114,6 +114,10 @@ def test_run_folder_holds_config_models_statistics_logs_and_curve(trained: Path)
         "vecnormalize.pkl",
         "final/model.zip",
         "final/vecnormalize.pkl",
+        "best_model/manifest.json",  # governor files (no pickle) beside SB3's zips
+        "best_model/policy.safetensors",
+        "best_model/vecnormalize.json",
+        "final/model/manifest.json",
         "evaluations.npz",
         "learning_curve.png",
         "summary.json",
@@ -170,9 +174,14 @@ def test_tensorboard_metrics_are_grouped(trained: Path) -> None:
 
 
 def test_saved_model_is_a_governor_for_evaluate_py(trained: Path, tmp_path: Path) -> None:
-    best = make_governor(f"ppo:{trained / 'best_model.zip'}")
-    assert best.obs_rms is not None  # type: ignore[attr-defined]  # vecnormalize.pkl beside it was found
-    checkpoint = make_governor(f"ppo:{trained / 'checkpoints' / 'model_16_steps.zip'}")
+    best = make_governor(f"ppo:{trained / 'best_model'}")  # the governor file: no pickle, settings included
+    assert best.obs_rms is not None  # type: ignore[attr-defined]  # its vecnormalize.json
+    assert best.settings.decision_interval == ENV["decision_interval"]  # type: ignore[attr-defined]
+    # It is the model of best_model.zip (+ vecnormalize.pkl), which only loads when trusted.
+    legacy = make_governor(f"ppo:{trained / 'best_model.zip'}", trust_pickle=True)
+    obs = np.random.default_rng(0).uniform(-5, 5, (8, *best.observation_space.shape)).astype(np.float32)  # type: ignore[attr-defined]
+    assert np.array_equal(best.predict(obs, deterministic=True)[0], legacy.predict(obs, deterministic=True)[0])
+    checkpoint = make_governor(f"ppo:{trained / 'checkpoints' / 'model_16_steps.zip'}", trust_pickle=True)
     with open(trained / "checkpoints" / "model_vecnormalize_16_steps.pkl", "rb") as f:
         own = pickle.load(f).obs_rms
     assert np.array_equal(checkpoint.obs_rms.mean, own.mean)  # type: ignore[attr-defined]  # its own statistics
@@ -180,7 +189,7 @@ def test_saved_model_is_a_governor_for_evaluate_py(trained: Path, tmp_path: Path
     suite = {
         "name": "learned_test",
         "scenarios": ["tiny:heldout"],
-        "arms": [{"label": "ppo", "governor": f"ppo:{trained / 'best_model.zip'}"}, "adamw"],
+        "arms": [{"label": "ppo", "governor": f"ppo:{trained / 'best_model'}"}, "adamw"],
         "seeds": 1,
         "env": dict(ENV),  # the settings the model was trained with
     }
@@ -311,7 +320,7 @@ def test_learned_suite_evaluates_the_artifact_with_its_training_env() -> None:
     train = learning.load_config(REPO / "configs" / "train" / "ppo_tiny_artifact.yaml")
     suite = load_suite(REPO / "configs" / "suites" / "learned.yaml")
     arms = {a.label: a.governor for a in suite.arms}
-    assert arms["ppo"] == f"ppo:{train.run_dir}/best_model.zip"
+    assert arms["ppo"] == f"ppo:{train.run_dir}/best_model"
     assert {"adamw", "lbw_guard"} <= set(arms) and suite.seeds == 5
     # Same decision interval, window, envelope, reward and trainer overrides as in training (threads aside).
     trained_env = to_dict(train.env_config(suite.scenarios))
@@ -381,5 +390,5 @@ def test_rl_zoo3_trains_with_the_shipped_hyperparameters(lbw: None, tmp_path: Pa
     saved = tmp_path / "logs" / "ppo" / "LBW-WikiText-Tiny-v0_1"
     assert (saved / "LBW-WikiText-Tiny-v0" / "vecnormalize.pkl").is_file()
     # The zoo's model is a governor too, normalised with the zoo's statistics.
-    governor = make_governor(f"ppo:{saved / 'LBW-WikiText-Tiny-v0.zip'}")
+    governor = make_governor(f"ppo:{saved / 'LBW-WikiText-Tiny-v0.zip'}", trust_pickle=True)
     assert governor.obs_rms is not None  # type: ignore[attr-defined]
