@@ -62,7 +62,8 @@ class SB3Governor:
         """SB3's zip and its pickled statistics: refused unless ``trust_pickle`` (reading them runs pickle)."""
         spec = spec or f"{algo}:{path}"
         model, vn = load_sb3_zip(algo, path, trust_pickle=trust_pickle, spec=spec)
-        return cls(model.policy, ObsNormalizer.of_vecnormalize(vn), settings=run_settings(path), spec=spec)
+        settings = run_settings(path, model.policy)  # the run folder's env.yaml, checked against the policy
+        return cls(model.policy, ObsNormalizer.of_vecnormalize(vn), settings=settings, spec=spec)
 
     @property
     def observation_space(self) -> gym.Space:

@@ -248,6 +248,12 @@ def test_sb3_zip_needs_trust_and_converts_to_identical_actions(tmp_path: Path, c
         make_governor(f"ppo:{zip_path}")
 
 
+def test_a_run_folder_whose_settings_contradict_the_model_is_refused(tmp_path: Path) -> None:
+    zip_path = legacy_run(tmp_path, make_model(), GovernanceSettings(8, 5, SETTINGS.envelope))  # window 5 != 4
+    with pytest.raises(ConfigError, match=r"env\.yaml: observation space does not match"):
+        make_governor(f"ppo:{zip_path}", trust_pickle=True)
+
+
 def test_conversion_without_settings_asks_for_them(tmp_path: Path) -> None:
     model = make_model()
     zip_path = tmp_path / "model.zip"

@@ -41,7 +41,7 @@ def convert(
     src = Path(model_zip)
     model, vn = load_sb3_zip(algo, src, trust_pickle=trust_pickle, spec=f"{algo}:{src}")
     if settings is None:
-        settings = run_settings(src)
+        settings = run_settings(src, model.policy)
     if settings is None:
         raise ConfigError(f"{src}: no env.yaml in its run folder; pass --env-yaml (the settings it trained with)")
     target = Path(out) if out is not None else src.with_suffix("")

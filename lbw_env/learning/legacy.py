@@ -21,6 +21,7 @@ from lbw_env.control.compat import GovernanceSettings
 
 from .algos import algo_class
 from .artifacts import vecnormalize_path
+from .policy_file import check_spaces
 
 ENV_YAML = "env.yaml"
 
@@ -59,13 +60,19 @@ def load_sb3_zip(algo: str, path: str | Path, *, trust_pickle: bool = False, spe
     return model, vn
 
 
-def run_settings(model_path: str | Path) -> GovernanceSettings | None:
+def run_settings(model_path: str | Path, policy: Any = None) -> GovernanceSettings | None:
     """The settings a legacy model was trained with, from its run folder's ``env.yaml`` (train_policy.py writes
-    it beside ``best_model.zip``, one level above ``final/model.zip`` and ``checkpoints/``). None if absent."""
+    it beside ``best_model.zip``, one level above ``final/model.zip`` and ``checkpoints/``). None if absent.
+
+    With the model's ``policy``, settings that describe other spaces than the policy's are a ConfigError: a
+    governor must not carry settings it cannot act under."""
     p = Path(model_path)
     for folder in (p.parent, p.parent.parent):
         if (folder / ENV_YAML).is_file():
-            return settings_from_env_yaml(folder / ENV_YAML)
+            settings = settings_from_env_yaml(folder / ENV_YAML)
+            if policy is not None:
+                check_spaces(policy.observation_space, policy.action_space, settings, f"{folder / ENV_YAML}")
+            return settings
     return None
 
 

@@ -119,7 +119,7 @@ def save_policy_file(
     if algorithm not in ALGOS:
         raise ConfigError(f"algorithm {algorithm!r}: expected one of {', '.join(ALGOS)}")
     policy = model.policy
-    _check_spaces(policy.observation_space, policy.action_space, settings, f"saving {path}")
+    check_spaces(policy.observation_space, policy.action_space, settings, f"saving {path}")
     normalizer = vecnormalize
     if not isinstance(normalizer, ObsNormalizer):
         normalizer = ObsNormalizer.of_vecnormalize(vecnormalize)
@@ -241,7 +241,7 @@ def load_policy_file(path: str | Path, algorithm: str | None = None) -> PolicyFi
     settings = GovernanceSettings.from_dict(_mapping(manifest, "settings", where), f"{where}: settings")
     obs_space = space_from_json(manifest["observation_space"], f"{where}: observation_space")
     act_space = space_from_json(manifest["action_space"], f"{where}: action_space")
-    _check_spaces(obs_space, act_space, settings, where)
+    check_spaces(obs_space, act_space, settings, where)
     normalizer = None
     if manifest["normalizer"] is not None:
         if NORMALIZER not in manifest["files"]:
@@ -312,7 +312,7 @@ def _mapping(manifest: Mapping[str, Any], key: str, where: str) -> Mapping[str, 
     return value
 
 
-def _check_spaces(obs: gym.Space, act: gym.Space, settings: GovernanceSettings, where: str) -> None:
+def check_spaces(obs: gym.Space, act: gym.Space, settings: GovernanceSettings, where: str) -> None:
     """The spaces must be those the settings produce: a file cannot claim one behaviour and hold another."""
     diff = space_difference(settings.observation_space(), obs)
     if diff:
