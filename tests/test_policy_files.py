@@ -33,6 +33,7 @@ from lbw_env.control.governance import GovernanceConfig
 from lbw_env.evaluation import load_suite, run_suite
 from lbw_env.integrations.loop import GovernedLoop
 from lbw_env.learning import convert
+from lbw_env.learning.artifacts import checkpoint_timesteps
 from lbw_env.learning.policy_file import MANIFEST, MEMBERS, NORMALIZER, WEIGHTS, load_policy_file, save_policy_file
 from policies import make_governor, make_trusted_governor
 from policies.sb3 import SB3Governor
@@ -295,6 +296,7 @@ def test_crafted_sb3_zip_is_refused_before_it_can_run(tmp_path: Path) -> None:
     suite_file.write_text(yaml.safe_dump(suite))
     assert evaluate.main(["--suite", str(suite_file), "--out", str(tmp_path / "cli"), "--no-plots"]) == 2
     assert convert.main([str(evil)]) == 2
+    assert checkpoint_timesteps(evil) == 0  # train_policy.py resume= reads the step count as plain JSON
     assert not marker.exists() and not (tmp_path / "out").exists()
     # The payload is real: trusting the file runs it.
     with contextlib.suppress(ConfigError):

@@ -28,6 +28,7 @@ import dataclasses
 import datetime as _dt
 import json
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -168,16 +169,17 @@ def vecnormalize_path(model_path: str | Path) -> Path | None:
 
 
 def checkpoint_timesteps(checkpoint: Path) -> int:
-    """``num_timesteps`` saved in an SB3 model zip (read without building the model)."""
-    from stable_baselines3.common.save_util import load_from_zip_file
-
+    """``num_timesteps`` saved in an SB3 model zip, read from its ``data`` JSON as plain JSON: SB3's own reader
+    would unpickle the ``:serialized:`` fields, running code from the file before the config is even checked."""
     try:
-        data, _, _ = load_from_zip_file(str(checkpoint), device="cpu")
-    except Exception as e:  # SB3 raises many kinds for a corrupt or foreign file
-        raise ConfigError(f"resume: {checkpoint} is not an SB3 model zip ({type(e).__name__}: {e})") from e
-    if not data or "num_timesteps" not in data:
+        with zipfile.ZipFile(checkpoint) as zf:
+            data = json.loads(zf.read("data"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+        raise ConfigError(f"resume: {checkpoint} is not an SB3 model zip ({type(e).__name__}: {e})") from None
+    steps = data.get("num_timesteps") if isinstance(data, dict) else None
+    if not isinstance(steps, int) or isinstance(steps, bool):
         raise ConfigError(f"resume: {checkpoint} has no saved num_timesteps")
-    return int(data["num_timesteps"])
+    return steps
 
 
 def save_vecnormalize(venv: Any, path: Path) -> None:
