@@ -218,6 +218,10 @@ class TrainerConfig:
     """``finetune``: optimizer steps used to pretrain (once, then cached) the base checkpoint at ``base_lr``."""
     base_lr: float = 3e-3
     """``finetune``: the safe LR at which the base checkpoint is pretrained (cosine, with warmup)."""
+    base_seed: int | None = None
+    """``finetune``: seed of the base checkpoint's pretraining (initialisation and batch order); None: 0, the
+    one shared base of every scenario before the test splits. Test scenarios of fine-tune families use another
+    base (e.g. 1), so that what is reported was never fine-tuned from the weights used for training and tuning."""
     faults: list[FaultConfig] = dataclasses.field(default_factory=list)
     """Injected runtime faults (LR shocks, bad batches, NaN losses, gradient noise)."""
 
@@ -229,6 +233,7 @@ class TrainerConfig:
             "0 unless regime is finetune or model.pretrained is set (LoRA adapts loaded weights)",
             self.model.lora.r,
         )
+        check(self.base_seed is None or self.base_seed >= 0, "base_seed", "an int >= 0 or null", self.base_seed)
         check(
             math.isfinite(self.base_lr) and self.base_lr > 0,
             "base_lr",

@@ -275,14 +275,22 @@ def base_checkpoint_key(cfg: TrainerConfig) -> dict[str, Any]:
     # Not LoRA: the base is pretrained full-parameter, and LoRA and full fine-tunes share it.
     model = {k: v for k, v in to_dict(cfg.model).items() if k not in ("device", "dtype", "pretrained", "lora")}
     data = {k: v for k, v in to_dict(cfg.data).items() if k not in ("eval_blocks", "root")}
-    return {"model": model, "data": data, "steps": cfg.base_steps, "lr": cfg.base_lr, "version": 1}
+    key = {"model": model, "data": data, "steps": cfg.base_steps, "lr": cfg.base_lr, "version": 1}
+    if base_seed(cfg):  # seed 0 (and None) keep the key of the bases cached before base_seed existed
+        key["seed"] = base_seed(cfg)
+    return key
+
+
+def base_seed(cfg: TrainerConfig) -> int:
+    """The seed the base checkpoint is pretrained with: ``base_seed``, or 0 when unset."""
+    return 0 if cfg.base_seed is None else cfg.base_seed
 
 
 def ensure_base_checkpoint(cfg: TrainerConfig, corpus: Corpus | None = None) -> Path:
     """The cached base model of ``cfg``'s preset, pretrained once from scratch at a safe LR.
 
-    Pretraining: ``base_steps`` steps of cosine AdamW at ``base_lr`` with warmup, seed 0, no faults, no
-    governor. Stored in ``save_pretrained`` format under ``<cache>/base/<preset>-<hash>``, built atomically,
+    Pretraining: ``base_steps`` steps of cosine AdamW at ``base_lr`` with warmup, seed :func:`base_seed`, no
+    faults, no governor. Stored in ``save_pretrained`` format under ``<cache>/base/<preset>-<hash>``, built atomically,
     with ``lbw_base.json`` recording its validation perplexity and ``lbw_manifest.json`` (written last) the
     sha256 of every file: each call verifies the folder against it, so a corrupted checkpoint (even one of the
     same size) is logged, rebuilt and never loaded (:func:`lbw_env.cache.cached_dir`).
@@ -297,7 +305,7 @@ def ensure_base_checkpoint(cfg: TrainerConfig, corpus: Corpus | None = None) -> 
         model = dataclasses.replace(cfg.model, lora=LoRAConfig())  # pretraining is full-parameter
         pre_cfg = dataclasses.replace(
             cfg, regime="scratch", optim=optim, faults=[], model=model,
-            runtime=dataclasses.replace(cfg.runtime, seed=0),
+            runtime=dataclasses.replace(cfg.runtime, seed=base_seed(cfg)),
         )  # fmt: skip
         trainer = Plant(pre_cfg, corpus)
         t0 = time.perf_counter()
