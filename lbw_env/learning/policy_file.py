@@ -28,6 +28,7 @@ import re
 import shutil
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,7 @@ def is_policy_file(path: str | Path) -> bool:
     if p.name == MANIFEST:
         return p.is_file()
     if p.is_file() and zipfile.is_zipfile(p):
-        with zipfile.ZipFile(p) as zf:
+        with contextlib.suppress(zipfile.BadZipFile), zipfile.ZipFile(p) as zf:
             return MANIFEST in zf.namelist()
     return False
 
@@ -270,15 +271,18 @@ def _read_members(p: Path, where: str) -> dict[str, bytes]:
         return out
     if not (p.is_file() and zipfile.is_zipfile(p)):
         raise ConfigError(f"{where}: not a governor folder, {MANIFEST} or governor zip")
-    with zipfile.ZipFile(p) as zf:
-        infos = zf.infolist()
-        unknown = sorted({i.filename for i in infos} - set(MEMBERS))
-        if unknown or MANIFEST not in zf.namelist():
-            found = ", ".join(unknown) or f"no {MANIFEST}"
-            raise ConfigError(f"{where}: a governor zip holds only {', '.join(MEMBERS)}; found {found}")
-        if any(i.file_size > MAX_BYTES for i in infos):
-            raise ConfigError(f"{where}: a member is larger than {MAX_BYTES} bytes")
-        return {i.filename: zf.read(i) for i in infos}
+    try:
+        with zipfile.ZipFile(p) as zf:
+            infos = zf.infolist()
+            unknown = sorted({i.filename for i in infos} - set(MEMBERS))
+            if unknown or MANIFEST not in zf.namelist():
+                found = ", ".join(unknown) or f"no {MANIFEST}"
+                raise ConfigError(f"{where}: a governor zip holds only {', '.join(MEMBERS)}; found {found}")
+            if any(i.file_size > MAX_BYTES for i in infos):
+                raise ConfigError(f"{where}: a member is larger than {MAX_BYTES} bytes")
+            return {i.filename: zf.read(i) for i in infos}
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
+        raise ConfigError(f"{where}: a corrupt zip ({type(e).__name__}: {e})") from None
 
 
 def _parse_json(data: bytes, where: str) -> Any:
