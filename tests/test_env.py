@@ -746,4 +746,5 @@ def test_every_id_is_registered() -> None:
         # An explicit config keeps the id's pool unless it names its own scenarios.
         env = gym.make(env_id, config={"window": 2}).unwrapped
         assert {s.name for s in env.pool} == {s.name for s in lbw_env.scenarios.resolve(pool)}
+        assert all(s.split == "train" for s in env.pool)  # val selects, test reports: neither trains
         assert env.cfg.window == 2

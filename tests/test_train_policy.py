@@ -51,7 +51,7 @@ def small_config(run_dir: Path, **changes: Any) -> dict[str, Any]:
         "total_timesteps": 48,
         "n_envs": 2,
         "vec_env": "dummy",
-        "eval": {"scenarios": ["tiny:heldout"], "seeds": 1, "eval_freq": 16},
+        "eval": {"scenarios": ["tiny:val"], "seeds": 1, "eval_freq": 16},
         "checkpoint_freq": 16,
         "progress_bar": False,
         "verbose": 0,
@@ -188,7 +188,7 @@ def test_saved_model_is_a_governor_for_evaluate_py(trained: Path, tmp_path: Path
 
     suite = {
         "name": "learned_test",
-        "scenarios": ["tiny:heldout"],
+        "scenarios": ["tiny:val"],
         "arms": [{"label": "ppo", "governor": f"ppo:{trained / 'best_model'}"}, "adamw"],
         "seeds": 1,
         "env": dict(ENV),  # the settings the model was trained with
@@ -280,6 +280,9 @@ def test_sigkill_then_resume_continues_steps_logs_and_monitor(lbw: None, tmp_pat
         (["eval.scenarios=[tiny/missing]"], "tiny/missing"),
         (["env_id=LBW/Nope-v0"], "env_id: 'LBW/Nope-v0' is not registered"),
         (["n_envs=0"], "n_envs: expected an int >= 1"),
+        (["eval.scenarios=[tiny:test]"], "eval.scenarios: a learned governor's training or model selection"),
+        (["env.scenarios=[tiny/high_lr20]"], "test split is for reporting only"),
+        (["eval.scenarios=[tiny:heldout]"], "'heldout' was retired: use 'val'"),
         (["resume=nowhere/model_8_steps.zip"], "checkpoint nowhere/model_8_steps.zip not found"),
     ],
 )
@@ -326,8 +329,28 @@ def test_learned_suite_evaluates_the_artifact_with_its_training_env() -> None:
     trained_env = to_dict(train.env_config(suite.scenarios))
     suite_env = to_dict(suite.env_config([f"runtime.threads={train.threads}"]))
     assert suite_env == trained_env
-    assert all(s.split == "heldout" for s in resolve(suite.scenarios))
-    assert set(suite.scenarios) == set(train.eval.scenarios)
+    # Reported on test scenarios that neither training nor model selection saw.
+    reported = {s.name for s in resolve(suite.scenarios) if s.name != "tiny/ref"}
+    assert reported and all(s.split == "test" for s in resolve(sorted(reported)))
+    assert not reported & {s.name for s in resolve(train.eval.scenarios)}
+    assert not reported & {s.name for s in resolve(train.env_config().scenarios)}
+
+
+@pytest.mark.parametrize(
+    ("key", "specs"),
+    [
+        ("env.scenarios", ["tiny:test"]),
+        ("env.scenarios", ["tiny:train", "tiny/shock100"]),
+        ("eval.scenarios", ["tiny:test"]),
+        ("eval.scenarios", ["tiny:val", "tiny/ft_lr3e-1_b1"]),
+    ],
+)
+def test_training_and_selection_refuse_test_scenarios(tmp_path: Path, key: str, specs: list[str]) -> None:
+    """The test split is for reporting only: TrainConfig validation refuses it in either pool."""
+    path = write_config(tmp_path / "c.yaml", small_config(tmp_path / "run"))
+    learning.load_config(path)  # the train pool and tiny:val selection are fine
+    with pytest.raises(ConfigError, match=rf"{key}: .*test split is for reporting only"):
+        learning.load_config(path, [f"{key}=[{', '.join(specs)}]"])
 
 
 def test_help_config_lists_every_key_without_training() -> None:

@@ -22,7 +22,7 @@ from ..cache import json_safe
 from ..config import to_dict
 from ..control.protocol import Governor
 from ..plant.records import safe_exp
-from ..scenarios import Scenario
+from ..scenarios import Scenario, evaluation_seed, get_scenario
 
 MAX_CURVE_POINTS = 100
 """Curves in a record are downsampled to at most this many points (records stay a few kB)."""
@@ -103,8 +103,10 @@ def run_episode(
     """
     base = env.unwrapped
     name = scenario if isinstance(scenario, str) else scenario.name
+    # Each split has its own block of reset seeds (train s, val 10000+s, test 20000+s): see evaluation_seed.
+    split = get_scenario(name).split if isinstance(scenario, str) else scenario.split
     t_reset = time.perf_counter()
-    obs, reset_info = env.reset(seed=seed, options={"scenario": name})
+    obs, reset_info = env.reset(seed=evaluation_seed(split, seed), options={"scenario": name})
     reset_seconds = time.perf_counter() - t_reset
     sc: Scenario = base.scenario
     trainer = base.trainer

@@ -19,7 +19,7 @@ import gymnasium as gym
 
 import lbw_env
 from lbw_env.config import ConfigError, check, deep_merge, describe, from_dict, load, parse_overrides, read_yaml
-from lbw_env.scenarios import resolve, with_overrides
+from lbw_env.scenarios import require_not_test, resolve, with_overrides
 
 from .algos import algo_class, check_hyperparams
 from .artifacts import run_dir_of_checkpoint
@@ -56,8 +56,8 @@ class NormalizeConfig:
 class EvalConfig:
     """Evaluation during training on held-out scenarios (SB3 ``EvalCallback``), on fixed episodes."""
 
-    scenarios: list[str] = dataclasses.field(default_factory=lambda: ["tiny:heldout"])
-    """Scenario specs of the evaluation episodes (``family:heldout``, ``family/name`` ...)."""
+    scenarios: list[str] = dataclasses.field(default_factory=lambda: ["tiny:val"])
+    """Scenario specs of the evaluation episodes (``family:val``, ``family/name`` ...): val, never test."""
     seeds: int = 2
     """Episodes per scenario per evaluation (``reset(seed=seed_offset + i)``, the same at every evaluation)."""
     seed_offset: int = 10_000
@@ -188,7 +188,7 @@ class TrainConfig:
         """Scenario specs and trainer overrides resolve (no data is loaded)."""
         for where, specs in (("env.scenarios", env_cfg.scenarios), ("eval.scenarios", self.eval.scenarios)):
             try:
-                for s in resolve(specs):
+                for s in require_not_test(resolve(specs), "a learned governor's training or model selection"):
                     with_overrides(s, env_cfg.trainer_overrides)
             except ConfigError as e:
                 raise ConfigError(f"{where}: {e}") from None
