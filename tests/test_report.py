@@ -1,17 +1,18 @@
-"""Report statistics and files on synthetic records: bootstrap CIs, paired differences, time-to-target."""
+"""Report statistics and files on synthetic records: paired differences on test perplexity, words earned by
+intervals, start / tuned-AdamW yardsticks (a do-nothing governor scores 0), time-to-target, governor hashes."""
 
 from __future__ import annotations
 
 import csv
 import math
+import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from lbw_env.evaluation import summarize, write_report
-from lbw_env.evaluation.stats import bootstrap_mean, relative_delta_pct, scenario_targets, time_to_target, verdict
+from lbw_env.evaluation.stats import aggregate, scenario_targets, time_to_target, tuned_references, verdict
 
 
 def make_record(
@@ -23,22 +24,39 @@ def make_record(
     valid: tuple[list[int], list[float], list[float]] | None = None,
     lr: float = 1e-3,
     diverged: bool = False,
+    test: float | None = None,
+    start: float = 1000.0,
+    regime: str = "scratch",
+    governor_hash: str = "",
 ) -> dict[str, Any]:
-    """A record with the fields the report reads; ``valid`` = (steps, ppls, seconds) of the validation points."""
-    steps, ppls, secs = valid or ([0, 100], [1000.0, final], [0.0, 10.0])
+    """A record with the fields the report reads; ``valid`` = (steps, ppls, seconds) of the validation points.
+
+    ``final`` is the final validation perplexity; the test perplexity is ``test`` (default ``final * 1.01``)."""
+    steps, ppls, secs = valid or ([0, 100], [start, final], [0.0, 10.0])
     enc = [p if math.isfinite(p) else str(p) for p in ppls]
+    test_ppl = final * 1.01 if test is None else test
+
+    def num(x: float) -> float | str:
+        return x if math.isfinite(x) else str(x)
+
     return {
         "suite": "synthetic",
         "scenario": scenario,
         "family": scenario.split("/")[0],
-        "split": "train",
+        "split": "test",
         "arm": arm,
         "governor": arm,
+        "governor_hash": governor_hash,
         "seed": seed,
         "eval_every": 1,
-        "trainer": {"optim": {"lr": lr}, "model": {"preset": "qwen2-tiny"}},
-        "final_valid_ppl": final if math.isfinite(final) else str(final),
-        "test_ppl": final * 1.01 if math.isfinite(final) else str(final),
+        "trainer": {"optim": {"lr": lr}, "model": {"preset": "qwen2-tiny"}, "regime": regime,
+                    "data": {"eval_blocks": 32, "seq_len": 64}},
+        "final_valid_ppl": num(final),
+        "final_valid_loss": num(math.log(final)),
+        "initial_valid_ppl": start,
+        "initial_test_ppl": start,
+        "test_ppl": num(test_ppl),
+        "test_loss": num(math.log(test_ppl)),
         "diverged": diverged,
         "steps": steps[-1],
         "skipped_steps": 2,
@@ -53,32 +71,7 @@ def make_record(
     }  # fmt: skip
 
 
-def test_bootstrap_ci_contains_the_mean_and_is_seeded() -> None:
-    rng = np.random.default_rng(1)
-    for n in (2, 3, 5, 20):
-        x = rng.lognormal(5, 0.3, n)
-        est = bootstrap_mean(x)
-        assert est.n == n and est.lo <= est.mean <= est.hi
-        assert est.mean == pytest.approx(float(np.mean(x)))
-        assert est == bootstrap_mean(x)  # seeded: identical on every call
-    tight, wide = bootstrap_mean([100, 101, 99, 100]), bootstrap_mean([50, 150, 80, 120])
-    assert tight.hi - tight.lo < wide.hi - wide.lo
-    one = bootstrap_mean([42.0])
-    assert (one.mean, one.lo, one.hi, one.n) == (42.0, 42.0, 42.0, 1)
-    assert bootstrap_mean([]).n == 0
-    # A diverged run (inf) makes the mean infinite; the bounds never become NaN.
-    div = bootstrap_mean([100.0, 110.0, "inf"])
-    assert div.mean == math.inf and not math.isnan(div.lo) and div.hi == math.inf
-
-
-def test_relative_delta() -> None:
-    assert relative_delta_pct(90, 100) == pytest.approx(-10)
-    assert relative_delta_pct(math.inf, 100) == math.inf
-    assert relative_delta_pct(100, math.inf) == -100
-    assert math.isnan(relative_delta_pct(math.inf, math.inf))
-
-
-def test_paired_difference_has_the_right_sign_and_is_paired_by_seed() -> None:
+def test_paired_difference_is_on_test_log_perplexity_and_paired_by_seed() -> None:
     base = {0: 100.0, 1: 160.0, 2: 220.0}  # seeds differ a lot; the pairing must cancel that
     records = []
     for seed, p in base.items():
@@ -89,22 +82,76 @@ def test_paired_difference_has_the_right_sign_and_is_paired_by_seed() -> None:
             make_record("lr_stress/lr1e-1", "lbw_guard", seed, p * 2 * 0.9),  # better by 10 %
             make_record("lr_stress/lr1e-2", "adamw", seed, p),
             make_record("lr_stress/lr1e-2", "lbw_guard", seed, p * (1.02 if seed else 0.97)),  # mixed
+            # Better on validation, worse on test: the verdict follows the test split.
+            make_record("lr_stress/lr3e-2", "adamw", seed, p),
+            make_record("lr_stress/lr3e-2", "lbw_guard", seed, p * 0.8, test=p * 1.01 * 1.1),
         ]
     records.reverse()  # order must not matter
     cells = {(c.scenario, c.arm): c for c in summarize(records)}
     better = cells[("lr_stress/lr1e-1", "lbw_guard")]
-    assert better.delta_pct is not None
-    assert better.delta_pct.mean == pytest.approx(-10) and better.delta_pct.hi == pytest.approx(-10)
+    assert better.delta is not None and better.delta.n == 3
+    assert better.delta.pct.mean == pytest.approx(-10) and better.delta.pct.hi == pytest.approx(-10)
     assert verdict(better) == "better"
     worse = cells[("lr_stress/ref", "lbw_guard")]
-    assert worse.delta_pct is not None and worse.delta_pct.mean == pytest.approx(5) and verdict(worse) == "worse"
-    assert verdict(cells[("lr_stress/lr1e-2", "lbw_guard")]) == "no clear difference"
-    assert cells[("lr_stress/ref", "adamw")].delta_pct is None  # the reference arm itself
+    assert worse.delta is not None and worse.delta.pct.mean == pytest.approx(5) and verdict(worse) == "worse"
+    mixed = cells[("lr_stress/lr1e-2", "lbw_guard")]
+    assert verdict(mixed) == "no detectable difference" and mixed.delta is not None and mixed.delta.p > 0.05
+    split = cells[("lr_stress/lr3e-2", "lbw_guard")]
+    assert verdict(split) == "worse" and split.delta_valid is not None and split.delta_valid.pct.mean < 0
+    assert cells[("lr_stress/ref", "adamw")].delta is None  # the reference arm itself
+    assert cells[("lr_stress/ref", "adamw")].test_ppl.mean == pytest.approx(160 * 1.01)
     assert cells[("lr_stress/ref", "adamw")].valid_ppl.mean == pytest.approx(160)
 
 
+def test_do_nothing_governor_scores_zero_gain_captured() -> None:
+    """A governor that cuts the LR to ~0 "beats" a collapsing AdamW; against the start and tuned AdamW it
+    captures no gain at all."""
+    records = []
+    for seed in range(4):
+        records += [
+            make_record("ft/ref", "adamw", seed, 200.0 + seed, test=200.0 + seed, start=250.0, regime="finetune"),
+            make_record("ft/hot", "adamw", seed, 700.0 + seed, test=700.0 + seed, start=250.0, regime="finetune"),
+            make_record("ft/hot", "do_nothing", seed, 250.0, test=250.0, start=250.0, regime="finetune"),
+            make_record("ft/hot", "lbw_guard", seed, 210.0, test=210.0 + seed, start=250.0, regime="finetune"),
+            make_record("s/ref", "adamw", seed, 400.0 + seed, start=2000.0),
+            make_record("s/hot", "do_nothing", seed, 2000.0, test=2000.0, start=2000.0),
+        ]
+    cells = {(c.scenario, c.arm): c for c in summarize(records)}
+    idle = cells[("ft/hot", "do_nothing")]
+    assert verdict(idle) == "better"  # vs the collapsing AdamW on the same scenario: the misleading comparison
+    assert idle.tuned is not None and idle.tuned.label == "adamw on ft/ref"
+    assert idle.score_kind == "gain captured" and idle.score is not None
+    assert idle.score.mean == pytest.approx(0.0, abs=1e-9)
+    tuned_gain = (250.0 - 201.5) / (250.0 - 201.5)
+    assert cells[("ft/ref", "adamw")].score.mean == pytest.approx(tuned_gain)  # type: ignore[union-attr]
+    guard = cells[("ft/hot", "lbw_guard")].score
+    assert guard is not None and 0.7 < guard.mean < 0.9  # (250 - 211.5) / (250 - 201.5)
+    assert cells[("ft/hot", "adamw")].score.mean < -5  # type: ignore[union-attr]
+    # From scratch: final / tuned; a do-nothing governor stays at the init, ~5x the tuned AdamW.
+    scratch = cells[("s/hot", "do_nothing")]
+    assert scratch.score_kind == "ratio to tuned" and scratch.score.mean == pytest.approx(2000 / (401.5 * 1.01))  # type: ignore[union-attr]
+    agg = aggregate(records, tuned_references(records))
+    assert agg["do_nothing"][0].mean > agg["lbw_guard"][0].mean
+
+
+def test_tuned_arm_is_preferred_and_targets_are_its_worst_seed() -> None:
+    records = []
+    for seed, p in enumerate((200.0, 240.0)):
+        records += [
+            make_record("f/ref", "adamw", seed, 300.0 + seed),
+            make_record("f/hot", "adamw", seed, 900.0),
+            make_record("f/hot", "adamw_tuned", seed, p),
+        ]
+    tuned = tuned_references(records)
+    assert tuned["f/hot"].label == "adamw_tuned" and tuned["f/hot"].target == 240.0
+    assert tuned["f/ref"].label == "adamw on f/ref" and tuned["f/ref"].target == 301.0
+    assert scenario_targets(records) == {"f/ref": ("adamw on f/ref", 301.0), "f/hot": ("adamw_tuned", 240.0)}
+    cells = {(c.scenario, c.arm): c for c in summarize(records)}
+    assert cells[("f/hot", "adamw_tuned")].reached == 2  # tuned AdamW reaches its worst seed's final by definition
+
+
 def test_time_to_target() -> None:
-    # adamw on the reference scenario ends at 200 and 300: the target is their mean, 250.
+    # adamw on the reference scenario ends at 200 and 300: the target is its worst seed, 300.
     ref0 = make_record("f/ref", "adamw", 0, 200.0, valid=([0, 10, 20, 30], [1000.0, 400.0, 240.0, 200.0], [0, 1, 2, 3]))
     ref1 = make_record("f/ref", "adamw", 1, 300.0, valid=([0, 10, 20, 30], [1000.0, 500.0, 320.0, 300.0], [0, 1, 2, 3]))
     fast = make_record(
@@ -112,19 +159,25 @@ def test_time_to_target() -> None:
     )
     slow = make_record("f/hot", "adamw", 0, 900.0, valid=([0, 10, 20, 30], [1000.0, 950.0, 920.0, 900.0], [0, 1, 2, 3]))
     records = [ref0, ref1, fast, slow]
-    assert scenario_targets(records, "adamw") == {"f/ref": ("f/ref", 250.0), "f/hot": ("f/ref", 250.0)}
-    assert time_to_target(ref0, 250.0) == (20, 2.0)
-    assert time_to_target(ref1, 250.0) is None
-    assert time_to_target(fast, 250.0) == (10, 1.5)  # <= target counts
+    assert scenario_targets(records, "adamw") == {
+        "f/ref": ("adamw on f/ref", 300.0),
+        "f/hot": ("adamw on f/ref", 300.0),
+    }
+    assert time_to_target(ref0, 300.0) == (20, 2.0)
+    assert time_to_target(ref1, 300.0) == (30, 3.0)
+    assert time_to_target(fast, 300.0) == (10, 1.5)
+    assert time_to_target(slow, 300.0) is None
     cells = {(c.scenario, c.arm): c for c in summarize(records)}
     ref = cells[("f/ref", "adamw")]
-    assert (ref.reached, ref.ttt_steps, ref.ttt_seconds, ref.target_ppl) == (1, 20.0, 2.0, 250.0)
-    assert "1/2 reached" in ref.ttt_text()
+    assert (ref.reached, ref.ttt_steps, ref.ttt_seconds, ref.target_ppl) == (2, 25.0, 2.5, 300.0)
     assert cells[("f/hot", "lbw_guard")].ttt_steps == 10.0
     assert cells[("f/hot", "adamw")].reached == 0 and cells[("f/hot", "adamw")].ttt_text() == "not reached (0/1)"
     # An explicit reference (scenario entry over family entry); without finite reference runs, no target.
     other = make_record("g/x", "adamw", 0, 100.0)
-    assert scenario_targets([*records, other], "adamw", {"g/x": "f/hot", "f": "f/ref"})["g/x"] == ("f/hot", 900.0)
+    assert scenario_targets([*records, other], "adamw", {"g/x": "f/hot", "f": "f/ref"})["g/x"] == (
+        "adamw on f/hot",
+        900.0,
+    )
     assert "g/x" not in scenario_targets([*records, other], "adamw")
 
 
@@ -135,50 +188,96 @@ def _report_records() -> list[dict[str, Any]]:
         fast_curve = ([0, 50, 100], [1000.0, 260.0 + s, 230.0 + s], [0.0, 5.0, 10.0])
         slow_curve = ([0, 50, 100], [1000.0, 600.0 + s, 250.0 + s], [0.0, 5.0, 10.0])
         bad_curve = ([0, 50, 100], [1000.0, 900.0, 800.0 + s], [0.0, 5.0, 10.0])
+        h = "ab12" * 16
         records += [
             make_record("lr_stress/ref", "adamw", seed, 250.0 + s, valid=slow_curve, lr=3e-3),
-            make_record("lr_stress/ref", "lbw_guard", seed, 262.0 + s, valid=slow_curve, lr=3e-3),
+            make_record("lr_stress/ref", "lbw_guard", seed, 262.0 + s, valid=slow_curve, lr=3e-3, governor_hash=h),
             make_record("lr_stress/ref", "adamw_clip1.0", seed, 251.0 + s, valid=slow_curve, lr=3e-3),
             make_record("lr_stress/lr1e-1", "adamw", seed, 800.0 + s, valid=bad_curve, lr=1e-1),
-            make_record("lr_stress/lr1e-1", "lbw_guard", seed, 230.0 + s, valid=fast_curve, lr=1e-1),
+            make_record("lr_stress/lr1e-1", "lbw_guard", seed, 230.0 + s, valid=fast_curve, lr=1e-1, governor_hash=h),
             make_record("lr_stress/lr1e-1", "adamw_clip1.0", seed, 700.0 + s, valid=bad_curve, lr=1e-1),
+            # A case with no detectable difference: the guard is 1 % better in one seed, 1 % worse in another.
+            make_record("lr_stress/lr1e-2", "adamw", seed, 300.0 + s, lr=1e-2),
+            make_record("lr_stress/lr1e-2", "lbw_guard", seed, (300.0 + s) * (0.99, 1.01, 1.0)[seed], lr=1e-2,
+                        governor_hash=h),
+            make_record("lr_stress/lr1e-2", "adamw_clip1.0", seed, 301.0 + s, lr=1e-2),
             make_record(
                 "runtime_faults/nan", "adamw", seed, math.inf if seed == 0 else 300.0,
                 valid=([0, 100], [1000.0, math.inf if seed == 0 else 300.0], [0.0, 10.0]), diverged=seed == 0,
             ),
-            make_record("runtime_faults/nan", "lbw_guard", seed, 250.0 + s),
+            make_record("runtime_faults/nan", "lbw_guard", seed, 250.0 + s, governor_hash=h),
         ]  # fmt: skip
     return records
 
 
-def test_write_report_creates_tables_csv_and_plots(tmp_path: Path) -> None:
-    files = write_report(tmp_path, _report_records(), reference={"runtime_faults": "lr_stress/ref"}, n_resamples=2000)
+def _sentences_with(md: str, words: tuple[str, ...]) -> list[str]:
+    """Lines (table rows, list items) of ``md`` that use any of ``words`` (case-insensitive, whole words)."""
+    pattern = re.compile(r"\b(" + "|".join(words) + r")\b", re.IGNORECASE)
+    return [line for line in md.splitlines() if pattern.search(line)]
+
+
+def test_words_only_where_the_interval_excludes_zero(tmp_path: Path) -> None:
+    files = write_report(
+        tmp_path, _report_records(), reference={"runtime_faults": "lr_stress/ref"}, plots=False, n_resamples=200
+    )
     md = files.report_md.read_text()
-    # The first table is the paper's: the reference LR first, then the stress LR; AdamW vs guard with times.
+    cells = {(c.scenario, c.arm): c for c in files.cells}
+    excluded = {
+        s for (s, a), c in cells.items() if a == "lbw_guard" and c.delta is not None and c.delta.diff.excludes()
+    }
+    assert excluded == {"lr_stress/ref", "lr_stress/lr1e-1"}
+    # Every line that says better/worse/significant(ly) is about a scenario whose interval excludes 0 (or is the
+    # summary count, or the method note that defines the words).
+    for line in _sentences_with(md, ("better", "worse", "significant", "significantly")):
+        if line.startswith("- lbw_guard vs adamw") or "appear only where" in line or "lower is better" in line:
+            continue
+        named = {
+            s for s in ("lr_stress/ref", "lr_stress/lr1e-1", "lr_stress/lr1e-2", "runtime_faults/nan") if s in line
+        }
+        assert named and named <= excluded, line
+    # The no-difference case says so, with n and the interval.
+    flat = next(line for line in md.splitlines() if line.startswith("- **lr_stress/lr1e-2**"))
+    assert "no detectable difference (n = 3, CI " in flat and "better" not in flat and "worse" not in flat
+    row = next(line for line in md.splitlines() if line.startswith("| lr_stress/lr1e-2 |") and "no detectable" in line)
+    assert "better" not in row and "worse" not in row
+    # The better and the worse case use their word.
+    assert re.search(r"\| lr_stress/lr1e-1 \|.*\| better \(n = 3\) \|", md)
+    assert "worse: higher test perplexity than adamw" in md
+    assert "better in 1 of 4 scenarios, worse in 1, no detectable difference in 1, not testable in 1" in md
+    # The diverged AdamW seed makes the pair untestable, and the divergence is shown, not averaged away.
+    assert "not testable: a run diverged in one arm only" in md and "1/3 div." in md and "∞" in md
+
+
+def test_write_report_creates_tables_csv_and_plots(tmp_path: Path) -> None:
+    files = write_report(tmp_path, _report_records(), reference={"runtime_faults": "lr_stress/ref"}, n_resamples=200)
+    md = files.report_md.read_text()
+    # The first table is the headline: the reference LR first, then the stress LRs; test perplexity.
     first_table = md[md.index("## LR stress") :].split("\n\n")[2]
-    header, _, row_ref, row_stress = first_table.splitlines()[:4]
-    assert "adamw ppl [95% CI]" in header and "lbw_guard ppl [95% CI]" in header and "speed-up" in header
-    assert row_ref.startswith("| lr_stress/ref |") and row_stress.startswith("| lr_stress/lr1e-1 |")
-    assert "only lbw_guard reached" in row_stress
+    header, _, row_ref, *rows = first_table.splitlines()
+    assert "adamw test ppl [95% t CI]" in header and "lbw_guard test ppl [95% t CI]" in header
+    assert "start ppl" in header and "tuned AdamW test ppl" in header and "p (paired t)" in header
+    assert row_ref.startswith("| lr_stress/ref |") and rows[-1].startswith("| lr_stress/lr1e-1 |")
+    assert "only lbw_guard reached" in md  # the time-to-target table
     # It says plainly where the guard does not help: the reference LR, where it is 4-5 % worse.
     not_helping = md[md.index("## Where the guard does not help") : md.index("## LR stress")]
-    assert "lr_stress/ref" in not_helping and "higher perplexity" in not_helping
+    assert "lr_stress/ref" in not_helping and "higher test perplexity" in not_helping
     assert "lr_stress/lr1e-1" not in not_helping
-    assert "better in 2 of 3 scenarios, worse in 1" in md
-    assert "∞" in md and "1/3 div." in md  # the diverged AdamW run is visible, not averaged away
     assert md.index("## LR stress") < md.index("## runtime_faults") < md.index("## All cells")
-    # Three arms: the all-arms table follows the headline one.
-    assert "adamw_clip1.0 ppl [95% CI]" in md
+    assert "adamw_clip1.0 test ppl [95% t CI]" in md  # three arms: the all-arms table follows
+    assert "IQM of test ppl / tuned AdamW" in md and "gain captured" in md
+    assert f"`{'ab12' * 16}`" in md  # the guard's config hash
+    assert "Student-t" in md and "Wilcoxon" in md  # the method note names the interval and the test
 
-    rows = list(csv.DictReader(files.summary_csv.open()))
-    assert len(rows) == len(files.cells) == 8
-    stress_guard = next(r for r in rows if r["scenario"] == "lr_stress/lr1e-1" and r["arm"] == "lbw_guard")
-    assert float(stress_guard["delta_pct_ci_hi"]) < 0 and stress_guard["ttt_reached"] == "3"
-    assert float(stress_guard["target_ppl"]) == pytest.approx(260.0)
+    rows_csv = list(csv.DictReader(files.summary_csv.open()))
+    assert len(rows_csv) == len(files.cells) == 11
+    stress_guard = next(r for r in rows_csv if r["scenario"] == "lr_stress/lr1e-1" and r["arm"] == "lbw_guard")
+    assert float(stress_guard["delta_test_pct_ci_hi"]) < 0 and stress_guard["ttt_reached"] == "3"
+    assert stress_guard["verdict"] == "better" and stress_guard["governor_hash"] == "ab12" * 16
+    assert float(stress_guard["target_ppl"]) == pytest.approx(270.0)  # adamw's worst seed on lr_stress/ref
 
     names = sorted(p.name for p in files.plots)
     assert "final_ppl__lr_stress.png" in names and "loss__lr_stress__ref.png" in names
-    assert "control__runtime_faults__nan.png" in names
+    assert "control__runtime_faults__nan.png" in names and "performance_profile.png" in names
     for p in files.plots:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in tmp_path.rglob("*.tmp")], "atomic writes leave no temporary files"

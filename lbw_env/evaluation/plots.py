@@ -1,4 +1,5 @@
-"""PNG plots of evaluation records: loss and validation curves, control timelines, final-perplexity bars.
+"""PNG plots of evaluation records: loss and validation curves, control timelines, final test-perplexity bars,
+and performance profiles of the normalised scores (share of runs within tau x the tuned AdamW's perplexity).
 
 Matplotlib is imported only when plots are written (Agg backend, so a headless machine works): reading
 records and writing the tables never needs it.
@@ -15,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from ..cache import atomic_path
+from .intervals import Estimate, performance_profile
 from .records import as_float, get_path
-from .stats import Cell
+from .stats import Cell, Tuned
 
 
 def _safe_name(name: str) -> str:
@@ -62,9 +64,11 @@ def write_plots(
     records: Sequence[Mapping[str, Any]],
     cells: Sequence[Cell],
     folder: Path,
-    targets: Mapping[str, tuple[str, float]],
+    tuned: Mapping[str, Tuned],
+    aggregates: Mapping[str, tuple[Estimate, Mapping[str, Sequence[float]]]] | None = None,
 ) -> list[Path]:
-    """Loss/validation curves and control timelines per scenario, final-perplexity bars per family."""
+    """Loss/validation curves and control timelines per scenario, final test-perplexity bars per family, and
+    the performance profile of ``aggregates`` (per arm, per scenario: final / tuned AdamW test perplexity)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -82,7 +86,6 @@ def write_plots(
     styles = {a: ("-", "--", ":", "-.")[i % 4] for i, a in enumerate(arms)}
 
     for scenario in scenarios:
-        family = next(r["family"] for r in records if r["scenario"] == scenario)
         present = [a for a in arms if (scenario, a) in by_cell]
         n_seeds = max(len(by_cell[(scenario, a)]) for a in present)
 
@@ -93,9 +96,9 @@ def write_plots(
             ax1.plot(x, y, label=a, color=colors[a], ls=styles[a])
             x, y = mean_curve(by_cell[(scenario, a)], "valid", "ppl")
             ax2.plot(x, y, marker="o", ms=3, label=a, color=colors[a], ls=styles[a])
-        if scenario in targets:
-            ref, target = targets[scenario]
-            ax2.axhline(target, color="grey", ls="--", lw=1, label=f"target ({ref})")
+        target = tuned[scenario].target if scenario in tuned else None
+        if target is not None:
+            ax2.axhline(target, color="grey", ls="--", lw=1, label=f"target ({tuned[scenario].label})")
         ax1.set(xlabel="optimizer step", ylabel="training loss (nats, per-interval mean)", title="training loss")
         ax2.set(xlabel="optimizer step", ylabel="validation perplexity", title="validation perplexity", yscale="log")
         for ax in (ax1, ax2):
@@ -125,7 +128,15 @@ def write_plots(
         plt.close(fig)
         paths.append(path)
 
-    # Final perplexity with CIs, per family.
+    paths += _final_bars(plt, cells, folder, colors)
+    if aggregates:
+        paths.append(_profile(plt, aggregates, folder, colors, styles))
+    return paths
+
+
+def _final_bars(plt: Any, cells: Sequence[Cell], folder: Path, colors: Mapping[str, Any]) -> list[Path]:
+    """Final test perplexity per family: one bar per (scenario, arm), 95 % t interval as error bars."""
+    paths = []
     for family in dict.fromkeys(c.family for c in cells):
         fam = [c for c in cells if c.family == family]
         fam_scen = list(dict.fromkeys(c.scenario for c in fam))
@@ -133,7 +144,7 @@ def write_plots(
         index = {(c.scenario, c.arm): c for c in fam}
         width = 0.8 / max(1, len(fam_arms))
         fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(fam_scen) * max(1, len(fam_arms)) / 2 + 3), 4.5))
-        finite_vals = [c.valid_ppl.mean for c in fam if math.isfinite(c.valid_ppl.mean) and c.valid_ppl.mean > 0]
+        finite_vals = [c.test_ppl.mean for c in fam if math.isfinite(c.test_ppl.mean) and c.test_ppl.mean > 0]
         top = max(finite_vals) if finite_vals else 1.0
         for j, a in enumerate(fam_arms):
             xs, ys, lo, hi, missing = [], [], [], [], []
@@ -142,13 +153,14 @@ def write_plots(
                 if c is None:
                     continue
                 x = i + (j - (len(fam_arms) - 1) / 2) * width
-                if not math.isfinite(c.valid_ppl.mean):
+                e = c.test_ppl
+                if not math.isfinite(e.mean):
                     missing.append(x)
                     continue
                 xs.append(x)
-                ys.append(c.valid_ppl.mean)
-                lo.append(max(0.0, c.valid_ppl.mean - c.valid_ppl.lo) if math.isfinite(c.valid_ppl.lo) else 0.0)
-                hi.append(c.valid_ppl.hi - c.valid_ppl.mean if math.isfinite(c.valid_ppl.hi) else 0.0)
+                ys.append(e.mean)
+                lo.append(max(0.0, e.mean - max(e.lo, 0.0)) if math.isfinite(e.lo) else 0.0)
+                hi.append(e.hi - e.mean if math.isfinite(e.hi) else 0.0)
             ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=a, color=colors[a])
             for x in missing:
                 ax.text(x, top, "∞\n(div.)", ha="center", va="bottom", fontsize=7, color=colors[a])
@@ -156,7 +168,7 @@ def write_plots(
             ax.set_yscale("log")
         ax.set_xticks(range(len(fam_scen)))
         ax.set_xticklabels(fam_scen, rotation=20, ha="right", fontsize=8)
-        ax.set(ylabel="final validation perplexity (mean, 95% CI)", title=f"{family}: final validation perplexity")
+        ax.set(ylabel="final test perplexity (mean, 95% t CI)", title=f"{family}: final test perplexity")
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8)
         path = folder / f"final_ppl__{_safe_name(family)}.png"
@@ -164,3 +176,35 @@ def write_plots(
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def _profile(
+    plt: Any,
+    aggregates: Mapping[str, tuple[Estimate, Mapping[str, Sequence[float]]]],
+    folder: Path,
+    colors: Mapping[str, Any],
+    styles: Mapping[str, str],
+) -> Path:
+    """rliable's performance profile: the share of an arm's runs with final / tuned AdamW test ppl <= tau."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    all_scores = [as_float(v) for _, by_s in aggregates.values() for vs in by_s.values() for v in vs]
+    finite = [v for v in all_scores if math.isfinite(v) and v > 0]
+    hi = max(2.0, min(max(finite, default=2.0) * 1.05, 20.0))
+    taus = np.geomspace(min(0.5, min(finite, default=0.5)), hi, 200)
+    for arm, (_, by_s) in aggregates.items():
+        scores = [v for vs in by_s.values() for v in vs]
+        ax.plot(taus, performance_profile(scores, taus), label=arm, color=colors.get(arm), ls=styles.get(arm, "-"))
+    ax.axvline(1.0, color="grey", ls="--", lw=1)
+    ax.set(
+        xscale="log",
+        xlabel="tau (final test ppl / tuned AdamW test ppl)",
+        ylabel="fraction of runs with score <= tau",
+        title="performance profile (all scenarios with a tuned AdamW)",
+        ylim=(0, 1.02),
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path = folder / "performance_profile.png"
+    _save(fig, path)
+    plt.close(fig)
+    return path

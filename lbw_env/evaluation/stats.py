@@ -1,15 +1,26 @@
-"""Statistics over evaluation records: bootstrap CIs, paired differences, time-to-target, one Cell per arm.
+"""Statistics over evaluation records: one :class:`Cell` per (scenario, arm), and the yardsticks they are read by.
 
-Per cell (scenario x arm) over seeds: the mean final validation perplexity with a 95 % percentile bootstrap CI
-(10 000 resamples, seeded numpy Generator), test perplexity, divergence rate and times. Against the reference
-arm (plain AdamW by default), paired by scenario and seed (arms share initialisation, batches and faults): the
-mean relative perplexity difference with its bootstrap CI. Time-to-target: steps and seconds until the
-validation perplexity first reaches the reference arm's mean final perplexity on the scenario's reference
-scenario (the sane-LR run); it is read off the validation points the records carry (``eval_every``), so its
-resolution is one evaluation interval, and a run that never gets there is reported as *not reached*.
+The headline number is the final TEST perplexity (the WikiText test split, which neither tuning nor selection
+looks at); validation perplexity is kept beside it as the secondary number. Per cell, over seeds:
 
-Only numbers here (no files, no text beyond :meth:`Estimate.fmt`): the tables, plots and the report build on
-these cells, and :func:`reference_of` is also what the suite plan uses to warn about missing references.
+* test and validation perplexity, mean with a Student-t 95 % interval (:mod:`.intervals` says why t);
+* against the reference arm (plain AdamW by default), paired by scenario and seed: the difference of the log
+  perplexities with its t interval, the paired t-test, and BCa from 10 seeds (:class:`~.intervals.Paired`);
+* against the *start* and a *tuned AdamW* — the two numbers a do-nothing governor cannot win against: the
+  untouched starting model's perplexity (the base model of a fine-tune, the initialisation of a scratch run;
+  ``initial_*_ppl`` in the record), and AdamW at a sane LR. The tuned AdamW of a scenario is the
+  :data:`TUNED_ARM` arm on that scenario when the suite has one, else the reference arm on the scenario's
+  reference scenario (its sane-LR run, see :func:`reference_of`); never the reference arm on the stress
+  scenario itself, whose collapse a governor that cuts the LR to ~0 would "beat" while learning nothing.
+  Fine-tunes get *gain captured* ``(start − final) / (start − tuned)``: 0 for a do-nothing governor, ~1 for
+  tuned AdamW. Scratch runs (whose start is a random init any training beats) get ``final / tuned``;
+* time-to-target: steps and seconds until the validation perplexity first reaches the target, which is the
+  tuned AdamW's WORST seed's final validation perplexity (so tuned AdamW reaches it in every seed); read off
+  the validation points the records carry (``eval_every``), so its resolution is one evaluation interval;
+  runs that never get there are counted.
+
+Only numbers here (no files, no prose beyond short labels): the tables, plots and the report build on these
+cells, and :func:`reference_of` is also what the suite plan uses to warn about missing references.
 """
 
 from __future__ import annotations
@@ -22,81 +33,37 @@ from typing import Any
 
 import numpy as np
 
+from .intervals import N_RESAMPLES, Estimate, Paired, paired, stratified_iqm, t_interval
 from .records import as_float, get_path
 
-N_RESAMPLES = 10_000
-LEVEL = 0.95
+TUNED_ARM = "adamw_tuned"
+"""Label of the arm that is AdamW at a tuned LR; where a suite has it, it is each scenario's tuned AdamW."""
+HEADLINE = "test"
+"""The split of the headline perplexity."""
+
+Record = Mapping[str, Any]
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Statistics
-# ----------------------------------------------------------------------------------------------------------
+def ppl(record: Record, split: str) -> float:
+    """A record's final perplexity on ``split`` (``test`` or ``valid``)."""
+    return as_float(record.get("test_ppl" if split == "test" else "final_valid_ppl"))
 
 
-@dataclasses.dataclass(frozen=True)
-class Estimate:
-    """A mean over seeds with a percentile bootstrap confidence interval."""
-
-    mean: float
-    lo: float
-    hi: float
-    n: int
-
-    def fmt(self, fmt: str = "{:.1f}", ci: bool = True) -> str:
-        if self.n == 0:
-            return "—"
-        text = fmt_num(self.mean, fmt)
-        if ci and self.n > 1:
-            text += f" [{fmt_num(self.lo, fmt)}, {fmt_num(self.hi, fmt)}]"
-        return text
+def log_ppl(record: Record, split: str) -> float:
+    """A record's final loss on ``split`` (the log perplexity), from the loss field where the record has it."""
+    loss = as_float(record.get("test_loss" if split == "test" else "final_valid_loss"))
+    if not math.isnan(loss):
+        return loss
+    p = ppl(record, split)
+    return math.log(p) if p > 0 else math.nan
 
 
-def fmt_num(x: float, fmt: str = "{:.1f}") -> str:
-    """``fmt`` for finite numbers; ``nan``, ``∞`` and ``−∞`` spelled out (a diverged run is a fact to show)."""
-    if math.isnan(x):
-        return "nan"
-    if math.isinf(x):
-        return "∞" if x > 0 else "−∞"
-    return fmt.format(x)
+def start_ppl(record: Record, split: str) -> float:
+    """The untouched starting model's perplexity on ``split`` (NaN where an older record lacks it)."""
+    return as_float(record.get(f"initial_{split}_ppl"))
 
 
-def bootstrap_mean(
-    values: Iterable[float], n_resamples: int = N_RESAMPLES, level: float = LEVEL, seed: int = 0
-) -> Estimate:
-    """Mean of ``values`` with a percentile bootstrap CI (resampling the values with replacement).
-
-    Non-finite values (a diverged run's infinite perplexity) are kept: they make the mean and the upper bound
-    infinite, which is the honest answer; the order statistics are then taken without interpolation so that
-    ``inf - inf`` never turns a bound into NaN. NaNs are dropped.
-    """
-    x = np.asarray([v for v in (as_float(v) for v in values) if not math.isnan(v)], dtype=np.float64)
-    n = len(x)
-    if n == 0:
-        return Estimate(math.nan, math.nan, math.nan, 0)
-    with np.errstate(invalid="ignore", over="ignore"):
-        mean = float(np.mean(x))
-        if n == 1:
-            return Estimate(mean, mean, mean, 1)
-        rng = np.random.default_rng(seed)
-        means = x[rng.integers(0, n, size=(n_resamples, n))].mean(axis=1)
-    alpha = (1 - level) / 2
-    method = "linear" if np.isfinite(means).all() else "nearest"
-    lo, hi = np.quantile(means, [alpha, 1 - alpha], method=method)
-    return Estimate(mean, float(lo), float(hi), n)
-
-
-def relative_delta_pct(value: float, reference: float) -> float:
-    """``100 * (value / reference - 1)``; NaN when both are infinite (both diverged: no comparison)."""
-    if math.isinf(value) and math.isinf(reference):
-        return math.nan
-    if math.isinf(reference):
-        return -100.0
-    if math.isinf(value):
-        return math.inf
-    return 100.0 * (value / reference - 1.0)
-
-
-def time_to_target(record: Mapping[str, Any], target: float) -> tuple[int, float] | None:
+def time_to_target(record: Record, target: float) -> tuple[int, float] | None:
     """``(steps, seconds)`` at the first validation point with perplexity <= ``target``, or None (not reached).
 
     Seconds are the episode's wall clock without the evaluations themselves (``timing.valid_seconds``).
@@ -105,11 +72,106 @@ def time_to_target(record: Mapping[str, Any], target: float) -> tuple[int, float
     steps = valid.get("step") or []
     ppls = valid.get("ppl") or []
     seconds = (record.get("timing") or {}).get("valid_seconds") or [math.nan] * len(steps)
-    for step, ppl, sec in zip(steps, ppls, seconds):
-        p = as_float(ppl)
-        if math.isfinite(p) and p <= target:
+    for step, p, sec in zip(steps, ppls, seconds):
+        x = as_float(p)
+        if math.isfinite(x) and x <= target:
             return int(step), as_float(sec)
     return None
+
+
+def reference_of(scenario: str, reference: Mapping[str, str], names: Iterable[str]) -> str | None:
+    """The reference scenario of ``scenario``: its own entry in ``reference``, else its family's, else
+    ``<family>/ref`` if ``names`` has it, else None."""
+    family = scenario.split("/", 1)[0]
+    if scenario in reference:
+        return reference[scenario]
+    if family in reference:
+        return reference[family]
+    return f"{family}/ref" if f"{family}/ref" in set(names) else None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The tuned AdamW of each scenario
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Tuned:
+    """A scenario's tuned AdamW: which runs (``label``), their mean final perplexities and the target."""
+
+    label: str
+    """``adamw_tuned`` (the tuned arm on the same scenario) or ``adamw on <reference scenario>``."""
+    scenario: str
+    arm: str
+    ppl: Mapping[str, float]
+    """Mean final perplexity per split (``test``, ``valid``); NaN where a run diverged (no yardstick)."""
+    target: float | None
+    """Worst seed's final validation perplexity (None: a tuned run diverged)."""
+    n: int
+
+
+def tuned_references(
+    records: Sequence[Record],
+    reference_arm: str = "adamw",
+    reference: Mapping[str, str] | None = None,
+    tuned_arm: str = TUNED_ARM,
+) -> dict[str, Tuned]:
+    """Per scenario its :class:`Tuned` AdamW (see the module docstring); scenarios without one are left out."""
+    reference = reference or {}
+    names = list(dict.fromkeys(r["scenario"] for r in records))
+    runs: dict[tuple[str, str], list[Record]] = defaultdict(list)
+    for r in records:
+        runs[(r["scenario"], r["arm"])].append(r)
+    out: dict[str, Tuned] = {}
+    for scenario in names:
+        if runs.get((scenario, tuned_arm)):
+            src, arm, label = scenario, tuned_arm, tuned_arm
+        else:
+            ref = reference_of(scenario, reference, names)
+            if ref is None or not runs.get((ref, reference_arm)):
+                continue
+            src, arm, label = ref, reference_arm, f"{reference_arm} on {ref}"
+        rs = runs[(src, arm)]
+        means = {}
+        for split in ("test", "valid"):
+            xs = [ppl(r, split) for r in rs]
+            means[split] = float(np.mean(xs)) if all(math.isfinite(x) for x in xs) else math.nan
+        finals = [ppl(r, "valid") for r in rs]
+        target = max(finals) if all(math.isfinite(x) for x in finals) else None
+        out[scenario] = Tuned(label, src, arm, means, target, len(rs))
+    return out
+
+
+def scenario_targets(
+    records: Sequence[Record],
+    reference_arm: str = "adamw",
+    reference: Mapping[str, str] | None = None,
+    tuned_arm: str = TUNED_ARM,
+) -> dict[str, tuple[str, float]]:
+    """Per scenario: ``(tuned AdamW label, time-to-target threshold)``; scenarios without one are left out."""
+    tuned = tuned_references(records, reference_arm, reference, tuned_arm)
+    return {s: (t.label, t.target) for s, t in tuned.items() if t.target is not None}
+
+
+def gain_split(records: Sequence[Record]) -> str:
+    """The split gains are measured on: the headline split where every record knows its start there, else
+    validation (records written before ``initial_test_ppl`` existed)."""
+    return HEADLINE if all(not math.isnan(start_ppl(r, HEADLINE)) for r in records) else "valid"
+
+
+def run_score(record: Record, tuned: Tuned, split: str) -> float:
+    """One run against its tuned AdamW: gain captured for a fine-tune, ``final / tuned`` from scratch.
+
+    Gain captured is NaN where the tuned AdamW did not improve on the start (no gain to capture)."""
+    final, ref = ppl(record, split), tuned.ppl.get(split, math.nan)
+    if not math.isfinite(ref):
+        return math.nan
+    if get_path(record, "trainer", "regime") != "finetune":
+        return final / ref
+    start = start_ppl(record, split)
+    if not math.isfinite(start) or start - ref <= 0:
+        return math.nan
+    return (start - final) / (start - ref) if math.isfinite(final) else -math.inf
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -126,24 +188,36 @@ class Cell:
     split: str
     arm: str
     governor: str
+    governor_hash: str
+    """sha256 of the governor's config or manifest ("" where it has none, e.g. plain AdamW)."""
     lr: float
     model: str
+    regime: str
     n: int
-    valid_ppl: Estimate
     test_ppl: Estimate
+    """The headline: final test perplexity, mean with t interval."""
+    valid_ppl: Estimate
     diverged: int
     """Runs that diverged (the episode terminated)."""
     wall_seconds: float
     train_seconds: float
     skipped_steps: float
     rollbacks: float
-    delta_pct: Estimate | None = None
-    """Paired relative difference of the final validation perplexity vs the reference arm (%); None for the
-    reference arm itself or when it has no run of this scenario."""
-    reference_scenario: str | None = None
-    """The scenario whose reference-arm runs set the target."""
+    delta: Paired | None = None
+    """Paired difference of the final test log perplexity vs the reference arm; None for the reference arm
+    itself or when it has no run of this scenario."""
+    delta_valid: Paired | None = None
+    """The same on validation (secondary)."""
+    start_ppl: Estimate | None = None
+    """The untouched starting model's perplexity on :attr:`score_split` (None: records lack it)."""
+    tuned: Tuned | None = None
+    score: Estimate | None = None
+    """Gain captured (fine-tune) or final / tuned (scratch), mean with t interval (None: no tuned AdamW)."""
+    score_kind: str = ""
+    """``gain captured`` or ``ratio to tuned``."""
+    score_split: str = HEADLINE
     target_ppl: float | None = None
-    """The time-to-target threshold (None: no reference run, so no target)."""
+    """The time-to-target threshold (None: no tuned AdamW, so no target)."""
     ttt_steps: float | None = None
     """Mean steps to the target over the seeds that reached it."""
     ttt_seconds: float | None = None
@@ -165,109 +239,118 @@ class Cell:
         return text if self.reached == self.n else f"{text} ({self.reached}/{self.n} reached)"
 
 
-def reference_of(scenario: str, reference: Mapping[str, str], names: Iterable[str]) -> str | None:
-    """The time-to-target reference of ``scenario``: its own entry in ``reference``, else its family's, else
-    ``<family>/ref`` if ``names`` has it, else None."""
-    family = scenario.split("/", 1)[0]
-    if scenario in reference:
-        return reference[scenario]
-    if family in reference:
-        return reference[family]
-    return f"{family}/ref" if f"{family}/ref" in set(names) else None
+def _paired(rs: Sequence[Record], ref: Mapping[int, Record], split: str, n_resamples: int, seed: int) -> Paired | None:
+    """Per-seed log-perplexity differences to the reference arm; a seed where both diverged (∞ − ∞) drops out."""
+    diffs = [log_ppl(r, split) - log_ppl(ref[int(r["seed"])], split) for r in rs if int(r["seed"]) in ref]
+    diffs = [d for d in diffs if not math.isnan(d)]
+    return paired(diffs, n_resamples=n_resamples, seed=seed) if diffs else None
 
 
-def scenario_targets(
-    records: Sequence[Mapping[str, Any]], reference_arm: str, reference: Mapping[str, str] | None = None
-) -> dict[str, tuple[str, float]]:
-    """Per scenario: ``(reference scenario, target)``, the target being the reference arm's mean final
-    validation perplexity on the reference scenario. Scenarios whose reference has no finite runs of the
-    reference arm get no target."""
-    reference = reference or {}
-    names = list(dict.fromkeys(r["scenario"] for r in records))
-    ref_ppl: dict[str, list[float]] = defaultdict(list)
-    for r in records:
-        if r["arm"] == reference_arm:
-            ref_ppl[r["scenario"]].append(as_float(r["final_valid_ppl"]))
-    out: dict[str, tuple[str, float]] = {}
-    for scenario in names:
-        ref = reference_of(scenario, reference, names)
-        ppls = ref_ppl.get(ref or "", [])
-        if ref is not None and ppls and all(math.isfinite(p) for p in ppls):
-            out[scenario] = (ref, float(np.mean(ppls)))
-    return out
+def _new_cell(scenario: str, arm: str, rs: Sequence[Record]) -> Cell:
+    first = rs[0]
+    hashes = sorted({str(r.get("governor_hash") or "") for r in rs})
+    return Cell(
+        scenario=scenario,
+        family=str(first.get("family", scenario.split("/")[0])),
+        split=str(first.get("split", "")),
+        arm=arm,
+        governor=str(first.get("governor", arm)),
+        governor_hash=hashes[0] if len(hashes) == 1 else "mixed: " + ", ".join(h[:12] for h in hashes),
+        lr=as_float(get_path(first, "trainer", "optim", "lr")),
+        model=str(get_path(first, "trainer", "model", "preset", default="")),
+        regime=str(get_path(first, "trainer", "regime", default="scratch")),
+        n=len(rs),
+        test_ppl=t_interval(ppl(r, "test") for r in rs),
+        valid_ppl=t_interval(ppl(r, "valid") for r in rs),
+        diverged=sum(bool(r.get("diverged")) for r in rs),
+        wall_seconds=float(np.mean([as_float(get_path(r, "timing", "wall_seconds")) for r in rs])),
+        train_seconds=float(np.mean([as_float(get_path(r, "timing", "train_seconds")) for r in rs])),
+        skipped_steps=float(np.mean([as_float(r.get("skipped_steps", 0)) for r in rs])),
+        rollbacks=float(np.mean([as_float(r.get("rollbacks", 0)) for r in rs])),
+        seeds=[int(r["seed"]) for r in rs],
+    )
+
+
+def _add_tuned(cell: Cell, rs: Sequence[Record], tuned: Tuned | None, split: str) -> None:
+    """Start, tuned AdamW, score and time-to-target of one cell."""
+    starts = [start_ppl(r, split) for r in rs]
+    cell.score_split = split
+    cell.start_ppl = t_interval(starts) if not any(math.isnan(s) for s in starts) else None
+    cell.tuned = tuned
+    if tuned is None:
+        return
+    cell.score_kind = "gain captured" if cell.regime == "finetune" else "ratio to tuned"
+    cell.score = t_interval(run_score(r, tuned, split) for r in rs)
+    if tuned.target is not None:
+        cell.target_ppl = tuned.target
+        hits = [h for h in (time_to_target(r, tuned.target) for r in rs) if h is not None]
+        cell.reached = len(hits)
+        if hits:
+            cell.ttt_steps = float(np.mean([h[0] for h in hits]))
+            cell.ttt_seconds = float(np.mean([h[1] for h in hits]))
 
 
 def summarize(
-    records: Sequence[Mapping[str, Any]],
+    records: Sequence[Record],
     reference_arm: str = "adamw",
     reference: Mapping[str, str] | None = None,
     n_resamples: int = N_RESAMPLES,
     seed: int = 0,
+    tuned_arm: str = TUNED_ARM,
 ) -> list[Cell]:
     """One :class:`Cell` per (scenario, arm), by scenario then arm, in the order the records first name them.
 
-    ``reference``: ``{scenario or family: reference scenario}`` for time-to-target (see :func:`reference_of`).
+    ``reference``: ``{scenario or family: reference scenario}`` (see :func:`reference_of`); ``n_resamples`` and
+    ``seed``: the BCa bootstrap (10+ paired seeds only).
     """
-    targets = scenario_targets(records, reference_arm, reference)
-    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    tuned = tuned_references(records, reference_arm, reference, tuned_arm)
+    groups: dict[tuple[str, str], list[Record]] = defaultdict(list)
     for r in records:
         groups[(r["scenario"], r["arm"])].append(r)
-    ref_ppl = {
-        (r["scenario"], int(r["seed"])): as_float(r["final_valid_ppl"]) for r in records if r["arm"] == reference_arm
-    }
+    ref_runs: dict[str, dict[int, Record]] = defaultdict(dict)
+    for r in records:
+        if r["arm"] == reference_arm:
+            ref_runs[r["scenario"]][int(r["seed"])] = r
+    by_scenario: dict[str, list[Record]] = defaultdict(list)
+    for r in records:
+        by_scenario[r["scenario"]].append(r)
     # Cells by scenario, then arm, each in order of first appearance (executors may deliver out of order).
-    scen_order = {s: i for i, s in enumerate(dict.fromkeys(r["scenario"] for r in records))}
+    scen_order = {s: i for i, s in enumerate(by_scenario)}
     arm_order = {a: i for i, a in enumerate(dict.fromkeys(r["arm"] for r in records))}
     cells = []
     for (scenario, arm), rs in sorted(groups.items(), key=lambda kv: (scen_order[kv[0][0]], arm_order[kv[0][1]])):
         rs = sorted(rs, key=lambda r: int(r["seed"]))
-        first = rs[0]
-        ppl = [as_float(r["final_valid_ppl"]) for r in rs]
-        cell = Cell(
-            scenario=scenario,
-            family=str(first.get("family", scenario.split("/")[0])),
-            split=str(first.get("split", "")),
-            arm=arm,
-            governor=str(first.get("governor", arm)),
-            lr=as_float(get_path(first, "trainer", "optim", "lr")),
-            model=str(get_path(first, "trainer", "model", "preset", default="")),
-            n=len(rs),
-            valid_ppl=bootstrap_mean(ppl, n_resamples, seed=seed),
-            test_ppl=bootstrap_mean([as_float(r.get("test_ppl")) for r in rs], n_resamples, seed=seed),
-            diverged=sum(bool(r.get("diverged")) for r in rs),
-            wall_seconds=float(np.mean([as_float(get_path(r, "timing", "wall_seconds")) for r in rs])),
-            train_seconds=float(np.mean([as_float(get_path(r, "timing", "train_seconds")) for r in rs])),
-            skipped_steps=float(np.mean([as_float(r.get("skipped_steps", 0)) for r in rs])),
-            rollbacks=float(np.mean([as_float(r.get("rollbacks", 0)) for r in rs])),
-            seeds=[int(r["seed"]) for r in rs],
-        )
-        if arm != reference_arm:
-            deltas = [
-                relative_delta_pct(p, ref_ppl[(scenario, int(r["seed"]))])
-                for r, p in zip(rs, ppl)
-                if (scenario, int(r["seed"])) in ref_ppl
-            ]
-            if deltas:
-                cell.delta_pct = bootstrap_mean(deltas, n_resamples, seed=seed)
-        if scenario in targets:
-            cell.reference_scenario, target = targets[scenario]
-            cell.target_ppl = target
-            hits = [h for h in (time_to_target(r, target) for r in rs) if h is not None]
-            cell.reached = len(hits)
-            if hits:
-                cell.ttt_steps = float(np.mean([h[0] for h in hits]))
-                cell.ttt_seconds = float(np.mean([h[1] for h in hits]))
+        cell = _new_cell(scenario, arm, rs)
+        if arm != reference_arm and ref_runs.get(scenario):
+            cell.delta = _paired(rs, ref_runs[scenario], HEADLINE, n_resamples, seed)
+            cell.delta_valid = _paired(rs, ref_runs[scenario], "valid", n_resamples, seed)
+        _add_tuned(cell, rs, tuned.get(scenario), gain_split(by_scenario[scenario]))
         cells.append(cell)
     return cells
 
 
 def verdict(cell: Cell) -> str:
-    """``better`` / ``worse`` / ``no clear difference`` from the paired CI (``n/a`` without one)."""
-    d = cell.delta_pct
-    if d is None or d.n < 2 or math.isnan(d.lo):
-        return "n/a"
-    if d.hi < 0:
-        return "better"
-    if d.lo > 0:
-        return "worse"
-    return "no clear difference"
+    """``better`` / ``worse`` (the paired test-perplexity t interval excludes 0), ``no detectable difference``
+    (it does not), ``n/a`` (no interval: one seed, no reference runs, or a run diverged in one arm only)."""
+    d = cell.delta
+    direction = "n/a" if d is None else d.direction()
+    return {"lower": "better", "higher": "worse", "none": "no detectable difference"}.get(direction, "n/a")
+
+
+def aggregate(
+    records: Sequence[Record],
+    tuned: Mapping[str, Tuned],
+    split: str = HEADLINE,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> dict[str, tuple[Estimate, dict[str, list[float]]]]:
+    """Per arm: IQM of ``final / tuned AdamW`` perplexity over all its runs in scenarios with a tuned AdamW,
+    with the stratified bootstrap CI, and the per-scenario scores (for performance profiles). One scale for
+    fine-tunes and scratch runs alike; lower is better; tuned AdamW itself scores ~1."""
+    scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        t = tuned.get(r["scenario"])
+        ref = t.ppl.get(split, math.nan) if t is not None else math.nan
+        if math.isfinite(ref):
+            scores[r["arm"]][r["scenario"]].append(ppl(r, split) / ref)
+    return {arm: (stratified_iqm(by_s, n_resamples=n_resamples, seed=seed), dict(by_s)) for arm, by_s in scores.items()}

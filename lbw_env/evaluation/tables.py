@@ -1,9 +1,10 @@
 """Tables from the cells of :mod:`lbw_env.evaluation.stats`: the report's Markdown tables, summary.csv, a
 terminal table.
 
-The headline table is the paper's (rows = scenarios, reference arm vs guard arm, paired Δ and time-to-target
-speed-up); :func:`guard_findings` turns the paired verdicts into the report's plain statements of where the
-guard does not help, so that such cases are listed rather than averaged away.
+Words are earned: :func:`finding` says ``better`` or ``worse`` only where the stated interval (the paired t
+interval of the test-perplexity difference) excludes 0, and ``no detectable difference (n = .., CI ..)``
+otherwise; no other table text uses those words. :func:`guard_findings` turns the paired comparisons into the
+report's plain statements of where the guard does not help, so that such cases are listed rather than averaged.
 """
 
 from __future__ import annotations
@@ -12,25 +13,58 @@ import csv
 import io
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
-from .stats import Cell, Estimate, fmt_num, verdict
+from .intervals import Estimate, Paired, fmt_num
+from .stats import HEADLINE, Cell, verdict
 
 
-def _ppl(e: Estimate) -> str:
+def _ppl(e: Estimate | None) -> str:
     """A perplexity with its CI, one decimal."""
-    return e.fmt("{:.1f}")
+    return "—" if e is None else e.fmt("{:.1f}")
 
 
-def _delta(e: Estimate | None) -> str:
-    """A paired relative difference in percent, signed; a dash where there is none."""
+def _score(e: Estimate | None) -> str:
+    """A gain captured or a ratio to tuned AdamW with its CI, two decimals."""
+    return "—" if e is None else e.fmt("{:.2f}")
+
+
+def _pct(p: Paired | None, bca: bool = False) -> str:
+    """A paired difference as a signed percentage of the reference perplexity, with its interval."""
+    e = None if p is None else (p.bca_pct if bca else p.pct)
     return "—" if e is None or e.n == 0 else e.fmt("{:+.1f}") + " %"
+
+
+def _p(p: Paired | None) -> str:
+    return "—" if p is None or math.isnan(p.p) else (f"{p.p:.3f}" if p.p >= 0.001 else "<0.001")
+
+
+def _div(c: Cell) -> str:
+    return f" ({c.diverged}/{c.n} div.)" if c.diverged else ""
 
 
 def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def finding(cell: Cell, reference_arm: str) -> str:
+    """The paired comparison in words, earned by the interval (see the module docstring)."""
+    d = cell.delta
+    v = verdict(cell)
+    if d is None:
+        return f"no paired {reference_arm} runs"
+    ci = f"Δ {_pct(d)}, paired t-test p = {_p(d)}, n = {d.n}"
+    if v == "better":
+        return f"better: lower test perplexity than {reference_arm} ({ci})"
+    if v == "worse":
+        return f"worse: higher test perplexity than {reference_arm} ({ci})"
+    if v == "no detectable difference":
+        return f"no detectable difference (n = {d.n}, CI {_pct(d)})"
+    if d.n < 2:
+        return f"not testable: n = {d.n} paired seed(s), no interval"
+    return f"not testable: a run diverged in one arm only (Δ {_pct(d)}, n = {d.n})"
 
 
 def _speedup(ref: Cell, guard: Cell) -> str:
@@ -56,10 +90,10 @@ def _scenario_label(cell: Cell, with_model: bool) -> str:
 
 
 def _ordered_scenarios(cells: Sequence[Cell]) -> list[str]:
-    """Reference scenarios first, then by learning rate, then in run order (the paper's row order)."""
+    """Scenarios that are some scenario's tuned yardstick first, then by learning rate, then in run order."""
     order = {name: i for i, name in enumerate(dict.fromkeys(c.scenario for c in cells))}
     by_name = {c.scenario: c for c in cells}
-    refs = {c.reference_scenario for c in cells}
+    refs = {c.tuned.scenario for c in cells if c.tuned is not None}
 
     def key(s: str) -> tuple[bool, float, int]:
         lr = by_name[s].lr
@@ -68,28 +102,51 @@ def _ordered_scenarios(cells: Sequence[Cell]) -> list[str]:
     return sorted(by_name, key=key)
 
 
-def headline_table(cells: Sequence[Cell], family: str, reference_arm: str, guard_arm: str) -> str | None:
-    """The paper's table: rows = scenarios (the reference LR, then the stress LRs); AdamW vs guard."""
+def _family(cells: Sequence[Cell], family: str) -> tuple[list[Cell], dict[tuple[str, str], Cell], bool, list[str]]:
     fam = [c for c in cells if c.family == family]
     index = {(c.scenario, c.arm): c for c in fam}
-    with_model = len({c.model for c in fam}) > 1
+    return fam, index, len({c.model for c in fam}) > 1, list(dict.fromkeys(c.arm for c in fam))
+
+
+def _tuned_text(c: Cell) -> str:
+    """The tuned AdamW's mean final test perplexity, and which runs it is."""
+    t = c.tuned
+    return "—" if t is None else f"{fmt_num(t.ppl.get(HEADLINE, math.nan))} ({t.label})"
+
+
+def _start_text(c: Cell) -> str:
+    """The untouched start's mean perplexity (test; validation for records that predate ``initial_test_ppl``)."""
+    if c.start_ppl is None:
+        return "—"
+    return fmt_num(c.start_ppl.mean) + ("" if c.score_split == HEADLINE else " (valid)")
+
+
+def short_finding(cell: Cell) -> str:
+    """:func:`finding` for a table cell whose neighbours show Δ, its interval and p."""
+    v = verdict(cell)
+    n = 0 if cell.delta is None else cell.delta.n
+    return "—" if cell.delta is None else f"{'not testable' if v == 'n/a' else v} (n = {n})"
+
+
+def headline_table(cells: Sequence[Cell], family: str, reference_arm: str, guard_arm: str) -> str | None:
+    """The headline: final TEST perplexity, reference arm vs guard, with start and tuned AdamW beside them."""
+    fam, index, with_model, _ = _family(cells, family)
     rows = []
     for scenario in _ordered_scenarios(fam):
         ref, guard = index.get((scenario, reference_arm)), index.get((scenario, guard_arm))
         if ref is None or guard is None:
             continue
-        time_ref = ref.ttt_text() if ref.target_ppl is not None else f"{ref.wall_seconds:.1f} s (whole run)"
-        time_guard = guard.ttt_text() if guard.target_ppl is not None else f"{guard.wall_seconds:.1f} s (whole run)"
         rows.append(
             [
                 _scenario_label(ref, with_model),
                 fmt_num(ref.lr, "{:.2g}"),
-                _ppl(ref.valid_ppl) + (f" ({ref.diverged}/{ref.n} div.)" if ref.diverged else ""),
-                _ppl(guard.valid_ppl) + (f" ({guard.diverged}/{guard.n} div.)" if guard.diverged else ""),
-                _delta(guard.delta_pct),
-                time_ref,
-                time_guard,
-                _speedup(ref, guard),
+                _start_text(ref),
+                _tuned_text(ref),
+                _ppl(ref.test_ppl) + _div(ref),
+                _ppl(guard.test_ppl) + _div(guard),
+                _pct(guard.delta),
+                _p(guard.delta),
+                short_finding(guard),
             ]
         )
     if not rows:
@@ -97,34 +154,79 @@ def headline_table(cells: Sequence[Cell], family: str, reference_arm: str, guard
     header = [
         "Scenario",
         "LR",
-        f"{reference_arm} ppl [95% CI]",
-        f"{guard_arm} ppl [95% CI]",
-        "Δ ppl % [95% CI]",
-        f"{reference_arm} time to target",
-        f"{guard_arm} time to target",
+        "start ppl",
+        "tuned AdamW test ppl",
+        f"{reference_arm} test ppl [95% t CI]",
+        f"{guard_arm} test ppl [95% t CI]",
+        "Δ test ppl % [95% t CI]",
+        "p (paired t)",
+        "finding",
+    ]
+    return _md_table(header, rows)
+
+
+def yardstick_table(cells: Sequence[Cell], family: str, reference_arm: str, guard_arm: str) -> str | None:
+    """Per scenario: what a do-nothing governor cannot win — gain captured (fine-tune) or final / tuned AdamW
+    (scratch) per arm — and time to the tuned AdamW's worst-seed target, per arm."""
+    fam, index, with_model, arms = _family(cells, family)
+    rows = []
+    for scenario in _ordered_scenarios(fam):
+        any_cell = next(c for c in fam if c.scenario == scenario)
+        if any_cell.tuned is None:
+            continue
+        row = [_scenario_label(any_cell, with_model), any_cell.score_kind + f" ({any_cell.score_split})"]
+        row += [_score(index[(scenario, a)].score) if (scenario, a) in index else "—" for a in arms]
+        target = any_cell.target_ppl
+        row.append("—" if target is None else f"{target:.1f}")
+        row += [index[(scenario, a)].ttt_text() if (scenario, a) in index else "—" for a in arms]
+        ref, guard = index.get((scenario, reference_arm)), index.get((scenario, guard_arm))
+        row.append(_speedup(ref, guard) if ref is not None and guard is not None else "—")
+        rows.append(row)
+    if not rows:
+        return None
+    header = [
+        "Scenario",
+        "score",
+        *[f"{a} score [95% t CI]" for a in arms],
+        "target (valid ppl)",
+        *[f"{a} time to target" for a in arms],
         "speed-up",
     ]
     return _md_table(header, rows)
 
 
 def arms_table(cells: Sequence[Cell], family: str) -> str | None:
-    """Rows = scenarios, one column per arm: final validation perplexity [CI] (and divergences)."""
-    fam = [c for c in cells if c.family == family]
-    arms = list(dict.fromkeys(c.arm for c in fam))
-    index = {(c.scenario, c.arm): c for c in fam}
-    with_model = len({c.model for c in fam}) > 1
+    """Rows = scenarios, one column per arm: final test perplexity [CI] (and divergences)."""
+    fam, index, with_model, arms = _family(cells, family)
     rows = []
     for scenario in _ordered_scenarios(fam):
         any_cell = next(c for c in fam if c.scenario == scenario)
         row = [_scenario_label(any_cell, with_model), fmt_num(any_cell.lr, "{:.2g}")]
         for arm in arms:
             c = index.get((scenario, arm))
-            row.append("—" if c is None else _ppl(c.valid_ppl) + (f" ({c.diverged}/{c.n} div.)" if c.diverged else ""))
-        finite = [(index[(scenario, a)].valid_ppl.mean, a) for a in arms if (scenario, a) in index]
+            row.append("—" if c is None else _ppl(c.test_ppl) + _div(c))
+        finite = [(index[(scenario, a)].test_ppl.mean, a) for a in arms if (scenario, a) in index]
         finite = [(m, a) for m, a in finite if math.isfinite(m)]
         row.append(min(finite)[1] if finite else "—")
         rows.append(row)
-    return _md_table(["Scenario", "LR", *[f"{a} ppl [95% CI]" for a in arms], "lowest mean"], rows) if rows else None
+    header = ["Scenario", "LR", *[f"{a} test ppl [95% t CI]" for a in arms], "lowest mean"]
+    return _md_table(header, rows) if rows else None
+
+
+def aggregate_table(agg: Mapping[str, tuple[Estimate, Mapping[str, Sequence[float]]]]) -> str | None:
+    """Per arm: IQM of final test ppl / tuned AdamW over all runs, stratified bootstrap CI."""
+    rows = [[arm, est.fmt("{:.3f}"), str(est.n), str(len(by_s))] for arm, (est, by_s) in agg.items() if est.n]
+    header = ["Arm", "IQM of test ppl / tuned AdamW [95% stratified bootstrap CI]", "runs", "scenarios"]
+    return _md_table(header, rows) if rows else None
+
+
+def governors_table(cells: Sequence[Cell]) -> str:
+    """Which governor each arm ran, and the hash of its config or manifest (what exactly was evaluated)."""
+    seen: dict[str, Cell] = {}
+    for c in cells:
+        seen.setdefault(c.arm, c)
+    rows = [[c.arm, f"`{c.governor}`", f"`{c.governor_hash}`" if c.governor_hash else "—"] for c in seen.values()]
+    return _md_table(["Arm", "governor", "config/manifest sha256"], rows)
 
 
 def full_table(cells: Sequence[Cell]) -> str:
@@ -133,9 +235,13 @@ def full_table(cells: Sequence[Cell]) -> str:
         "split",
         "Arm",
         "n",
-        "valid ppl [95% CI]",
-        "test ppl",
-        "Δ vs ref % [95% CI]",
+        "test ppl [95% t CI]",
+        "valid ppl [95% t CI]",
+        "Δ test % [95% t CI]",
+        "p",
+        "Δ test % [BCa, n≥10]",
+        "Δ valid % [95% t CI]",
+        "score [95% t CI]",
         "diverged",
         "skipped steps",
         "rollbacks",
@@ -149,9 +255,13 @@ def full_table(cells: Sequence[Cell]) -> str:
             c.split,
             c.arm,
             str(c.n),
+            _ppl(c.test_ppl),
             _ppl(c.valid_ppl),
-            c.test_ppl.fmt("{:.1f}", ci=False),
-            _delta(c.delta_pct),
+            _pct(c.delta),
+            _p(c.delta),
+            _pct(c.delta, bca=True),
+            _pct(c.delta_valid),
+            "—" if c.score is None else f"{_score(c.score)} ({c.score_kind})",
             f"{c.diverged}/{c.n}",
             f"{c.skipped_steps:.1f}",
             f"{c.rollbacks:.1f}",
@@ -164,6 +274,26 @@ def full_table(cells: Sequence[Cell]) -> str:
     return _md_table(header, rows)
 
 
+def _not_helping_reasons(c: Cell, ref: Cell, reference_arm: str) -> list[str]:
+    v = verdict(c)
+    reasons = [] if v == "better" else [finding(c, reference_arm)]
+    if c.diverged:
+        reasons.append(f"diverged in {c.diverged}/{c.n} runs ({reference_arm}: {ref.diverged}/{ref.n})")
+    if c.score is not None and c.score_kind == "gain captured" and c.score.has_ci and c.score.hi < 0.5:
+        reasons.append(f"gain captured {_score(c.score)}: under half of what tuned AdamW gains")
+    if c.target_ppl is not None and c.reached < ref.reached:
+        reasons.append(f"reached the target in fewer runs ({c.reached}/{c.n} vs {ref.reached}/{ref.n})")
+    elif (
+        c.target_ppl is not None
+        and c.reached == c.n == ref.reached
+        and c.ttt_seconds is not None
+        and ref.ttt_seconds is not None
+        and c.ttt_seconds > ref.ttt_seconds
+    ):
+        reasons.append(f"reached the target later ({c.ttt_seconds:.1f} s vs {ref.ttt_seconds:.1f} s)")
+    return reasons
+
+
 def guard_findings(cells: Sequence[Cell], reference_arm: str, guard_arm: str) -> tuple[list[str], list[str]]:
     """(summary lines, lines for "where the guard does not help"), from the paired comparisons."""
     index = {(c.scenario, c.arm): c for c in cells}
@@ -172,38 +302,18 @@ def guard_findings(cells: Sequence[Cell], reference_arm: str, guard_arm: str) ->
     for c in cells:
         if c.arm != guard_arm or (c.scenario, reference_arm) not in index:
             continue
-        ref = index[(c.scenario, reference_arm)]
-        v = verdict(c)
-        counts[v] += 1
-        reasons = []
-        if v == "worse":
-            reasons.append(f"higher perplexity than {reference_arm}: Δ {_delta(c.delta_pct)}")
-        elif v == "no clear difference":
-            reasons.append(f"no clear difference from {reference_arm}: Δ {_delta(c.delta_pct)} (CI includes 0)")
-        elif v == "n/a":
-            reasons.append(f"too few paired seeds for a CI (Δ {_delta(c.delta_pct)}, n = {c.n})")
-        if c.diverged:
-            reasons.append(f"diverged in {c.diverged}/{c.n} runs ({reference_arm}: {ref.diverged}/{ref.n})")
-        if c.target_ppl is not None and c.reached < ref.reached:
-            reasons.append(f"reached the target in fewer runs ({c.reached}/{c.n} vs {ref.reached}/{ref.n})")
-        elif (
-            c.target_ppl is not None
-            and c.reached == c.n == ref.reached
-            and c.ttt_seconds is not None
-            and ref.ttt_seconds is not None
-            and c.ttt_seconds > ref.ttt_seconds
-        ):
-            reasons.append(f"reached the target later ({c.ttt_seconds:.1f} s vs {ref.ttt_seconds:.1f} s)")
+        counts[verdict(c)] += 1
+        reasons = _not_helping_reasons(c, index[(c.scenario, reference_arm)], reference_arm)
         if reasons:
             not_helping.append(f"- **{c.scenario}**: " + "; ".join(reasons) + ".")
     total = sum(counts.values())
     summary = []
     if total:
         summary.append(
-            f"- {guard_arm} vs {reference_arm} (final validation perplexity, paired by seed, 95 % bootstrap CI): "
-            f"better in {counts['better']} of {total} scenarios, worse in {counts['worse']}, "
-            f"no clear difference in {counts['no clear difference']}"
-            + (f", not testable (n < 2) in {counts['n/a']}" if counts["n/a"] else "")
+            f"- {guard_arm} vs {reference_arm} (final test perplexity, paired by seed, 95 % t interval of the "
+            f"log-perplexity difference): better in {counts['better']} of {total} scenarios, worse in "
+            f"{counts['worse']}, no detectable difference in {counts['no detectable difference']}"
+            + (f", not testable in {counts['n/a']}" if counts["n/a"] else "")
             + "."
         )
     return summary, not_helping
@@ -214,71 +324,47 @@ def guard_findings(cells: Sequence[Cell], reference_arm: str, guard_arm: str) ->
 # ----------------------------------------------------------------------------------------------------------
 
 CSV_FIELDS = [
-    "scenario",
-    "family",
-    "split",
-    "arm",
-    "governor",
-    "model",
-    "lr",
-    "n",
-    "valid_ppl_mean",
-    "valid_ppl_ci_lo",
-    "valid_ppl_ci_hi",
-    "test_ppl_mean",
+    "scenario", "family", "split", "arm", "governor", "governor_hash", "model", "regime", "lr", "n",
+    "test_ppl_mean", "test_ppl_ci_lo", "test_ppl_ci_hi", "valid_ppl_mean", "valid_ppl_ci_lo", "valid_ppl_ci_hi",
     "divergence_rate",
-    "delta_pct_mean",
-    "delta_pct_ci_lo",
-    "delta_pct_ci_hi",
-    "target_ppl",
-    "ttt_reached",
-    "ttt_steps_mean",
-    "ttt_seconds_mean",
-    "skipped_steps_mean",
-    "rollbacks_mean",
-    "wall_seconds_mean",
-    "train_seconds_mean",
-]
+    "delta_test_pct_mean", "delta_test_pct_ci_lo", "delta_test_pct_ci_hi", "delta_test_p",
+    "delta_test_pct_bca_lo", "delta_test_pct_bca_hi", "verdict",
+    "delta_valid_pct_mean", "delta_valid_pct_ci_lo", "delta_valid_pct_ci_hi", "delta_valid_p",
+    "start_ppl_mean", "tuned_label", "tuned_ppl", "score_kind", "score_split", "score_mean", "score_ci_lo",
+    "score_ci_hi",
+    "target_ppl", "ttt_reached", "ttt_steps_mean", "ttt_seconds_mean",
+    "skipped_steps_mean", "rollbacks_mean", "wall_seconds_mean", "train_seconds_mean",
+]  # fmt: skip
+
+
+def _f(x: float | None) -> str:
+    return "" if x is None else repr(float(x))
+
+
+def _est(e: Estimate | None) -> list[str]:
+    return ["", "", ""] if e is None else [_f(e.mean), _f(e.lo), _f(e.hi)]
+
+
+def _csv_row(c: Cell) -> list[object]:
+    d, dv, bca = c.delta, c.delta_valid, (c.delta.bca_pct if c.delta else None)
+    return [
+        c.scenario, c.family, c.split, c.arm, c.governor, c.governor_hash, c.model, c.regime, _f(c.lr), c.n,
+        *_est(c.test_ppl), *_est(c.valid_ppl), _f(c.divergence_rate),
+        *_est(d.pct if d else None), _f(d.p if d else None), *(_est(bca)[1:]), verdict(c),
+        *_est(dv.pct if dv else None), _f(dv.p if dv else None),
+        _f(c.start_ppl.mean if c.start_ppl else None), c.tuned.label if c.tuned else "",
+        _f(c.tuned.ppl.get(c.score_split) if c.tuned else None), c.score_kind, c.score_split, *_est(c.score),
+        _f(c.target_ppl), c.reached if c.target_ppl is not None else "", _f(c.ttt_steps), _f(c.ttt_seconds),
+        _f(c.skipped_steps), _f(c.rollbacks), _f(c.wall_seconds), _f(c.train_seconds),
+    ]  # fmt: skip
 
 
 def summary_csv(cells: Sequence[Cell]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_FIELDS)
-
-    def f(x: float | None) -> str:
-        return "" if x is None else repr(float(x))
-
     for c in cells:
-        d = c.delta_pct
-        w.writerow(
-            [
-                c.scenario,
-                c.family,
-                c.split,
-                c.arm,
-                c.governor,
-                c.model,
-                f(c.lr),
-                c.n,
-                f(c.valid_ppl.mean),
-                f(c.valid_ppl.lo),
-                f(c.valid_ppl.hi),
-                f(c.test_ppl.mean),
-                f(c.divergence_rate),
-                f(d.mean if d else None),
-                f(d.lo if d else None),
-                f(d.hi if d else None),
-                f(c.target_ppl),
-                c.reached if c.target_ppl is not None else "",
-                f(c.ttt_steps),
-                f(c.ttt_seconds),
-                f(c.skipped_steps),
-                f(c.rollbacks),
-                f(c.wall_seconds),
-                f(c.train_seconds),
-            ]
-        )
+        w.writerow(_csv_row(c))
     return buf.getvalue()
 
 
@@ -288,11 +374,14 @@ def summary_csv(cells: Sequence[Cell]) -> str:
 
 
 def short_table(cells: Sequence[Cell], max_rows: int = 40) -> str:
-    """A plain-text table for the terminal."""
-    lines = [f"{'scenario':<28} {'arm':<18} {'n':>2}  {'valid ppl [95% CI]':<28} {'Δ %':>8}  div"]
+    """A plain-text table for the terminal: test perplexity, paired Δ and its verdict."""
+    lines = [f"{'scenario':<28} {'arm':<18} {'n':>2}  {'test ppl [95% t CI]':<28} {'Δ %':>8}  {'div':<5} verdict"]
     for c in cells[:max_rows]:
-        d = "" if c.delta_pct is None else fmt_num(c.delta_pct.mean, "{:+.1f}")
-        lines.append(f"{c.scenario:<28} {c.arm:<18} {c.n:>2}  {_ppl(c.valid_ppl):<28} {d:>8}  {c.diverged}/{c.n}")
+        d = "" if c.delta is None else fmt_num(c.delta.pct.mean, "{:+.1f}")
+        v = "" if c.delta is None else verdict(c)
+        lines.append(
+            f"{c.scenario:<28} {c.arm:<18} {c.n:>2}  {_ppl(c.test_ppl):<28} {d:>8}  {f'{c.diverged}/{c.n}':<5} {v}"
+        )
     if len(cells) > max_rows:
         lines.append(f"... {len(cells) - max_rows} more cells in report.md")
     return "\n".join(lines)
