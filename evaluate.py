@@ -8,7 +8,8 @@
 
 Writes ``<out>/records.jsonl`` (one record per scenario x arm x seed; a rerun skips finished records, so an
 interrupted evaluation resumes), then ``<out>/report.md``, ``<out>/summary.csv`` and ``<out>/plots/*.png``.
-Default ``<out>``: ``results/<suite name>/``. Every input is checked before the first run starts.
+Default ``<out>``: ``results/<suite name>/``. Every input (suite, governors against the env, data, output folder)
+is checked before anything runs or is written; a bad one is one line naming it (``evaluate.py: error: ...``), exit 2.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 
 def _list() -> None:
@@ -47,9 +48,22 @@ def _list() -> None:
         print(f"  {family}: " + ", ".join(f"{s.name} [{s.split}]" for s in scenarios.values()))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line like every other error (exit status 2 as argparse's)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def fail(message: object) -> int:
+    """Print one line ``evaluate.py: error: ...`` to stderr; the exit status of bad input (2)."""
+    print(f"evaluate.py: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line; the engine is imported only after parsing, so ``--help`` needs no torch."""
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="evaluate.py",
         description="Run governors over a suite (scenarios x arms x seeds); write records, report and plots.",
         epilog="Overrides are key=value on the suite config, e.g. seeds=5 eval_every=4 env.decision_interval=4 "
@@ -77,8 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _list()
         return 0
     if not args.suite:
-        print("error: --suite is required (or --list)", file=sys.stderr)
-        return 2
+        return fail("--suite is required (or --list)")
 
     from tqdm import tqdm
 
@@ -105,18 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         suite = load_suite(args.suite, overrides, governors=args.governors or ())
-        summary = run_suite(
-            suite,
-            args.out,
-            make_governor=make_governor,
-            executor=args.executor,
-            workers=args.workers,
-            on_start=on_start,
-            on_record=on_record,
-        )
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        summary = run_suite(suite, args.out, make_governor=make_governor, executor=args.executor,
+                            workers=args.workers, on_start=on_start, on_record=on_record)  # fmt: skip
+    except (ConfigError, OSError) as e:  # bad input, found before anything ran; OSError: e.g. a full disk
+        return fail(e)
     except KeyboardInterrupt:
         print("\ninterrupted: finished records are kept; run the same command again to resume", file=sys.stderr)
         return 130
@@ -124,17 +129,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if bar is not None:
             bar.close()
 
-    files = write_report(
-        summary.out,
-        summary.records,
-        title=suite.name,
-        description=suite.description,
-        reference_arm=suite.reference_arm,
-        guard_arm=suite.guard_arm,
-        reference=summary.plan.reference,
-        plots=not args.no_plots,
-        notes=summary.notes,
-    )
+    report: dict[str, Any] = {"title": suite.name, "description": suite.description, "notes": summary.notes,
+                              "reference_arm": suite.reference_arm, "guard_arm": suite.guard_arm,
+                              "reference": summary.plan.reference}  # fmt: skip
+    try:
+        files = write_report(summary.out, summary.records, plots=not args.no_plots, **report)
+    except OSError as e:
+        return fail(f"report in {summary.out}: {e}")
     print(short_table(files.cells))
     print(f"\nran {summary.ran}, skipped {summary.skipped} (already recorded)")
     print(f"records: {Path(summary.out) / 'records.jsonl'}")

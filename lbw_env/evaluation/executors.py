@@ -21,6 +21,7 @@ import platform
 import sys
 import traceback
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 from ..config import ConfigError
@@ -109,12 +110,16 @@ class WorkerSpec:
     sys_path: list[str]
     """The parent's module path: a suite's ``imports`` and the factory's module must resolve the same."""
     environ: dict[str, str]
-    """The parent's ``LBW_*`` variables (data and cache roots)."""
+    """The parent's ``LBW_*`` variables (data and cache roots), roots made absolute: a Ray worker does not
+    start in the parent's working directory, so a relative ``LBW_DATA_DIR`` would point elsewhere there."""
 
     @classmethod
     def of(cls, suite: SuiteConfig, make_governor: GovernorFactory, workers: int) -> WorkerSpec:
         threads = max(1, available_cores() // workers)
         environ = {k: v for k, v in os.environ.items() if k.startswith("LBW_")}
+        for key in ("LBW_DATA_DIR", "LBW_CACHE"):
+            if environ.get(key, "").strip():
+                environ[key] = str(Path(environ[key]).expanduser().resolve())
         return cls(suite, make_governor, threads, list(sys.path), environ)
 
     def runner(self, executor: str) -> Runner:

@@ -3,9 +3,10 @@
 A *suite* (``configs/suites/<name>.yaml``) names scenarios, *arms* (a governor plus optional trainer overrides:
 the clipping baselines are ``adamw`` with ``optim.clip_norm``) and a number of seeds. :func:`prepare` expands
 it into tasks ``scenario x arm x seed`` with a config hash each. Everything that can be wrong with a suite
-(unknown keys, an unknown governor or scenario, a missing model file, a bad trainer override) is found there,
-before the first episode starts and before the output folder is touched: a typo must cost seconds, not the
-hours of runs that would precede the failing one.
+(unknown keys, an unknown governor or scenario, a missing model file, a bad trainer override, a governor whose
+observation or action shape does not fit the env) is found there, and :func:`check_data` loads and checks
+every data source the tasks will read; both run before the first episode starts and before the output folder
+is touched: a typo must cost seconds, not the hours of runs that would precede the failing one.
 
 Governors are built by a :data:`~lbw_env.control.protocol.GovernorFactory` the caller passes in (the CLI
 passes ``policies.make_governor``): the engine never imports the governors it evaluates.
@@ -20,7 +21,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..cache import stable_hash
+import numpy as np
+
+from ..cache import CacheError, stable_hash
 from ..config import (
     ConfigError,
     check,
@@ -236,10 +239,93 @@ def make_arm_governor(arm: Arm, envelope: EnvelopeConfig, make_governor: Governo
         raise ConfigError(f"arm {arm.label!r}: governor {arm.governor!r}: {type(e).__name__}: {e}") from e
 
 
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+def check_governor_fits(arm: Arm, governor: Governor, env_cfg: EnvConfig) -> None:
+    """Refuse a governor that cannot drive the arm's env: it must take an observation of the env's shape and
+    answer with an action of the env's action space (its size; floats for a Box, integer bins for
+    MultiDiscrete). A learned governor's declared training settings and spaces are checked first
+    (:mod:`lbw_env.control.compat`); then every governor is probed with one ``predict`` on a reset-shaped
+    observation, as the episode will call it.
+
+    Without this, a window-4 learned governor in a window-8 env (or a discrete one in a continuous env) fails
+    mid-run with a broadcasting error, or worse, runs with its actions silently clipped into another meaning.
+    """
+    # Imported here, as in env_config: the envelope loads torch, which reading a suite does without.
+    from ..control.compat import check_compatible, check_settings
+    from ..control.features import FEATURE_NAMES
+    from ..control.governance import Governance
+
+    governance: Governance[Any] = Governance(env_cfg)
+    obs_space, act_space = governance.observation_space(), governance.action_space
+    where = f"arm {arm.label!r}: governor {arm.governor!r}"
+    try:  # what a learned governor declares (training settings, spaces): the most specific message first
+        check_settings(governor, env_cfg)
+        check_compatible(governor, observation_space=obs_space, action_space=act_space)
+    except ConfigError as e:
+        raise ConfigError(f"arm {arm.label!r}: {_one_line(e)}") from None
+    try:  # then what any governor does: one predict, as the episode calls it
+        action, _ = governor.predict(
+            np.zeros(obs_space.shape, dtype=np.float32),
+            state=None,
+            episode_start=np.ones((1,), dtype=bool),
+            deterministic=True,
+        )
+        action = np.asarray(action)
+    except Exception as e:  # a governor may raise anything for a wrong shape: report it, don't run
+        raise ConfigError(
+            f"{where}: does not take this env's observations of shape {obs_space.shape} "
+            f"(env.window={env_cfg.window} x {len(FEATURE_NAMES)} features): {type(e).__name__}: {_one_line(e)}"
+        ) from None
+    mode = f"env.envelope.action_mode={env_cfg.envelope.action_mode}"
+    expected = int(np.prod(act_space.shape or ()))
+    if action.size != expected:
+        raise ConfigError(
+            f"{where}: answered an action of shape {action.shape}; expected {expected} numbers for this env's "
+            f"{act_space} ({mode}, rollback_action={env_cfg.envelope.rollback_action})"
+        )
+    discrete = env_cfg.envelope.action_mode == "discrete"
+    if discrete and not np.issubdtype(action.dtype, np.integer):
+        raise ConfigError(f"{where}: answered {action.dtype} values; expected integer bins for {act_space} ({mode})")
+    if not discrete and not np.issubdtype(action.dtype, np.floating):
+        raise ConfigError(
+            f"{where}: answered {action.dtype} values; expected floats in [-1, 1] for {act_space} ({mode})"
+        )
+
+
+def check_data(plan: Plan, tasks: Iterable[Task] | None = None) -> None:
+    """Load and check the data of every (scenario, arm) among ``tasks`` (default: all of the plan's), once per
+    distinct data config: data root, split files (present, non-empty, decodable) and enough tokens for a batch
+    and an evaluation block. The caches this fills are the ones the runs read, so the check costs no extra work;
+    without it, a missing file fails the first episode after the output folder was created (or the hundredth,
+    for a scenario that comes late). Raises :class:`ConfigError` naming the scenario and the file."""
+    # Imported here: the data layer loads torch and tokenizers, which reading suites and reports does without.
+    from ..plant.data import check_data as check_corpus
+    from ..plant.sources import DataError
+
+    scenarios = {s.name: s for s in plan.scenarios}
+    arms = {a.label: a for a in plan.suite.arms}
+    checked: set[str] = set()
+    for task in plan.tasks if tasks is None else tasks:
+        overrides = plan.suite.env_config(arms[task.arm.label].trainer_overrides).trainer_overrides
+        trainer = with_overrides(scenarios[task.scenario], overrides).trainer
+        key = stable_hash(to_dict(trainer.data), trainer.runtime.cache_dir)
+        if key in checked:
+            continue
+        try:
+            check_corpus(trainer.data, trainer.runtime.cache_dir)
+        except (DataError, CacheError) as e:
+            raise ConfigError(f"suite {plan.suite.name!r}: scenario {task.scenario!r}: {_one_line(e)}") from None
+        checked.add(key)
+
+
 def prepare(suite: SuiteConfig, make_governor: GovernorFactory) -> Plan:
-    """Resolve and check everything a run needs, building each arm's governor once with ``make_governor``
-    (so unknown names and missing model files fail here). Raises :class:`ConfigError` naming the faulty
-    thing."""
+    """Resolve and check everything a run needs but the data, building each arm's governor once with
+    ``make_governor`` (so unknown names and missing model files fail here) and probing it against the arm's env
+    (:func:`check_governor_fits`). Raises :class:`ConfigError` naming the faulty thing. No data is read: see
+    :func:`check_data`, which :func:`~.run.run_suite` calls for the tasks it will run."""
     where = f"suite {suite.name!r}"
     try:
         import_modules(suite.imports)
@@ -248,7 +334,7 @@ def prepare(suite: SuiteConfig, make_governor: GovernorFactory) -> Plan:
         hashes: dict[RecordKey, str] = {}
         for arm in suite.arms:
             env_cfg = suite.env_config(arm.trainer_overrides)
-            make_arm_governor(arm, env_cfg.envelope, make_governor)
+            check_governor_fits(arm, make_arm_governor(arm, env_cfg.envelope, make_governor), env_cfg)
             for s in scenarios:
                 try:
                     trainer = with_overrides(s, env_cfg.trainer_overrides).trainer
