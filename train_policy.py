@@ -29,13 +29,29 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from lbw_env import learning
 from lbw_env.config import ConfigError
+from lbw_env.plant.sources import DataError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line like every other error (exit status 2 as argparse's)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def fail(message: object) -> int:
+    """Print one line ``train_policy.py: error: ...`` to stderr; the exit status of bad input (2)."""
+    print(f"train_policy.py: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return 2
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
+        prog="train_policy.py",
         description="Train a learned governor (SB3) on an lbw-env id.",
         epilog="Overrides: key=value with dotted keys, e.g. n_envs=1 hyperparams.n_steps=64 eval.seeds=1 "
         "'env.trainer_overrides=[optim.steps=96]'. --help-config lists every key.",
@@ -48,7 +64,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; the exit status (0 done, 2 a config error, 130 interrupted)."""
+    """Run the command line; the exit status (0 done, 2 bad input: one line naming it, nothing left behind,
+    130 interrupted)."""
     args = parse_args(argv)
     if args.help_config:
         print(learning.config_help())
@@ -59,9 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(learning.measure(cfg, args.measure), indent=2))
             return 0
         result = learning.train(cfg)
-    except ConfigError as e:
-        print(f"train_policy.py: error: {e}", file=sys.stderr)
-        return 2
+    except (ConfigError, DataError, OSError) as e:  # OSError: an unwritable run or cache folder, a full disk
+        return fail(e)
     except KeyboardInterrupt:
         return 130
     print(json.dumps(result.summary, indent=2))

@@ -18,7 +18,19 @@ from typing import TYPE_CHECKING, Any, Literal
 import gymnasium as gym
 
 import lbw_env
-from lbw_env.config import ConfigError, check, deep_merge, describe, from_dict, load, parse_overrides, read_yaml
+from lbw_env.cache import CacheError, stable_hash
+from lbw_env.config import (
+    ConfigError,
+    check,
+    deep_merge,
+    describe,
+    from_dict,
+    load,
+    parse_overrides,
+    read_yaml,
+    to_dict,
+)
+from lbw_env.plant.sources import DataError
 from lbw_env.scenarios import require_not_test, resolve, with_overrides
 
 from .algos import algo_class, check_hyperparams
@@ -218,6 +230,30 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = 
         return load(TrainConfig, data, overrides)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+def check_data(cfg: TrainConfig) -> None:
+    """Load and check the data of every training and evaluation scenario, once per distinct data config (see
+    :func:`lbw_env.plant.data.check_data`), before a run folder exists: a missing or empty file, a train split
+    shorter than a batch of blocks, or an unwritable cache ends the start with one line naming the scenario and
+    the file, instead of a traceback from an env worker after the run folder was made. The caches it fills are
+    the ones the envs read."""
+    # Imported here: the data layer loads torch and tokenizers, which --help-config and config checks do without.
+    from lbw_env.plant.data import check_data as check_corpus
+
+    checked: set[str] = set()
+    for where, specs in (("env.scenarios", None), ("eval.scenarios", cfg.eval.scenarios)):
+        env_cfg = cfg.env_config(specs)
+        for scenario in resolve(env_cfg.scenarios):
+            trainer = with_overrides(scenario, env_cfg.trainer_overrides).trainer
+            key = stable_hash(to_dict(trainer.data), trainer.runtime.cache_dir)
+            if key in checked:
+                continue
+            try:
+                check_corpus(trainer.data, trainer.runtime.cache_dir)
+            except (DataError, CacheError) as e:
+                raise ConfigError(f"{where}: scenario {scenario.name!r}: {' '.join(str(e).split())}") from None
+            checked.add(key)
 
 
 def config_help() -> str:

@@ -16,6 +16,7 @@ import dataclasses
 import importlib.util
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -42,7 +43,7 @@ from .artifacts import (
     save_vecnormalize,
 )
 from .callbacks import HeldOutEvalCallback, SaveVecNormalizeCallback, TelemetryCallback, WallClockLimit
-from .config import TrainConfig
+from .config import TrainConfig, check_data
 from .plots import plot_learning_curve
 from .policy_file import save_policy_file
 from .vec_env import make_eval_env, make_training_env
@@ -80,12 +81,18 @@ def train(cfg: TrainConfig) -> TrainResult:
     cls = algo_class(cfg.algo)
     segment = start_segment(cfg)
     run = segment.run
+    check_data(cfg)  # every scenario's data, before the run folder exists: a bad file is one line, no folder
+    created = not run.root.exists()
     run.root.mkdir(parents=True, exist_ok=True)
-    episodes = cfg.eval_episodes()
-    run.write_config(to_dict(cfg), to_dict(cfg.env_config()), episodes)
-
-    # A resumed segment seeds its envs differently, so that it does not replay the first segment's episodes.
-    venv = make_training_env(cfg, cfg.seed + segment.start_steps, run.monitor, segment.resume)
+    try:
+        episodes = cfg.eval_episodes()
+        run.write_config(to_dict(cfg), to_dict(cfg.env_config()), episodes)
+        # A resumed segment seeds its envs differently, so that it does not replay the first segment's episodes.
+        venv = make_training_env(cfg, cfg.seed + segment.start_steps, run.monitor, segment.resume)
+    except BaseException:
+        _remove_failed_start(run.root, created)
+        raise
+    learning = False  # until model.learn starts, a failure removes the run folder this call created
     eval_env: VecNormalize | None = None
     tb = _tensorboard_dir(run)
     progress_bar = _progress_bar(cfg)
@@ -95,6 +102,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         eval_cb = _eval_callback(cfg, eval_env, len(episodes), segment)
         clock = WallClockLimit(cfg.max_minutes, verbose=cfg.verbose) if cfg.max_minutes else None
         callbacks = [TelemetryCallback(), eval_cb, *_checkpoint_callbacks(cfg, run), *([clock] if clock else [])]
+        learning = True
         seconds = _learn(model, cfg, callbacks, segment, tb, progress_bar, eval_cb)
         # The final model competes for best_model.zip too (and a run shorter than eval_freq gets one evaluation).
         eval_cb.evaluate_now()
@@ -110,6 +118,15 @@ def train(cfg: TrainConfig) -> TrainResult:
             venv.close()
         if eval_env is not None:
             eval_env.close()
+        if not learning:
+            _remove_failed_start(run.root, created)
+
+
+def _remove_failed_start(root: Path, created: bool) -> None:
+    """A start that failed before learning leaves no run folder behind (only the one this call created: a
+    resumed run's folder, or a ``run_dir`` that existed, holds more than this start wrote)."""
+    if created:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------------------------
