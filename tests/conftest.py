@@ -14,9 +14,11 @@ import pytest
 def shared_data() -> Path:
     """The read-only WikiText data root: ``$LBW_DATA_DIR``, else ``../shared/data`` beside the repository.
 
-    CI clones the repository next to a copy of ``shared/``; tests never copy these files into the repo.
+    CI clones the repository next to a copy of ``shared/``; tests never copy these files into the repo. Resolved
+    to an absolute path here, where it is read: tests hand it on as ``$LBW_DATA_DIR`` to code that runs after a
+    ``chdir`` (``monkeypatch.chdir``, subprocesses with ``cwd=tmp_path``), where a relative one would break.
     """
-    root = Path(os.environ.get("LBW_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
+    root = Path(os.environ.get("LBW_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data").resolve()
     if not (root / "wikitext-2" / "wiki.train.tokens").is_file():
         pytest.skip(
             f"WikiText data not found at {root} (set LBW_DATA_DIR to a folder with wikitext-2/wiki.train.tokens)"
