@@ -8,6 +8,8 @@ in a temporary cache; one test reads the whole WikiText-2 train split to check c
 from __future__ import annotations
 
 import json
+import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ import torch
 from lbw_env.cache import cache_root
 from lbw_env.plant import data, sources, tokenizer
 from lbw_env.plant.config import DataConfig
-from lbw_env.plant.data import BatchStream, eval_blocks, load_corpus
+from lbw_env.plant.data import BatchStream, check_data, eval_blocks, load_corpus
 from lbw_env.plant.sources import DataError, load_split_text
 from lbw_env.plant.tokenizer import get_tokenizer
 
@@ -107,6 +109,24 @@ def test_data_root_falls_back_to_env(small_root: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv(sources.ENV_DATA_DIR, str(small_root))
     assert sources.data_root(DataConfig()) == small_root
     assert load_split_text(DataConfig(eval_dir="wikitext-2"), "valid")[0] == " = Homarus gammarus = "
+
+
+def test_relative_data_root_is_resolved_where_it_is_read(
+    small_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``LBW_DATA_DIR=../data`` means relative to the working directory when the root is read; the absolute path
+    returned stays right after a later chdir (tests run in tmp_path, workers start elsewhere)."""
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    (tmp_path / "data").symlink_to(small_root)
+    monkeypatch.setenv(sources.ENV_DATA_DIR, "../data")
+    root = sources.data_root(DataConfig())
+    assert root.is_absolute() and root == small_root.resolve()
+    monkeypatch.chdir(tmp_path)
+    assert load_split_text(DataConfig(root=str(root), eval_dir="wikitext-2"), "valid")[0] == " = Homarus gammarus = "
+    monkeypatch.setenv(sources.ENV_DATA_DIR, "../no/such/data")
+    with pytest.raises(DataError, match=r"'\.\./no/such/data'.*relative to the working directory"):
+        sources.data_root(DataConfig())
 
 
 def test_local_raw_from_shared_data(shared_data: Path, small_root: Path) -> None:
@@ -251,6 +271,18 @@ def test_pretrained_tokenizer_via_save_pretrained(small_root: Path, tmp_path: Pa
         np.testing.assert_array_equal(getattr(a, split), getattr(b, split))
 
 
+def test_tokenizers_pickle(small_root: Path, tmp_path: Path) -> None:
+    """No closures inside: the tokenizer (and the env that holds it) pickles, and encodes the same afterwards."""
+    line = load_split_text(small_cfg(small_root), "train")[5]
+    bpe = get_tokenizer(small_cfg(small_root), cache_root())
+    save_pretrained_bpe(small_root, tmp_path / "tok")
+    pre = get_tokenizer(small_cfg(small_root, tokenizer=str(tmp_path / "tok")), cache_root())
+    for tok in (bpe, pre):
+        copy = pickle.loads(pickle.dumps(tok))
+        assert (copy.key, copy.kind, copy.vocab_size) == (tok.key, tok.kind, tok.vocab_size)
+        assert copy.encode(line) == tok.encode(line) and copy.decode(copy.encode(line)) == line
+
+
 def test_pretrained_tokenizer_errors_name_the_path(small_root: Path, tmp_path: Path) -> None:
     empty = tmp_path / "not-a-tokenizer"
     empty.mkdir()
@@ -307,6 +339,19 @@ def test_token_cache_write_is_atomic(small_root: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(np, "save", real_save)
     corpus = load_corpus(cfg)
     assert corpus.train.size > TRAIN_LINES
+
+
+def test_check_data_names_a_split_too_short_for_a_run(small_root: Path, tmp_path: Path) -> None:
+    """The size checks a run would otherwise fail on mid-way: a batch of train blocks, one evaluation block."""
+    corpus = check_data(small_cfg(small_root, seq_len=32, batch_size=4))
+    assert corpus.train.size > 4 * 33
+    with pytest.raises(DataError, match=r"train file .*wiki\.train\.tokens: 100 tokens \(data\.max_train_tokens=100\)"):
+        check_data(small_cfg(small_root, seq_len=32, batch_size=4, max_train_tokens=100))
+    short = tmp_path / "short"
+    shutil.copytree(small_root / "wikitext-2", short / "d")
+    (short / "d" / "wiki.valid.tokens").write_text(" = A = \n two words \n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"valid file .*wiki\.valid\.tokens: \d+ tokens make 0 blocks.*one evaluation"):
+        check_data(small_cfg(short, train_dir="d", eval_dir="d", seq_len=32, batch_size=4))
 
 
 def test_max_train_tokens_is_a_view(small_root: Path) -> None:
