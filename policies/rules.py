@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from lbw_env.config import check, config_dir, load, read_yaml
 from lbw_env.control.envelope import EnvelopeConfig
@@ -137,6 +137,10 @@ class GuardConfig:
     """Skip gate in the warning, unstable and recovering regimes."""
     recover_decisions: int = 2
     """Healthy decisions in ``recovering`` before growth resumes."""
+    provenance: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
+    """Where the thresholds came from (scenarios, seeds, search, scores, code version), as written by
+    ``benchmarks/calibrate_guard.py``. Kept so that a loaded guard can say how it was calibrated; never read by
+    the guard, and left out of equality: two configs with the same thresholds are the same guard."""
 
     def validate(self) -> None:
         check(0 < self.start_scale <= self.max_scale, "start_scale", "0 < start_scale <= max_scale", self.start_scale)
@@ -249,7 +253,8 @@ class LBWGuard(RuleGovernor):
 
 
 def load_guard_config(path: str | Path | None = None) -> GuardConfig:
-    """The guard's thresholds from YAML (default: ``configs/governors/lbw_guard.yaml``)."""
+    """The guard's thresholds from YAML (default: ``configs/governors/lbw_guard.yaml``), with the file's
+    ``provenance:`` section, if any, in :attr:`GuardConfig.provenance`."""
     p = Path(path) if path else config_dir() / "governors" / "lbw_guard.yaml"
     return load(GuardConfig, read_yaml(p))
 
