@@ -4,28 +4,35 @@ The loop is SB3's ``evaluate_policy`` for one env, so a learned governor is eval
 evaluate it, and a rule governor the same way. An episode is deterministic given its scenario, seed and
 governor, which is what lets every executor produce the same records (timing fields aside). The record is
 plain JSON data of a few kB: resolved configs, final and test numbers, and curves downsampled to at most
-:data:`MAX_CURVE_POINTS` points.
+:data:`MAX_CURVE_POINTS` points. It also holds the untouched starting model's test perplexity
+(``initial_test_ppl``: the yardstick a do-nothing governor scores 0 against) and ``governor_hash``, the sha256 of
+the governor's config or manifest, so a report can say exactly which guard thresholds or policy it evaluated.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import platform
 import time
+import zipfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..cache import json_safe
-from ..config import to_dict
+from ..cache import json_safe, sha256_file
+from ..config import config_dir, to_dict
 from ..control.protocol import Governor
 from ..plant.records import safe_exp
 from ..scenarios import Scenario, evaluation_seed, get_scenario
 
 MAX_CURVE_POINTS = 100
 """Curves in a record are downsampled to at most this many points (records stay a few kB)."""
+MAX_MANIFEST_BYTES = 1 << 24
+"""Largest ``manifest.json`` member of a governor zip that :func:`governor_hash` reads (else the zip is hashed)."""
 
 
 @functools.cache
@@ -47,6 +54,33 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[key] = "not installed"
     return out
+
+
+def governor_hash(governor: Governor, spec: str) -> str:
+    """sha256 of what a governor is beyond its code: its config or manifest file ("" where it has none).
+
+    A governor may state its own (a ``governor_hash`` string attribute). Otherwise the file is the spec's
+    argument (``lbw_guard:<yaml>``, ``ppo:<folder | manifest.json | zip>``: a folder's ``manifest.json``, a
+    zip's ``manifest.json`` member, else the zip's bytes) or, for a bare name, ``configs/governors/<name>.yaml``
+    where that exists (the guard's default thresholds). Plain AdamW and other argument-free rules: "".
+    The engine does not import the governors, so this goes by those file conventions, not by their loaders.
+    """
+    own = getattr(governor, "governor_hash", None)
+    if isinstance(own, str) and own:
+        return own
+    name, _, arg = spec.partition(":")
+    path = Path(arg).expanduser() if arg else config_dir() / "governors" / f"{name}.yaml"
+    if path.is_dir():
+        path = path / "manifest.json"
+    if not path.is_file():
+        return ""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            # A manifest is a few kB; a larger one is not read (a crafted zip could inflate to anything).
+            if "manifest.json" in names and zf.getinfo("manifest.json").file_size <= MAX_MANIFEST_BYTES:
+                return hashlib.sha256(zf.read("manifest.json")).hexdigest()
+    return sha256_file(path)
 
 
 def _finite_mean(xs: Sequence[float]) -> float:
@@ -110,6 +144,11 @@ def run_episode(
     reset_seconds = time.perf_counter() - t_reset
     sc: Scenario = base.scenario
     trainer = base.trainer
+    # The untouched start on the test split (evaluation draws no random numbers and consumes no batches, so the
+    # trajectory is unchanged); outside the timed run.
+    te = time.perf_counter()
+    initial_test = trainer.evaluate("test")
+    initial_test_seconds = time.perf_counter() - te
 
     t0 = time.perf_counter()
     eval_seconds = governor_seconds = train_seconds = 0.0
@@ -163,6 +202,7 @@ def run_episode(
         "arm": arm or governor_spec,
         "governor": governor_spec,
         "governor_class": type(governor).__name__,
+        "governor_hash": governor_hash(governor, governor_spec),
         "seed": int(seed),
         "run_seed": int(reset_info.get("run_seed", -1)),
         "eval_every": int(eval_every),
@@ -172,6 +212,8 @@ def run_episode(
         "final_valid_loss": float(final["valid_loss"]),
         "final_valid_ppl": float(final["valid_ppl"]),
         "initial_valid_ppl": valid_ppl[0],
+        "initial_test_loss": initial_test.loss,
+        "initial_test_ppl": initial_test.ppl,
         "best_valid_ppl": min(finite_valid) if finite_valid else math.inf,
         "test_loss": test.loss,
         "test_ppl": test.ppl,
@@ -193,6 +235,7 @@ def run_episode(
             "governor_seconds": governor_seconds,
             "eval_seconds": eval_seconds,
             "test_seconds": test_seconds,
+            "initial_test_seconds": initial_test_seconds,
             "reset_seconds": reset_seconds,
             "valid_seconds": [valid_time[i] for i in keep],
             "valid_train_seconds": [valid_train_time[i] for i in keep],
