@@ -9,18 +9,28 @@ inside the configured bounds:
 * **Skip gate** — component 1 sets how many rolling standard deviations above its rolling mean a step's loss
   or log gradient norm may be before the step is skipped; the top of the range means *never*. How much the gate
   may skip is bounded by the skip budget, enforced per step in :class:`~lbw_env.plant.optimizer.GovernedOptimizer`.
-* **Rollback** — the plant is rolled back to the last good snapshot after ``nonfinite_streak`` consecutive
-  non-finite steps or a runaway loss (smoothed loss above ``runaway_ratio`` x the best so far), and, when
-  ``rollback_action`` is on, when the governor asks with component 2. At most ``max_rollbacks`` per episode;
-  past that the run has diverged beyond what the envelope can recover, and the episode terminates.
+* **Rollback** — the plant is rolled back to the last good snapshot when the governor asks with component 2
+  (``rollback_action``), and, with ``auto_rollback``, by the envelope itself after ``nonfinite_streak``
+  consecutive non-finite steps or a runaway loss (smoothed loss above ``runaway_ratio`` x the best so far). At
+  most ``max_rollbacks`` per episode; when the envelope's own criterion needs one more, the run has diverged
+  beyond what the envelope can recover, and the episode terminates.
 
-Every correction is counted in :attr:`Envelope.interventions` and reported in the env's ``info``.
+**The default envelope is the one the evaluation suites measure** (``configs/suites/*.yaml``: ``rollback_action:
+true``, ``auto_rollback: false``): plain AdamW (the neutral action) stays plain AdamW, and every rollback is a
+governor's decision. The env ids, the integrations and the suites all start from these defaults, so a governor
+trained on an id's defaults is evaluated and deployed under the envelope it learned in.
+
+Every correction of a well-formed action (NaN, inf, out of range) is counted in :attr:`Envelope.interventions` and
+reported in the env's ``info``. A malformed action — wrong size, not numbers, complex or boolean values, an integer
+array for the continuous space (a ``MultiDiscrete`` policy's output), fractional bins for the discrete one — is a
+one-line ``ValueError`` naming ``action``: coercing it would run a policy in a space it was not built for.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Literal
 
 import gymnasium as gym
@@ -54,17 +64,20 @@ class EnvelopeConfig:
     never_above: float = 0.9
     """Continuous component 1 at or above this value disables the gate."""
     lr_bins: int = 5
-    """Discrete mode: LR moves evenly spaced in log scale from /max_factor to x max_factor (odd: has "hold")."""
+    """Discrete mode: LR moves evenly spaced in log scale from /max_cut to x max_factor; odd, so that the middle
+    bin holds the scale (the neutral action)."""
     gate_bins: int = 5
     """Discrete mode: gates evenly spaced in [gate_min, gate_max], the last bin meaning "never"."""
     max_skip_fraction: float = 0.25
     """Skip budget: at most this fraction of the last ``budget_window`` steps may be skipped by the gate."""
     budget_window: int = 32
     """Window of the skip budget, in optimizer steps."""
-    rollback_action: bool = False
-    """Add action component 2: a value > 0 (continuous) or 1 (discrete) asks for a rollback."""
-    auto_rollback: bool = True
-    """Roll back by itself on a non-finite streak or a runaway loss."""
+    rollback_action: bool = True
+    """Add action component 2: a value > 0 (continuous) or 1 (discrete) asks for a rollback. On by default, as in
+    every evaluation suite: with ``auto_rollback`` off, a governor's request is the only way back."""
+    auto_rollback: bool = False
+    """Roll back by itself on a non-finite streak or a runaway loss. Off by default, as in every evaluation suite:
+    plain AdamW must run as plain AdamW (an automatic rollback would be a guard of its own)."""
     nonfinite_streak: int = 6
     """Consecutive non-finite steps that trigger a rollback."""
     runaway_ratio: float = 2.0
@@ -74,15 +87,45 @@ class EnvelopeConfig:
     (``terminated``); a governor's request beyond the budget is refused and counted."""
 
     def validate(self) -> None:
+        """One-line :class:`~lbw_env.config.ConfigError` naming the field: types, finiteness, then the relations.
+
+        Finiteness first: ``inf`` passes every ordering check (``lr_scale_max: .inf`` would let the LR scale double
+        every decision without bound), and ``nan`` fails them with a misleading message.
+        """
+        check(self.action_mode in ("continuous", "discrete"), "action_mode", "continuous | discrete", self.action_mode)
+        for name in _FLOAT_FIELDS:
+            value = getattr(self, name)
+            real = isinstance(value, (int, float)) and not isinstance(value, bool)
+            check(real and math.isfinite(value), name, "a finite number", value)
+        for name in _INT_FIELDS:
+            value = getattr(self, name)
+            check(isinstance(value, int) and not isinstance(value, bool), name, "an int", value)
+        for name in ("rollback_action", "auto_rollback"):
+            check(isinstance(getattr(self, name), bool), name, "true or false", getattr(self, name))
+        check(self.lr_scale_min > 0, "lr_scale_min", "a float > 0", self.lr_scale_min)
         check(
-            0 < self.lr_scale_min <= self.lr_scale_init, "lr_scale_min", "0 < min <= lr_scale_init", self.lr_scale_min
+            self.lr_scale_min <= self.lr_scale_init,
+            "lr_scale_init",
+            f">= lr_scale_min ({self.lr_scale_min})",
+            self.lr_scale_init,
         )
-        check(self.lr_scale_init <= self.lr_scale_max, "lr_scale_max", ">= lr_scale_init", self.lr_scale_max)
+        check(
+            self.lr_scale_init <= self.lr_scale_max,
+            "lr_scale_max",
+            f">= lr_scale_init ({self.lr_scale_init})",
+            self.lr_scale_max,
+        )
         check(self.max_factor > 1, "max_factor", "a float > 1", self.max_factor)
         check(self.max_cut > 1, "max_cut", "a float > 1", self.max_cut)
-        check(0 < self.gate_min <= self.gate_max, "gate_min", "0 < gate_min <= gate_max", self.gate_min)
+        check(self.gate_min > 0, "gate_min", "a float > 0", self.gate_min)
+        check(self.gate_min <= self.gate_max, "gate_max", f">= gate_min ({self.gate_min})", self.gate_max)
         check(-1 < self.never_above <= 1, "never_above", "a float in (-1, 1]", self.never_above)
-        check(self.lr_bins >= 2, "lr_bins", "an int >= 2", self.lr_bins)
+        check(
+            self.lr_bins >= 3 and self.lr_bins % 2 == 1,
+            "lr_bins",
+            "an odd int >= 3 (the middle bin holds the LR scale)",
+            self.lr_bins,
+        )
         check(self.gate_bins >= 2, "gate_bins", "an int >= 2", self.gate_bins)
         check(0 <= self.max_skip_fraction <= 1, "max_skip_fraction", "a float in [0, 1]", self.max_skip_fraction)
         check(self.budget_window >= 1, "budget_window", "an int >= 1", self.budget_window)
@@ -92,6 +135,31 @@ class EnvelopeConfig:
 
     def gate_config(self) -> GateConfig:
         return GateConfig(max_skip_fraction=self.max_skip_fraction, budget_window=self.budget_window)
+
+
+_FLOAT_FIELDS = (
+    "lr_scale_min",
+    "lr_scale_max",
+    "lr_scale_init",
+    "max_factor",
+    "max_cut",
+    "gate_min",
+    "gate_max",
+    "never_above",
+    "max_skip_fraction",
+    "runaway_ratio",
+)
+_INT_FIELDS = ("lr_bins", "gate_bins", "budget_window", "nonfinite_streak", "max_rollbacks")
+
+
+def _brief(action: object) -> str:
+    """An action for a one-line error message: on one line (array reprs wrap), at most ~120 characters."""
+    try:
+        text = repr(np.asarray(action).tolist())
+    except (TypeError, ValueError):
+        text = repr(action)
+    text = " ".join(text.split())
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 @dataclasses.dataclass
@@ -108,6 +176,7 @@ class Envelope:
     """Decodes actions into bounded controls and keeps the LR-scale state between decisions."""
 
     def __init__(self, cfg: EnvelopeConfig) -> None:
+        cfg.validate()  # a config built in code skips from_dict's validation; its bounds must hold all the same
         self.cfg = cfg
         n = 3 if cfg.rollback_action else 2
         if cfg.action_mode == "continuous":
@@ -142,14 +211,14 @@ class Envelope:
         return np.asarray(a, dtype=np.int64)
 
     def _sanitize(self, action: object) -> np.ndarray:
-        """Flatten to the space's shape; NaN -> neutral, inf and out-of-range -> the nearest bound (counted)."""
-        n = self.action_space.shape[0]  # type: ignore[index]
-        try:
-            a = np.asarray(action, dtype=np.float64).reshape(-1)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"action: expected {n} numbers for {self.action_space}, got {action!r}") from e
-        if a.size != n:
-            raise ValueError(f"action: expected shape ({n},) for {self.action_space}, got {np.shape(action)}")
+        """Flatten to the space's shape; NaN -> neutral, inf and out-of-range -> the nearest bound (counted).
+
+        A malformed action raises (see the module docstring): the checks look at the values' kind, because a
+        float conversion would silently turn a complex number, a boolean mask or another space's bins into an
+        action of this space.
+        """
+        a = self._as_floats(action)
+        n = a.size
         neutral = self.neutral_action().astype(np.float64)
         nan = np.isnan(a)
         if nan.any():
@@ -164,18 +233,50 @@ class Envelope:
             self.interventions["action_clipped"] += 1
         return clipped
 
+    def _as_floats(self, action: object) -> np.ndarray:
+        """The action as a flat float64 vector of the space's size, or a one-line ``ValueError`` naming ``action``."""
+        n = self.action_space.shape[0]  # type: ignore[index]
+        space = self.action_space
+        try:
+            raw = np.asarray(action)
+            kind = raw.dtype.kind
+            if kind in "USV" or (kind == "O" and not all(isinstance(x, numbers.Real) for x in raw.flat)):
+                raise TypeError("not numbers")  # strings, None (which astype would turn into NaN) ...
+            if kind == "O":  # real numbers of mixed types (Decimal, Fraction ...)
+                raw, kind = raw.astype(np.float64), "f"
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"action: expected {n} numbers for {space}, got {_brief(action)}") from e
+        if kind == "c":
+            raise ValueError(f"action: expected {n} real numbers for {space}, got complex values {_brief(action)}")
+        if kind == "b":
+            raise ValueError(f"action: expected {n} numbers for {space}, got booleans {_brief(action)}")
+        if raw.size != n:
+            raise ValueError(f"action: expected shape ({n},) for {space}, got {np.shape(action)}")
+        continuous = self.cfg.action_mode == "continuous"
+        if continuous and isinstance(action, np.ndarray) and kind in "iu":
+            raise ValueError(
+                f"action: expected floats in [-1, 1] for {space}, got an integer array {_brief(action)} "
+                "(a MultiDiscrete policy's bins? use envelope.action_mode: discrete)"
+            )
+        a = raw.astype(np.float64).reshape(-1)
+        finite = np.isfinite(a)
+        if not continuous and np.any(a[finite] != np.rint(a[finite])):
+            raise ValueError(f"action: expected integer bins for {space}, got {_brief(a)}")
+        return a
+
     def decode(self, action: object) -> Decision:
-        """Apply the bounds and move the LR-scale state. Never raises for NaN/inf/out-of-range values."""
+        """Apply the bounds and move the LR-scale state. Never raises for NaN/inf/out-of-range values; a malformed
+        action (see the module docstring) raises ``ValueError`` before any state moves."""
         a = self._sanitize(action)
         if self.cfg.action_mode == "continuous":
             move, gate_raw = float(a[0]), float(a[1])
             gate = math.inf if gate_raw >= self.cfg.never_above else self._continuous_gate(gate_raw)
             rollback = self.cfg.rollback_action and float(a[2]) > 0.0
         else:
-            # np.rint, not round(): on NumPy < 2, round() of a NumPy float is a float and cannot index.
-            move = float(self.lr_moves[int(np.rint(a[0]))])
-            gate = self.gates[int(np.rint(a[1]))]
-            rollback = self.cfg.rollback_action and int(np.rint(a[2])) == 1
+            # Integral by now (_as_floats refuses fractions); int() only changes the type to index with.
+            move = float(self.lr_moves[int(a[0])])
+            gate = self.gates[int(a[1])]
+            rollback = self.cfg.rollback_action and int(a[2]) == 1
         old = self.lr_scale
         target = old * self.move_factor(move)
         new = min(max(target, self.cfg.lr_scale_min), self.cfg.lr_scale_max)

@@ -29,7 +29,7 @@ from typing import Any, Generic, TypeVar
 import gymnasium as gym
 import numpy as np
 
-from ..config import check
+from ..config import ConfigError, check
 from ..plant.records import RollingStats, StepRecord
 from .envelope import Decision, Envelope, EnvelopeConfig
 from .features import FEATURE_NAMES, OBS_BOUND, TelemetryWindow
@@ -41,6 +41,11 @@ class GovernanceConfig:
 
     The one definition of these settings: :class:`~lbw_env.env.EnvConfig` extends it, and the integrations take
     it as it is, so a governor trained in the env is deployed with the same interval, window and envelope.
+
+    **The defaults are what the evaluation suites run** (``configs/suites/*.yaml``: interval 8, window 4, the
+    envelope with ``rollback_action`` on and ``auto_rollback`` off): ``GovernanceConfig()`` in a plain loop,
+    ``EnvConfig()`` behind every env id and a suite without an ``env:`` section all govern alike, and the
+    numbers the suites report are the ones a default deployment gets.
     """
 
     decision_interval: int = 8
@@ -54,9 +59,22 @@ class GovernanceConfig:
     promote the previous one to the last good snapshot)."""
 
     def validate(self) -> None:
-        check(self.decision_interval >= 1, "decision_interval", "an int >= 1", self.decision_interval)
-        check(self.window >= 1, "window", "an int >= 1", self.window)
-        check(self.healthy_ratio >= 1, "healthy_ratio", "a float >= 1", self.healthy_ratio)
+        """One-line :class:`~lbw_env.config.ConfigError` naming the field (``envelope.<key>`` for the envelope's).
+
+        The envelope is validated here too: a config built in code (``GovernanceConfig(envelope=EnvelopeConfig(
+        lr_scale_max=math.inf))``) never passes through ``from_dict``, whose validation it would otherwise skip.
+        """
+        for name in ("decision_interval", "window"):
+            value = getattr(self, name)
+            check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, name, "an int >= 1", value)
+        ratio = self.healthy_ratio
+        real = isinstance(ratio, (int, float)) and not isinstance(ratio, bool)
+        check(real and math.isfinite(ratio) and ratio >= 1, "healthy_ratio", "a finite float >= 1", ratio)
+        check(isinstance(self.envelope, EnvelopeConfig), "envelope", "an EnvelopeConfig", self.envelope)
+        try:
+            self.envelope.validate()
+        except ConfigError as e:
+            raise ConfigError(f"envelope.{e}") from None
 
 
 @dataclasses.dataclass(frozen=True)
