@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import math
+import io
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 from .config import ConfigError, check, deep_merge, from_dict
 from .control.features import FEATURE_NAMES, FEATURES
@@ -19,6 +20,7 @@ from .control.reward import RewardConfig, reward_terms
 from .plant import runtime
 from .plant.records import StepRecord
 from .plant.trainer import Plant, Snapshot
+from .render import EpisodeTrace, ansi_line, draw_frame
 from .scenarios import Scenario, get_scenario, resolve, with_overrides
 
 
@@ -70,9 +72,17 @@ class LBWEnv(gym.Env[np.ndarray, np.ndarray]):
     | 1 | skip gate | ``a >= never_above``: never skip; else a gate from ``gate_min`` (a=-1) to ``gate_max`` z-units |
     | 2 | rollback | (optional) ``a > 0`` asks to roll back to the last good snapshot |
 
+    The default envelope has the rollback component (``rollback_action: true``) and no automatic rollback
+    (``auto_rollback: false``): the envelope every evaluation suite runs, so a governor trained on an id's
+    defaults is evaluated and deployed (``lbw_env.integrations``) under the envelope it learned in.
+
     ``action_mode: discrete``: ``MultiDiscrete([lr_bins, gate_bins(, 2)])`` over the same moves and gates; the
-    middle LR bin holds the scale, the last gate bin never skips. NaN, inf and out-of-range actions are
-    clamped and counted in ``info["interventions"]``, never an error.
+    middle LR bin holds the scale, the last gate bin never skips.
+
+    NaN, inf and out-of-range values are clamped (NaN to the neutral value) and counted in
+    ``info["interventions"]``, never an error. A malformed action is a ``ValueError`` naming ``action``: the
+    wrong number of values, values that are not real numbers (complex, boolean, strings), an integer array for
+    the continuous space (a ``MultiDiscrete`` policy's bins), or fractional bins for the discrete space.
 
     ## Observation Space
 
@@ -97,8 +107,10 @@ class LBWEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Episode End
 
-    * ``terminated``: the run diverged beyond what the envelope can recover — a rollback was needed and the
-      rollback budget was spent.
+    * ``terminated``: the run diverged beyond what the envelope can recover — the envelope's own criterion
+      (``auto_rollback: true``) needed a rollback and the rollback budget was spent. With the default envelope
+      (``auto_rollback: false``) the envelope never declares divergence: a diverged run goes on to its end and
+      shows in the final validation loss (and the reward).
     * ``truncated``: the scenario's step budget is spent.
 
     An exception in training propagates; it is never reported as ``truncated``.
@@ -114,12 +126,25 @@ class LBWEnv(gym.Env[np.ndarray, np.ndarray]):
     ``gymnasium.make("LBW/WikiText-Tiny-v0", config={{...}}, render_mode="ansi")`` where ``config`` is an
     :class:`EnvConfig` or its mapping (keys as in ``EnvConfig``; unknown keys are errors).
 
+    ## Rendering
+
+    ``render_mode="ansi"``: one line per decision. ``render_mode="rgb_array"`` (what SB3 asks for when it makes
+    an env from its id): a ``(480, 640, 3)`` ``uint8`` image of the episode so far — step and smoothed loss,
+    skipped steps and rollbacks, the LR scale — drawn only when ``render()`` is called (see
+    :mod:`lbw_env.render`).
+
+    ## Pickling
+
+    An env pickles at any point (``pickle``, ``copy.deepcopy``): the state goes through ``torch.save``, which
+    keeps tensors that share storage sharing it (the governed optimizer's norm buffers are views), and a copy
+    steps exactly as the original. The initial-state cache is left out; it is rebuilt on demand.
+
     ## Version History
 
     * v0: initial version.
     """
 
-    metadata = {"render_modes": ["ansi"], "render_fps": 4}  # noqa: RUF012
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}  # noqa: RUF012
 
     def __init__(
         self, config: EnvConfig | Mapping[str, Any] | None = None, render_mode: str | None = None, **kwargs: Any
@@ -148,6 +173,7 @@ class LBWEnv(gym.Env[np.ndarray, np.ndarray]):
         self._ended = False
         self._last_records: list[StepRecord] = []
         self._last_info: dict[str, Any] = {}
+        self._trace: EpisodeTrace | None = None
 
     # -- plant management -------------------------------------------------------------------------------
 
@@ -213,6 +239,7 @@ class LBWEnv(gym.Env[np.ndarray, np.ndarray]):
         self._ended = False
         self._last_records = []
         self._last_info = {"scenario": self.scenario.name, "run_seed": run_seed, "step": 0}
+        self._trace = EpisodeTrace.start(self.scenario.name, self.scenario.trainer.optim.steps, initial.valid_loss)
         return obs, dict(self._last_info)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -271,27 +298,40 @@ class LBWEnv(gym.Env[np.ndarray, np.ndarray]):
         )
         info["reward_terms"] = terms
         self._last_records, self._last_info = records, info
+        if self._trace is not None:
+            self._trace.add(records, outcome.loss, bool(rolled_back))
+            if "final" in info:
+                self._trace.final_ppl = info["final"]["valid_ppl"]
         reward = float(sum(terms.values()))
         return self.governance.observation(), reward, terminated, truncated, info
 
-    def render(self) -> str | None:
-        if self.render_mode != "ansi":
-            return None
-        info = self._last_info
-        if not self._last_records:
-            return f"[{info.get('scenario')}] step 0: reset"
-        losses = [r.loss for r in self._last_records]
-        finite = [x for x in losses if math.isfinite(x)]
-        line = (
-            f"[{info['scenario']}] step {info['step']:5d}  loss {np.mean(finite) if finite else math.nan:7.4f}  "
-            f"lr_scale {info['control']['lr_scale']:.3f}  gate {info['control']['skip_gate']:.1f}  "
-            f"skipped {sum(r.skipped for r in self._last_records)}/{len(self._last_records)}"
-        )
-        if info.get("rollback"):
-            line += f"  ROLLBACK ({info['rollback']})"
-        if "final" in info:
-            line += f"  final valid ppl {info['final']['valid_ppl']:.2f}"
-        return line
+    def render(self) -> str | np.ndarray | None:
+        """``ansi``: the last decision as a line of text; ``rgb_array``: the episode so far as an RGB image."""
+        if self.render_mode == "ansi":
+            return ansi_line(self._last_info, self._last_records)
+        if self.render_mode == "rgb_array":
+            bounds = (self.cfg.envelope.lr_scale_min, self.cfg.envelope.lr_scale_max)
+            return draw_frame(self._trace, bounds)
+        return None
+
+    # -- pickling ---------------------------------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Plain pickle copies every tensor's storage separately, so views (the governed optimizer's norm
+        # targets into one buffer) would come back as unconnected copies and the copy would silently measure
+        # garbage; torch.save keeps storages shared. The initial-state cache (snapshots of up to
+        # ``initial_cache`` runs) is left out: _start rebuilds an entry on demand, with identical results.
+        state = dict(self.__dict__)
+        state["_initial"] = collections.OrderedDict()
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        return {"torch_state": buffer.getvalue()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # weights_only=False: an env is arbitrary Python objects; unpickling it trusts the bytes as pickle does.
+        self.__dict__.update(torch.load(io.BytesIO(state["torch_state"]), weights_only=False))
+        if self.scenario is not None:  # the same thread settings as the original's (they change float sums)
+            runtime.configure(self.scenario.trainer.runtime.threads, self.scenario.trainer.runtime.mallopt)
 
 
 def _feature_table() -> str:

@@ -70,7 +70,7 @@ LAYERS: tuple[Layer, ...] = (
     ),
     Layer("plant", 1, ("lbw_env.plant.*",), "the trained model: data, model, governed optimizer, Plant"),
     Layer("control", 2, ("lbw_env.control.*",), "observations, envelope, reward, governance, Governor protocol"),
-    Layer("env", 3, ("lbw_env.env", "lbw_env.scenarios"), "the Gymnasium env and its scenario families"),
+    Layer("env", 3, ("lbw_env.env", "lbw_env.render", "lbw_env.scenarios"), "the Gymnasium env, its frames, scenarios"),
     Layer("evaluation", 4, ("lbw_env.evaluation.*",), "suites, executors, records, reports"),
     Layer("learning", 4, ("lbw_env.learning.*",), "SB3 training of learned governors"),
     Layer("integrations", 4, ("lbw_env.integrations.*",), "governance inside real torch / HF training loops"),

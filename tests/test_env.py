@@ -7,8 +7,11 @@ The envelope and the skip budget are property-tested with hypothesis directly on
 
 from __future__ import annotations
 
+import collections
+import copy
 import dataclasses
 import math
+import pickle
 import re
 import statistics
 import time
@@ -34,6 +37,7 @@ from lbw_env.control.envelope import Envelope, EnvelopeConfig
 from lbw_env.control.features import OBS_BOUND
 from lbw_env.control.reward import capped
 from lbw_env.plant.optimizer import Control, GateConfig, GovernedOptimizer
+from lbw_env.render import FRAME_HEIGHT, FRAME_WIDTH
 
 TINY_ID = "LBW/WikiText-Tiny-v0"
 SHORT = ["optim.steps=32", "base_steps=8", "runtime.threads=1"]
@@ -173,9 +177,10 @@ def test_checkers_pass_on_every_id(lbw: None, env_id: str, size: str) -> None:
     complaints = [str(w.message) for w in caught if "WARN" in str(w.message)]
     assert not complaints, f"gymnasium's checker complained: {complaints}"
 
-    env = gym.make(env_id, config=config, render_mode="ansi").unwrapped
-    sb3_check_env(env, warn=True, skip_render_check=False)
-    env.close()
+    for mode in ("ansi", "rgb_array"):
+        env = gym.make(env_id, config=config, render_mode=mode).unwrapped
+        sb3_check_env(env, warn=True, skip_render_check=False)
+        env.close()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -253,14 +258,11 @@ def test_gymnasium_vector_envs(vec_config: dict[str, Any], mode: str) -> None:
 
 
 def test_sb3_subproc_vec_env(vec_config: dict[str, Any]) -> None:
-    # SB3's make_vec_env asks for render_mode="rgb_array" unless told; this env renders "ansi" only. The
-    # "module:id" form imports lbw_env (which registers the ids) in the forkserver's fresh worker processes.
+    # SB3's make_vec_env asks for render_mode="rgb_array" (as here) unless told. The "module:id" form imports
+    # lbw_env (which registers the ids) in the forkserver's fresh worker processes, whose __main__ is pytest's;
+    # a user script that imports lbw_env needs no prefix (tests/test_sb3_quickstart.py runs one).
     envs = make_vec_env(
-        f"lbw_env:{TINY_ID}",
-        n_envs=2,
-        seed=0,
-        vec_env_cls=SubprocVecEnv,
-        env_kwargs={"config": vec_config, "render_mode": None},
+        f"lbw_env:{TINY_ID}", n_envs=2, seed=0, vec_env_cls=SubprocVecEnv, env_kwargs={"config": vec_config}
     )
     try:
         obs = envs.reset()
@@ -361,6 +363,13 @@ numbers = st.one_of(
     st.integers(-(2**40), 2**40),
     st.sampled_from([0.0, -1.0, 1.0, 0.9, 1e300, -1e300, 1e-300, math.inf, -math.inf, math.nan]),
 )
+"""Continuous action values: anything real; NaN, inf and out-of-range values are clamped and counted."""
+bins = st.one_of(
+    st.integers(-(2**40), 2**40),
+    st.integers(-3, 12).map(float),
+    st.sampled_from([1e300, -1e300, math.inf, -math.inf, math.nan]),
+)
+"""Discrete action values: integral (ints or floats) or non-finite; fractions are refused (tests/test_envelope.py)."""
 
 
 @st.composite
@@ -378,7 +387,7 @@ def envelope_configs(draw: st.DrawFn) -> EnvelopeConfig:
         gate_min=gate_min,
         gate_max=gate_min + draw(st.floats(0.0, 10.0)),
         never_above=draw(st.floats(-0.9, 1.0)),
-        lr_bins=draw(st.integers(2, 9)),
+        lr_bins=draw(st.sampled_from([3, 5, 7, 9])),
         gate_bins=draw(st.integers(2, 9)),
         rollback_action=draw(st.booleans()),
     )
@@ -391,7 +400,8 @@ def envelope_configs(draw: st.DrawFn) -> EnvelopeConfig:
 def test_envelope_bounds_any_action_sequence(cfg: EnvelopeConfig, data: st.DataObject) -> None:
     env = Envelope(cfg)
     n = env.action_space.shape[0]
-    actions = data.draw(st.lists(st.lists(numbers, min_size=n, max_size=n), max_size=40))
+    values = numbers if cfg.action_mode == "continuous" else bins
+    actions = data.draw(st.lists(st.lists(values, min_size=n, max_size=n), max_size=40))
     hi = np.ones(n) if cfg.action_mode == "continuous" else np.asarray(env.action_space.nvec) - 1.0
     lo = -np.ones(n) if cfg.action_mode == "continuous" else np.zeros(n)
     for raw in actions:
@@ -458,14 +468,14 @@ def test_envelope_wrong_shape_raises(mode: str, rollback_action: bool) -> None:
 
 def test_envelope_nan_means_neutral_and_inf_the_bound() -> None:
     env = Envelope(EnvelopeConfig())
-    d = env.decode([math.nan, math.nan])
-    assert d.control.lr_scale == 1.0 and d.control.skip_gate == math.inf
+    d = env.decode([math.nan, math.nan, math.nan])
+    assert d.control.lr_scale == 1.0 and d.control.skip_gate == math.inf and not d.rollback_requested
     assert env.interventions["action_nonfinite"] == 1
-    d = env.decode([math.inf, -math.inf])
+    d = env.decode([math.inf, -math.inf, -math.inf])
     assert d.control.lr_scale == 2.0 and d.control.skip_gate == env.cfg.gate_min
     assert env.interventions["action_clipped"] == 1
-    d = env.decode([-1e30, 1e30])
-    assert d.control.lr_scale == 2.0 / env.cfg.max_cut and d.control.skip_gate == math.inf
+    d = env.decode([-1e30, 1e30, math.inf])
+    assert d.control.lr_scale == 2.0 / env.cfg.max_cut and d.control.skip_gate == math.inf and d.rollback_requested
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -563,8 +573,12 @@ def test_nan_batch_is_skipped_and_weights_unchanged(lbw: None) -> None:
     assert math.isfinite(ep.final["valid_loss"])
 
 
+AUTO = {"auto_rollback": True}
+"""The envelope rolling back by itself (off by default, as in the evaluation suites)."""
+
+
 def test_runaway_loss_rolls_back_to_good_weights(lbw: None) -> None:
-    env = make_env(["tiny/ref"], ["optim.steps=48", shock(24, 1000.0)])
+    env = make_env(["tiny/ref"], ["optim.steps=48", shock(24, 1000.0)], envelope=AUTO)
     boundary: list[float] = []  # validation loss at every decision boundary (evaluate() changes no state)
     ep = run_episode(env, seed=0, before_step=lambda i: boundary.append(env.trainer.evaluate("valid").loss))
     reasons = [info["rollback"] for info in ep.infos]
@@ -584,7 +598,7 @@ def test_runaway_loss_rolls_back_to_good_weights(lbw: None) -> None:
 
 
 def test_exhausted_rollbacks_terminate(lbw: None) -> None:
-    env = make_env(["tiny/ref"], [shock(8, 1e4, length=24)], envelope={"max_rollbacks": 0})
+    env = make_env(["tiny/ref"], [shock(8, 1e4, length=24)], envelope={**AUTO, "max_rollbacks": 0})
     ep = run_episode(env, seed=0)
     assert ep.terminated[-1] and not ep.truncated[-1]
     assert not any(ep.truncated)
@@ -618,7 +632,7 @@ def test_requested_rollbacks_within_budget_then_refused(lbw: None) -> None:
 
 def test_requesting_governor_cannot_mask_divergence(lbw: None) -> None:
     """A run that diverges with the budget spent terminates, even if the governor keeps asking for rollbacks."""
-    env = make_env(["tiny/ref"], [shock(8, 1e4, length=24)], envelope={"rollback_action": True, "max_rollbacks": 0})
+    env = make_env(["tiny/ref"], [shock(8, 1e4, length=24)], envelope={**AUTO, "max_rollbacks": 0})
     ask = lambda env, i: np.array([0.0, 1.0, 1.0], dtype=np.float32)  # noqa: E731
     ep = run_episode(env, ask, seed=0)
     assert ep.terminated[-1] and not ep.truncated[-1], [info["rollback"] for info in ep.infos]
@@ -662,8 +676,8 @@ def assert_telescopes(ep: Episode) -> None:
     ("case", "overrides", "envelope"),
     [
         ("random_actions", [FAULTS], {}),
-        ("rollback", ["optim.steps=48", shock(24, 1000.0)], {}),
-        ("diverged", [shock(8, 1e4, length=24)], {"max_rollbacks": 0}),
+        ("rollback", ["optim.steps=48", shock(24, 1000.0)], {"auto_rollback": True}),
+        ("diverged", [shock(8, 1e4, length=24)], {"auto_rollback": True, "max_rollbacks": 0}),
     ],
 )
 def test_return_telescopes(lbw: None, case: str, overrides: list[str], envelope: dict[str, Any]) -> None:
@@ -688,7 +702,7 @@ def test_return_orders_runs_like_validation_ppl(lbw: None) -> None:
         move = math.log(scale) / math.log(cfg.max_factor if scale >= 1 else cfg.max_cut)
 
         def policy(env: LBWEnv, i: int, move: float = move) -> np.ndarray:
-            return np.array([move if i == 0 else 0.0, 1.0], dtype=np.float32)  # one move, then hold; never skip
+            return np.array([move if i == 0 else 0.0, 1.0, -1.0], dtype=np.float32)  # one move, hold; never skip
 
         ep = run_episode(env, policy, seed=0)
         assert all(math.isclose(info["control"]["lr_scale"], scale, rel_tol=1e-6) for info in ep.infos)
@@ -736,6 +750,50 @@ def test_render_ansi(lbw: None) -> None:
     assert make_env(["tiny/ref"]).render() is None
     with pytest.raises(ValueError, match="render_mode"):
         LBWEnv({"scenarios": ["tiny/ref"]}, render_mode="human")
+
+
+def test_render_rgb_array(lbw: None) -> None:
+    """SB3 makes envs from an id with ``render_mode="rgb_array"``: a fixed-shape RGB image of the episode so far."""
+    env = make_env(["tiny/ref"], ["faults=[{kind: nan_loss, start: 9, length: 2}]"], render_mode="rgb_array")
+    blank = env.render()  # before any reset: a frame of the same shape (video recorders need one shape)
+    assert isinstance(blank, np.ndarray) and blank.shape == (FRAME_HEIGHT, FRAME_WIDTH, 3) and blank.dtype == np.uint8
+    env.reset(seed=0)
+    started = env.render()
+    ask = np.array([-0.5, 1.0, 1.0], dtype=np.float32)  # cut the LR and ask for a rollback, every decision
+    ep = run_episode(env, lambda env, i: ask if i == 1 else env.envelope.neutral_action(), seed=0)
+    frame = env.render()
+    assert frame.shape == started.shape == blank.shape and frame.dtype == np.uint8
+    assert not np.array_equal(frame, started) and frame.std() > 10  # drawn, not blank
+    trace = env._trace
+    assert trace is not None and trace.steps == list(range(32)) and sum(trace.skipped) == 2
+    assert trace.rollbacks == [16] and trace.final_ppl == ep.final["valid_ppl"]
+    assert trace.lr_scales[-1] == pytest.approx(env.cfg.envelope.max_cut**-0.5, rel=1e-6)
+    assert env.metadata["render_modes"] == ["ansi", "rgb_array"] and env.metadata["render_fps"] > 0
+
+
+def test_env_pickles_and_the_copy_steps_identically(lbw: None) -> None:
+    """pickle and deepcopy mid-episode: the copies go on exactly as the original (records, observations, rewards).
+    Plain pickling of the plant's tensors would lose the sharing of views (the norm buffers), so LBWEnv pickles
+    through torch.save."""
+    env = make_env(["tiny/ref", "tiny/ft_ref"], [FAULTS])
+    rng = np.random.default_rng(0)
+    actions = [rng.uniform(-1, 1, env.action_space.shape).astype(np.float32) for _ in range(DECISIONS)]
+    env.reset(seed=1)
+    env.step(actions[0])
+    copies = [pickle.loads(pickle.dumps(env)), copy.deepcopy(env)]
+    assert all(isinstance(c, LBWEnv) and c._initial == collections.OrderedDict() for c in copies)
+    for action in actions[1:]:
+        obs, reward, terminated, truncated, info = env.step(action)
+        for c in copies:
+            c_obs, c_reward, c_terminated, c_truncated, c_info = c.step(action)
+            assert np.array_equal(obs, c_obs) and reward == c_reward
+            assert (terminated, truncated) == (c_terminated, c_truncated)
+            assert info["records"] == c_info["records"] and info["control"] == c_info["control"]
+    assert truncated
+    # The copy resets like the original (its initial-state cache was left out and is rebuilt).
+    for c in copies:
+        assert np.array_equal(c.reset(seed=3)[0], env.reset(seed=3)[0])
+        assert c.step(actions[0])[4]["records"] == env.step(actions[0])[4]["records"]
 
 
 def test_every_id_is_registered() -> None:
