@@ -27,7 +27,11 @@ def parse_args(doc: str | None) -> argparse.Namespace:
     """The examples' common command line (``--governor``, ``--governance``, ``--steps``, ``--shock`` ...)."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--governor", default="lbw_guard", help="lbw_guard | adamw | skip_step | ppo:<model.zip> ...")
-    ap.add_argument("--governance", default="", help="YAML with decision_interval / window / envelope")
+    ap.add_argument(
+        "--governance",
+        default="",
+        help="YAML with decision_interval / window / envelope (default: the governor's own, else the suites')",
+    )
     ap.add_argument("--steps", type=int, default=160)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--warmup", type=int, default=10)
@@ -39,9 +43,10 @@ def parse_args(doc: str | None) -> argparse.Namespace:
     return args
 
 
-def governance(args: argparse.Namespace) -> GovernanceConfig:
-    """``--governance <yaml>`` (keys of :class:`GovernanceConfig`), or the env's defaults."""
-    return load_yaml(GovernanceConfig, args.governance) if args.governance else GovernanceConfig()
+def governance(args: argparse.Namespace) -> GovernanceConfig | None:
+    """``--governance <yaml>`` (keys of :class:`GovernanceConfig`), or None: the governor's own training settings
+    if it carries them (a learned governor from a policy file), else the defaults — the evaluation suites'."""
+    return load_yaml(GovernanceConfig, args.governance) if args.governance else None
 
 
 @dataclass

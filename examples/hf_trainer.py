@@ -10,8 +10,10 @@ through the same ``GovernedOptimizer`` as the env, decisions through the same ``
     LBW_DATA_DIR=../shared/data python examples/hf_trainer.py --governor adamw
     LBW_DATA_DIR=../shared/data python examples/hf_trainer.py --governor ppo:runs/<run>/best_model.zip
 
-``--governor ppo:<path>``: a Stable-Baselines3 model trained in ``LBWEnv``; pass the decision interval, window
-and envelope it was trained with via ``--governance <yaml>`` (keys of ``GovernanceConfig``). With ``--shock`` the
+Without ``--governance`` the governor runs with the defaults, the evaluation suites' settings (or with its own
+training settings, if it carries them). ``--governor ppo:<path>``: a Stable-Baselines3 model trained in
+``LBWEnv``; if it does not carry its training settings, pass the decision interval, window and envelope it was
+trained with via ``--governance <yaml>`` (keys of ``GovernanceConfig``). With ``--shock`` the
 script hands the ``Trainer`` its own AdamW and a schedule with the shock (``optimizers=(optimizer, scheduler)``);
 the ``Trainer``'s own optimizer is governed the same way.
 """

@@ -3,18 +3,23 @@
 The loop is ordinary user code — a model, ``torch.optim.AdamW``, a ``LambdaLR`` warmup+cosine schedule, batches,
 ``loss.backward()`` — with one change: ``loop.step(loss)`` instead of ``optimizer.step()``. The governor decides
 every ``decision_interval`` steps (LR scale, skip gate, rollback) within the envelope; skipped steps are true
-skips; a run that diverges beyond recovery stops.
+skips; with ``envelope.auto_rollback: true``, a run that diverges beyond recovery stops.
 
     LBW_DATA_DIR=../shared/data python examples/plain_loop.py                       # the LBW guard
     LBW_DATA_DIR=../shared/data python examples/plain_loop.py --shock               # ... through an LR shock x30
     LBW_DATA_DIR=../shared/data python examples/plain_loop.py --governor adamw      # plain AdamW, same envelope
     LBW_DATA_DIR=../shared/data python examples/plain_loop.py --governor ppo:runs/<run>/best_model.zip
 
+Without ``--governance`` the loop governs with the defaults, which are the evaluation suites' settings (decision
+interval 8, window 4, rollback on the governor's request, no automatic rollback): the guard here is the guard the
+suites measured. With ``--shock`` (seed 0, one thread) plain AdamW ends near valid ppl 684, the guard near 530.
+
 ``--governor ppo:<path>`` loads a Stable-Baselines3 model trained in ``LBWEnv`` (with its ``vecnormalize.pkl``
-if one lies beside it). Give it the decision interval, window and envelope it was trained with
-(``--governance <yaml>`` with keys ``decision_interval``, ``window``, ``envelope``, ``healthy_ratio``; the
-defaults are the env's), otherwise its observation or action shape will not match. The model preset is
-``qwen2-tiny`` (≈0.25 M parameters, a few seconds on one CPU core).
+if one lies beside it). A governor that carries its training settings (``governor.settings``) is run with them;
+for one that does not, pass the decision interval, window and envelope it was trained with (``--governance
+<yaml>`` with keys ``decision_interval``, ``window``, ``envelope``, ``healthy_ratio``), otherwise its observation
+or action shape will not match. The model preset is ``qwen2-tiny`` (≈0.25 M parameters, a few seconds on one
+CPU core).
 """
 
 from __future__ import annotations

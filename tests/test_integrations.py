@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from lbw_env.config import ConfigError, from_dict
 from lbw_env.control.envelope import EnvelopeConfig
+from lbw_env.control.features import FEATURE_NAMES
 from lbw_env.control.governance import GovernanceConfig
 from lbw_env.env import LBWEnv
 from lbw_env.integrations import GovernedLoop, ScheduleLR
@@ -313,7 +314,7 @@ def test_hf_governs_the_optimizer_and_schedule_it_builds(lbw: None, tmp_path: Pa
     plant = plant_for(env_run)
     args = hf_args(tmp_path, max_steps=8, learning_rate=1e-3, lr_scheduler_type="linear")
     hf = GovernedTrainer(
-        model=plant.model, args=args, train_dataset=PlantBlocks.from_plant(plant), governor=Scripted([[0.0, 1.0]])
+        model=plant.model, args=args, train_dataset=PlantBlocks.from_plant(plant), governor=Scripted([[0.0, 1.0, -1.0]])
     )
     before = [p.detach().clone() for p in plant.params]
     hf.train()
@@ -341,8 +342,9 @@ def test_a_spec_governor_needs_a_factory(lbw: None) -> None:
     """lbw_env never imports policies: a spec string is built by the factory the caller passes, for the envelope
     the loop enforces (``max_rollbacks: 0`` without rollback)."""
     plant = Plant(load_trainer_config(overrides=OVERRIDES))
-    with pytest.raises(TypeError, match="make_governor"):
+    with pytest.raises(ConfigError, match=r"^governor 'adamw' is a spec string: also pass make_governor=") as err:
         GovernedLoop(plant.optimizer, "adamw", total_steps=8, vocab_size=plant.corpus.vocab_size)
+    assert "\n" not in str(err.value)
     seen: list[Any] = []
 
     def factory(spec: str, envelope: Any) -> Any:
@@ -383,6 +385,147 @@ def test_plain_loop_without_rollback_and_unknown_initial_loss(lbw: None) -> None
     assert loop.governance.interventions["rollback_refused"] == 2
     assert loop.governance.initial_loss == loop.records[0].loss
     assert set(loop.metrics()) >= {"governor/lr_scale", "governor/skipped_steps", "telemetry/grad_norm"}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One default envelope; a governor's own training settings
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_env_and_plain_loop_with_their_defaults_agree(lbw: None) -> None:
+    """No governance settings anywhere: the env id's defaults and the loop's are the same (the evaluation suites'),
+    so the guard through an LR shock gives the same records either way (rollback requests included)."""
+    env = LBWEnv({"scenarios": ["tiny/ref"], "trainer_overrides": OVERRIDES})
+    env_gov = make_governor("lbw_guard", env.cfg.envelope)
+    obs, info = env.reset(seed=0)
+    infos, start = [], True
+    while True:
+        action, _ = env_gov.predict(obs, episode_start=np.array([start]), deterministic=True)
+        start = False
+        obs, _, terminated, truncated, step_info = env.step(action)
+        infos.append(step_info)
+        if terminated or truncated:
+            break
+    records = [r for i in infos for r in i["records"]]
+    env_run = EnvRun(env, records, info["run_seed"], infos[-1]["final"]["initial_valid_loss"], infos)
+
+    plant = plant_for(env_run)
+    loop = GovernedLoop(
+        plant.optimizer,
+        "lbw_guard",
+        make_governor=make_governor,
+        total_steps=STEPS,
+        vocab_size=plant.corpus.vocab_size,
+        params=plant.model.parameters(),
+        initial_loss=env_run.initial_loss,  # the env starts from the validation loss (data, not a setting)
+    )
+    assert dataclasses.asdict(loop.config) == {
+        k: v for k, v in dataclasses.asdict(env.cfg).items() if k in dataclasses.asdict(GovernanceConfig())
+    }
+    scheduler = ScheduleLR(plant.optimizer, plant.scheduled_lr)
+    for _ in range(STEPS):
+        x = plant.batches.next()
+        loss = F.cross_entropy(plant.model(input_ids=x[:, :-1]).logits.flatten(0, 1).float(), x[:, 1:].flatten())
+        loss.backward()
+        loop.step(loss, tokens=int(x[:, 1:].numel()))
+        scheduler.step()
+    assert compared(loop.records) == compared(env_run.records)
+    reasons = [i["rollback"] for i in infos]
+    assert reasons == [h.outcome.reason for h in loop.history]
+    assert "requested" in reasons, "the shock should have made the guard ask for a rollback"
+
+
+class Trained(Scripted):
+    """A scripted governor that carries the settings it was 'trained' with (as a learned one from a policy file)."""
+
+    def __init__(self, actions: list[list[float]], settings: Any) -> None:
+        super().__init__(actions)
+        self.settings = settings
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeSettings:
+    decision_interval: int = 4
+    window: int = 2
+    envelope: Any = dataclasses.field(default_factory=lambda: {"rollback_action": False, "max_rollbacks": 1})
+
+
+def small_optimizer() -> torch.optim.Optimizer:
+    return torch.optim.AdamW(torch.nn.Linear(3, 2).parameters(), lr=1e-3)
+
+
+def test_a_governor_s_training_settings_are_adopted() -> None:
+    gov = Trained([[0.0, 1.0]], FakeSettings())
+    loop = GovernedLoop(small_optimizer(), gov, total_steps=16, vocab_size=2048)
+    assert (loop.config.decision_interval, loop.config.window) == (4, 2)
+    assert loop.config.envelope == EnvelopeConfig(rollback_action=False, max_rollbacks=1)
+    assert loop.governance.action_space.shape == (2,)
+    assert loop.governance.observation().shape == (2 * len(FEATURE_NAMES),)
+    # An equal config is no conflict; the loop still enforces no rollback budget without rollback targets.
+    same = GovernanceConfig(
+        decision_interval=4, window=2, envelope=EnvelopeConfig(rollback_action=False, max_rollbacks=1)
+    )
+    loop = GovernedLoop(small_optimizer(), gov, total_steps=16, vocab_size=2048, config=same, rollback=False)
+    assert loop.config.envelope.max_rollbacks == 0
+    # Without settings (rule governors): the defaults.
+    assert (
+        GovernedLoop(small_optimizer(), Scripted([[0.0, 1.0, -1.0]]), total_steps=8, vocab_size=2048).config
+        == GovernanceConfig()
+    )
+
+
+def test_a_conflicting_config_is_one_line_naming_the_fields() -> None:
+    gov = Trained([[0.0, 1.0]], FakeSettings())
+    conflicts = (
+        r"^window: trained with 2, config has 4; envelope\.rollback_action: trained with False, config has True; "
+        r"envelope\.max_rollbacks: trained with 1, config has 3 \(the governor's training settings"
+    )
+    with pytest.raises(ConfigError, match=conflicts) as err:
+        GovernedLoop(
+            small_optimizer(), gov, total_steps=16, vocab_size=2048, config=GovernanceConfig(decision_interval=4)
+        )
+    assert "\n" not in str(err.value) and "pass no governance config" in str(err.value)
+    bad = Trained([[0.0, 1.0]], FakeSettings(envelope={"lr_scale_max": float("inf")}))
+    with pytest.raises(ConfigError, match=r"^governor settings\.envelope\.lr_scale_max: expected a finite number"):
+        GovernedLoop(small_optimizer(), bad, total_steps=16, vocab_size=2048)
+
+
+def test_a_spec_is_rebuilt_for_its_own_settings() -> None:
+    """A factory builds a spec for the loop's envelope; a governor that turns out to carry other settings is
+    built again for them, so its actions are encoded for the envelope that will decode them."""
+    seen: list[EnvelopeConfig | None] = []
+
+    def factory(spec: str, envelope: EnvelopeConfig | None) -> Any:
+        seen.append(envelope)
+        return Trained([[0.0, 1.0]], FakeSettings())
+
+    loop = GovernedLoop(small_optimizer(), "learned", make_governor=factory, total_steps=8, vocab_size=2048)
+    assert seen == [EnvelopeConfig(), EnvelopeConfig(rollback_action=False, max_rollbacks=1)]
+    assert loop.config.window == 2
+
+
+def test_hf_trainer_adopts_or_refuses_a_governor_s_settings(lbw: None, tmp_path: Path) -> None:
+    from lbw_env.integrations.hf import GovernedTrainer, PlantBlocks
+
+    plant = Plant(load_trainer_config(overrides=OVERRIDES))
+    common = {
+        "model": plant.model,
+        "args": hf_args(tmp_path, max_steps=8),
+        "train_dataset": PlantBlocks.from_plant(plant),
+    }
+    gov = Trained([[0.0, 1.0]], FakeSettings())
+    trainer = GovernedTrainer(**common, governor=gov)
+    assert trainer.lbw_config.window == 2 and trainer.lbw_config.envelope.rollback_action is False
+    with pytest.raises(ConfigError, match=r"^decision_interval: trained with 4, config has 8"):
+        GovernedTrainer(
+            **common,
+            governor=gov,
+            governance=GovernanceConfig(window=2, envelope=EnvelopeConfig(rollback_action=False, max_rollbacks=1)),
+        )
+    with pytest.raises(ConfigError, match=r"make_governor=policies\.make_governor"):
+        GovernedTrainer(**common)  # the default governor is the spec "lbw_guard": it needs the factory
+    trainer.train()
+    assert len(trainer.lbw.records) == 8 and len(trainer.lbw.history) == 2  # 2 decisions of 4 steps
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The governor in real training loops.
 
-* :mod:`lbw_env.integrations.torch` — :class:`GovernedLoop`: govern any torch optimizer in a plain loop
+* :mod:`lbw_env.integrations.loop` — :class:`GovernedLoop`: govern any torch optimizer in a plain loop
   (``loss.backward(); record = loop.step(loss)``), with :class:`ScheduleLR` for exact step-function schedules.
 * :mod:`lbw_env.integrations.hf` — :class:`GovernedTrainer` (and :class:`GovernedTrainerMixin` for other
   ``transformers.Trainer`` subclasses): the same governance inside a Hugging Face ``Trainer`` run.

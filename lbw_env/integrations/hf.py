@@ -8,7 +8,7 @@ no step count) therefore needs three things, each done here:
    optimizer (the one passed as ``optimizers=(optimizer, scheduler)``, or the one the ``Trainer`` builds) in
    :class:`GovernedOptimizerProxy`, a ``torch.optim.Optimizer`` that shares the inner optimizer's param groups
    and state (so LR schedulers, checkpoints and ``accelerate`` see the real optimizer) and whose ``step()`` is
-   :meth:`GovernedLoop.step <lbw_env.integrations.torch.GovernedLoop.step>`: telemetry, skip or apply, decisions.
+   :meth:`GovernedLoop.step <lbw_env.integrations.loop.GovernedLoop.step>`: telemetry, skip or apply, decisions.
 
 2. **The loss reaches it.** :meth:`GovernedTrainerMixin.training_step` overrides ``Trainer.training_step``,
    the documented override point, and hands the returned loss to the proxy. Why there, and not elsewhere:
@@ -58,7 +58,7 @@ from ..control.governance import GovernanceConfig
 from ..control.protocol import Governor, GovernorFactory
 from ..plant.data import BatchStream
 from ..plant.records import StepRecord
-from .loop import GovernedLoop, check_governor
+from .loop import GovernedLoop, resolve_governor
 
 if TYPE_CHECKING:
     from ..plant.trainer import Plant
@@ -169,13 +169,15 @@ class GovernedTrainerMixin:
             ``"ppo:runs/x/best_model.zip"``) for ``make_governor``.
         make_governor: builds a spec ``governor`` (usually ``policies.make_governor``; see
             :class:`~lbw_env.integrations.loop.GovernedLoop`).
-        governance: decision interval, window, envelope (as in the env's config).
+        governance: decision interval, window, envelope (as in the env's config). ``None``: the governor's
+            training settings if it carries any (``governor.settings``), else the defaults, which are the
+            evaluation suites' settings. Given, it must agree with the governor's training settings.
         rollback: keep rollback targets (two copies of the trainable parameters and their optimizer state).
         initial_loss: where the smoothed training loss starts (the env: validation loss of the initial
             weights); ``None``: the first finite training loss.
         deterministic: passed to ``governor.predict``.
 
-    After ``train()``, :attr:`lbw` is the :class:`~lbw_env.integrations.torch.GovernedLoop` with every
+    After ``train()``, :attr:`lbw` is the :class:`~lbw_env.integrations.loop.GovernedLoop` with every
     StepRecord (``lbw.records``) and decision interval (``lbw.history``); its metrics go into the ``Trainer``'s
     logs (``governor/lr_scale``, ``governor/skipped_steps`` ...).
     """
@@ -197,16 +199,21 @@ class GovernedTrainerMixin:
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.lbw_governor = governor
-        self.lbw_make_governor = make_governor
-        self.lbw_config = governance or GovernanceConfig()
         self.lbw_rollback = rollback
         self.lbw_initial_loss = initial_loss
         self.lbw_deterministic = deterministic
         self.lbw: GovernedLoop | None = None
         self.lbw_optimizer: GovernedOptimizerProxy | None = None
         self._check_supported()
-        check_governor(governor, make_governor)  # now, not when the Trainer builds the optimizer
+        if governance is not None:
+            governance.validate()
+        # The governor and its settings now, not when the Trainer builds the optimizer: a spec without a factory,
+        # a model file that does not load or settings that conflict fail before any data is loaded.
+        self.lbw_governor: Governor
+        self.lbw_config: GovernanceConfig
+        self.lbw_governor, self.lbw_config = resolve_governor(
+            governor, governance, rollback=rollback, make_governor=make_governor
+        )
         # Clip inside the governed step, after measuring: see the module docstring (point 3).
         self.lbw_clip_norm = float(self.args.max_grad_norm or 0.0)
         if self.lbw_clip_norm > 0:
@@ -256,7 +263,6 @@ class GovernedTrainerMixin:
             rollback=self.lbw_rollback,
             initial_loss=self.lbw_initial_loss,
             deterministic=self.lbw_deterministic,
-            make_governor=self.lbw_make_governor,
         )
         self.lbw_optimizer = GovernedOptimizerProxy(self.lbw)
         self.optimizer = self.lbw_optimizer

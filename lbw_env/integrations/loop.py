@@ -3,7 +3,7 @@
 The loop stays the user's: their model, data, loss and LR scheduler. Only ``optimizer.step()`` changes::
 
     loop = GovernedLoop(optimizer, "lbw_guard", total_steps=1000, vocab_size=model.config.vocab_size,
-                        make_governor=policies.make_governor)
+                        params=model.parameters(), make_governor=policies.make_governor)
     for step in range(1000):
         loss = model(input_ids=x, labels=y).loss
         loss.backward()
@@ -18,23 +18,32 @@ current decision); every ``decision_interval`` steps the interval's records go t
 observation, exactly as :class:`~lbw_env.env.LBWEnv` and :mod:`lbw_env.evaluation` do. So with the same model,
 batches, schedule and governor the loop produces the env's StepRecords bit for bit (tested).
 
+**Settings.** Without ``config`` the loop governs with :class:`~lbw_env.control.governance.GovernanceConfig`'s
+defaults, which are the evaluation suites' settings (interval 8, window 4, rollback on the governor's request,
+no automatic rollback): the default guard here is the guard the suites measured. A governor that carries the
+settings it was trained with (a ``settings`` attribute with ``decision_interval``, ``window``, ``envelope`` and
+optionally ``healthy_ratio``, as learned governors loaded from a policy file do) is run with those, unless
+``config`` is passed and differs: that is a one-line :class:`~lbw_env.config.ConfigError` naming the fields
+(the same weights under another window or action space would be an untested controller).
+
 Rollback (``rollback=True``) keeps two copies of the trainable parameters and their optimizer state (the last
 good state and a candidate), restored in place: training then continues from the good weights on the next
 batches, with the user's schedule untouched. ``rollback=False`` keeps no copies and gives the envelope no
-rollback budget: a governor's rollback request is refused, and a runaway or a non-finite streak ends the run
-(``terminated``), as in the env with ``max_rollbacks: 0``. Set ``envelope.auto_rollback: false`` as well to
-only ever skip, never stop.
+rollback budget (``max_rollbacks: 0``): a governor's rollback request is refused (and counted); with
+``envelope.auto_rollback: true`` a runaway or a non-finite streak then ends the run (``terminated``), as in the
+env with ``max_rollbacks: 0``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
 
+from ..config import ConfigError, from_dict
 from ..control.envelope import Decision, EnvelopeConfig
 from ..control.governance import Governance, GovernanceConfig, IntervalOutcome
 from ..control.protocol import Governor, GovernorFactory
@@ -78,23 +87,108 @@ class IntervalReport:
 
 
 def check_governor(governor: Governor | str, make_governor: GovernorFactory | None) -> None:
-    """Raise unless ``governor`` is a governor object, or a spec with a ``make_governor`` to build it."""
+    """Raise a one-line ConfigError unless ``governor`` is a governor object, or a spec with a factory to build it."""
     if isinstance(governor, str) and make_governor is None:
-        raise TypeError(
-            f"governor {governor!r} is a spec: pass make_governor=policies.make_governor (lbw_env does not import "
-            "policies) to build it, or pass a governor object"
+        raise ConfigError(
+            f"governor {governor!r} is a spec string: also pass make_governor=policies.make_governor "
+            "(lbw_env never imports policies), or pass a governor object (e.g. policies.make_governor(spec))"
         )
 
 
+def trained_settings(governor: object) -> tuple[GovernanceConfig, tuple[str, ...]] | None:
+    """The settings a governor carries (``governor.settings``) as a config, and the keys it declares; None if none.
+
+    Duck-typed, so that this layer needs no knowledge of how learned governors are stored: ``settings`` has
+    ``decision_interval``, ``window`` and ``envelope`` (an :class:`EnvelopeConfig` or its mapping), and may have
+    ``healthy_ratio`` (when absent, the default is used and not compared).
+    """
+    settings = getattr(governor, "settings", None)
+    if settings is None:
+        return None
+    missing = [k for k in ("decision_interval", "window", "envelope") if not hasattr(settings, k)]
+    if missing:
+        raise ConfigError(f"governor settings: expected decision_interval, window and envelope, missing {missing}")
+    envelope = settings.envelope
+    if isinstance(envelope, Mapping):
+        envelope = from_dict(EnvelopeConfig, envelope, "governor settings.envelope")
+    elif not isinstance(envelope, EnvelopeConfig):
+        raise ConfigError(f"governor settings.envelope: expected an EnvelopeConfig or a mapping, got {envelope!r}")
+    keys: tuple[str, ...] = ("decision_interval", "window", "envelope")
+    config = GovernanceConfig(
+        decision_interval=settings.decision_interval, window=settings.window, envelope=dataclasses.replace(envelope)
+    )
+    if hasattr(settings, "healthy_ratio"):
+        config.healthy_ratio = settings.healthy_ratio
+        keys += ("healthy_ratio",)
+    try:
+        config.validate()
+    except ConfigError as e:
+        raise ConfigError(f"governor settings.{e}") from None
+    return config, keys
+
+
+def settings_conflicts(trained: GovernanceConfig, keys: tuple[str, ...], given: GovernanceConfig) -> list[str]:
+    """``field: trained with X, config has Y`` for every declared setting that ``given`` sets differently."""
+    out = []
+    for key in keys:
+        if key == "envelope":
+            for f in dataclasses.fields(EnvelopeConfig):
+                mine, theirs = getattr(trained.envelope, f.name), getattr(given.envelope, f.name)
+                if mine != theirs:
+                    out.append(f"envelope.{f.name}: trained with {mine!r}, config has {theirs!r}")
+        elif getattr(trained, key) != getattr(given, key):
+            out.append(f"{key}: trained with {getattr(trained, key)!r}, config has {getattr(given, key)!r}")
+    return out
+
+
+def governance_for(governor: object, config: GovernanceConfig | None) -> GovernanceConfig:
+    """The settings a run of ``governor`` uses: ``config``, else the governor's own, else the defaults.
+
+    A governor's training settings are adopted when no ``config`` is given; a ``config`` that sets any of them
+    differently is refused with one line naming the fields (an equal one is fine).
+    """
+    trained = trained_settings(governor)
+    if trained is None:
+        return config if config is not None else GovernanceConfig()
+    settings, keys = trained
+    if config is None:
+        return settings
+    conflicts = settings_conflicts(settings, keys, config)
+    if conflicts:
+        raise ConfigError(
+            f"{'; '.join(conflicts)} (the governor's training settings; pass no governance config to adopt them, "
+            "or use a governor trained for this one)"
+        )
+    return config
+
+
+def enforced_envelope(envelope: EnvelopeConfig, rollback: bool) -> EnvelopeConfig:
+    """The envelope a loop really enforces: without rollback targets there is no rollback budget."""
+    return envelope if rollback else dataclasses.replace(envelope, max_rollbacks=0)
+
+
 def resolve_governor(
-    governor: Governor | str, envelope: EnvelopeConfig, make_governor: GovernorFactory | None
-) -> Governor:
-    """``governor`` itself, or the governor that ``make_governor`` builds from the spec ``governor``."""
+    governor: Governor | str,
+    config: GovernanceConfig | None,
+    *,
+    rollback: bool,
+    make_governor: GovernorFactory | None,
+) -> tuple[Governor, GovernanceConfig]:
+    """The governor object and the settings to run it with (see :func:`governance_for`).
+
+    A spec is built by ``make_governor`` for the envelope the loop will enforce; if the governor it builds
+    carries other settings (a learned one), it is built again for those, so its actions match the envelope.
+    """
     check_governor(governor, make_governor)
-    if isinstance(governor, str):
-        assert make_governor is not None
-        return make_governor(governor, envelope)
-    return governor
+    if not isinstance(governor, str):
+        return governor, governance_for(governor, config)
+    assert make_governor is not None
+    first = config if config is not None else GovernanceConfig()
+    built = make_governor(governor, enforced_envelope(first.envelope, rollback))
+    cfg = governance_for(built, config)
+    if cfg.envelope != first.envelope:
+        built = make_governor(governor, enforced_envelope(cfg.envelope, rollback))
+    return built, cfg
 
 
 class GovernedLoop:
@@ -104,11 +198,14 @@ class GovernedLoop:
     Args:
         optimizer: any torch optimizer (AdamW, SGD, ...); its param groups' LR is the *scheduled* LR.
         governor: a :class:`~lbw_env.control.protocol.Governor` (SB3-style ``predict``), or a spec
-            (``"lbw_guard"``, ``"adamw"``, ``"ppo:runs/x/best_model.zip"``) that ``make_governor`` builds.
+            (``"lbw_guard"``, ``"adamw"``, ``"ppo:runs/x/best_model.zip"``) that ``make_governor`` builds. If it
+            has ``settings`` (the interval, window and envelope it was trained with), they are used.
         total_steps: the planned number of optimizer steps (the ``progress`` feature; a final interval ends
             there even if shorter).
         vocab_size: the model's vocabulary (the ``loss`` feature is loss / ln(vocab)).
-        config: decision interval, window, envelope and healthy ratio (as in the env's config).
+        config: decision interval, window, envelope and healthy ratio (as in the env's config). ``None``: the
+            governor's training settings if it has any, else the defaults (the evaluation suites' settings).
+            Given, it must agree with the governor's training settings (one-line ConfigError otherwise).
         params: the trainable parameters to measure, e.g. ``model.parameters()`` (those that do not require
             gradients, like a LoRA base, are left out). Default: the optimizer's parameters in param-group order.
             The order matters only at the last bit: a float32 norm depends on the order of its partial sums, and
@@ -141,13 +238,14 @@ class GovernedLoop:
         keep_records: bool = True,
         make_governor: GovernorFactory | None = None,
     ) -> None:
-        cfg = config or GovernanceConfig()
-        cfg.validate()
+        if config is not None:
+            config.validate()
         if total_steps < 1:
             raise ValueError(f"total_steps: expected an int >= 1, got {total_steps}")
-        envelope = cfg.envelope if rollback else dataclasses.replace(cfg.envelope, max_rollbacks=0)
+        self.governor: Governor
+        self.governor, cfg = resolve_governor(governor, config, rollback=rollback, make_governor=make_governor)
+        envelope = enforced_envelope(cfg.envelope, rollback)
         self.config = dataclasses.replace(cfg, envelope=envelope)
-        self.governor: Governor = resolve_governor(governor, envelope, make_governor)
         self.optimizer = optimizer
         self.governed = GovernedOptimizer(optimizer, params, clip_norm=clip_norm, gate=envelope.gate_config())
         self.governance: Governance[TrainState | None] = Governance(self.config)
