@@ -1,0 +1,103 @@
+"""benchmarks/calibrate_guard.py: the guard is calibrated on train and val scenarios only, and says so.
+
+The test split must stay a clean yardstick: the calibration refuses it before anything runs. A calibration's
+output must be a guard file that ``lbw_guard:<yaml>`` loads, with a ``provenance:`` section naming what it was
+scored on. The run here is the smallest real one: one 16-step train scenario, one seed, two candidates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import yaml
+
+from lbw_env.config import config_dir
+from policies import make_governor
+from policies.rules import GuardConfig, load_guard_config
+
+REPO = Path(__file__).resolve().parents[1]
+SHORT = ["optim.steps=16", "data.eval_blocks=2"]
+"""Two decisions per episode, cheap evaluations (the repository's tiny WikiText cut has few validation blocks)."""
+
+
+@pytest.fixture(scope="module")
+def calibrate() -> ModuleType:
+    """The script, imported from its file (``benchmarks/`` is not a package)."""
+    spec = importlib.util.spec_from_file_location("calibrate_guard", REPO / "benchmarks" / "calibrate_guard.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class body runs
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("specs", [["tiny:test"], ["tiny:train", "tiny/shock100"], ["tiny"]])
+def test_refuses_the_test_split_in_one_line(calibrate: ModuleType, tmp_path: Path, specs: list[str]) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        calibrate.main(["--scenarios", *specs, "--out", str(out), "--output", str(tmp_path / "g.yaml")])
+    message = str(exc.value.code)
+    assert message.startswith("calibrate_guard: ") and "\n" not in message
+    assert "test split" in message and "tiny/shock100" in message
+    assert not out.exists() and not (tmp_path / "g.yaml").exists()  # refused before anything ran
+
+
+def test_params_round_trip_and_cover_the_shipped_thresholds(calibrate: ModuleType) -> None:
+    shipped = calibrate.thresholds_of(load_guard_config())
+    fields = set(GuardConfig.__dataclass_fields__)
+    for p in calibrate.PARAMS:
+        assert p.name in fields and p.low < p.high
+        assert p.low <= shipped[p.name] <= p.high  # the search can start from (and return to) the shipped guard
+        assert p.decode(p.encode(shipped[p.name])) == pytest.approx(shipped[p.name], rel=5e-3)
+    assert calibrate.consistent({**shipped, "unstable_vs_best": 0.05, "rollback_vs_best": 0.04})[
+        "rollback_vs_best"
+    ] == pytest.approx(0.05)
+
+
+def test_render_keeps_comments_and_replaces_the_provenance(calibrate: ModuleType) -> None:
+    template = (config_dir() / "governors" / "lbw_guard.yaml").read_text(encoding="utf-8")
+    thresholds = {**calibrate.thresholds_of(load_guard_config()), "backoff": 0.333}
+    once = calibrate.render(template, thresholds, {"budget": 1})
+    twice = calibrate.render(once, thresholds, {"budget": 2})
+    assert twice.count("provenance:") == 1 and twice.count(calibrate.PROVENANCE_HEADER) == 1
+    doc = yaml.safe_load(twice)
+    assert doc["backoff"] == 0.333 and doc["provenance"] == {"budget": 2}
+    kept = [line for line in template.splitlines() if line.startswith("#")]
+    assert kept and all(line in twice for line in kept)
+
+
+def test_a_tiny_calibration_writes_a_guard_with_its_provenance(
+    calibrate: ModuleType, tiny_data: Path, lbw_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LBW_DATA_DIR", str(tiny_data))  # the scenarios leave data.root empty
+    out, output = tmp_path / "records", tmp_path / "guard.yaml"
+    argv = ["--scenarios", "tiny/ref", "--seeds", "1", "--budget", "2", "--popsize", "2"]
+    calibrate.main([*argv, "--out", str(out), "--output", str(output), *SHORT])
+
+    guard = make_governor(f"lbw_guard:{output}")
+    prov = guard.gcfg.provenance  # type: ignore[attr-defined]
+    assert prov["scenarios"] == {"tiny/ref": "train"} and prov["scenario_specs"] == ["tiny/ref"]
+    assert prov["seeds"] == 1 and prov["budget"] == 2 and prov["evaluated"] == 3
+    assert prov["trainer_overrides"] == SHORT
+    tiny = (config_dir() / "scenarios" / "tiny.yaml").read_bytes()
+    assert prov["family_sha256"] == {"tiny": hashlib.sha256(tiny).hexdigest()}
+    assert prov["chosen"]["score"] <= prov["start"]["score"]
+    assert set(prov["chosen"]["score_by_split"]) == {"train"}
+    assert prov["code_version"] and prov["date"] and prov["duration_seconds"] > 0
+    assert "CMA-ES" in prov["method"] and set(prov["searched"]) == {p.name for p in calibrate.PARAMS}
+
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert {r["scenario"] for r in records} == {"tiny/ref"} and {r["split"] for r in records} == {"train"}
+    assert {r["steps"] for r in records} == {16}
+    arms = {r["arm"] for r in records}
+    assert "adamw" in arms and 2 <= len(arms) <= 4  # AdamW, the start, two candidates (one may equal the start)
+    # The shipped thresholds were the start: what was written is either them or a scored candidate.
+    chosen = calibrate.thresholds_of(guard.gcfg)  # type: ignore[attr-defined]
+    candidates = [yaml.safe_load(p.read_text()) for p in (out / "candidates").glob("*.yaml")]
+    assert chosen in candidates
