@@ -55,7 +55,7 @@ GOLDEN = ASSETS / "golden" / "qwen2_tiny_trace.json"
 STEPS = 48
 CONFIG: dict[str, Any] = {
     "model": {"preset": "qwen2-tiny"},
-    "data": {"vocab_size": 2048, "seq_len": 32, "batch_size": 4, "eval_blocks": 8},
+    "data": {"vocab_size": 2048, "seq_len": 32, "batch_size": 4, "eval_blocks": 8, "test_blocks": 8},
     "optim": {"steps": STEPS, "warmup_steps": 4},
     "runtime": {"seed": 0, "threads": 1},
     "faults": [

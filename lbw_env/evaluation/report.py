@@ -59,13 +59,18 @@ class ReportFiles:
     cells: list[Cell]
 
 
+def _test_blocks(record: Mapping[str, Any]) -> Any:
+    """Blocks of the test subset (records made before ``data.test_blocks`` existed used ``eval_blocks``)."""
+    return get_path(record, "trainer", "data", "test_blocks") or get_path(record, "trainer", "data", "eval_blocks")
+
+
 def _intro(
     records: Sequence[Mapping[str, Any]], cells: Sequence[Cell], reference_arm: str, guard_arm: str
 ) -> list[str]:
     arms = list(dict.fromkeys(c.arm for c in cells))
     seeds = sorted({int(r["seed"]) for r in records})
     shapes = sorted(
-        {(get_path(r, "trainer", "data", "eval_blocks"), get_path(r, "trainer", "data", "seq_len")) for r in records},
+        {(_test_blocks(r), get_path(r, "trainer", "data", "seq_len")) for r in records},
         key=str,
     )
     test_set = ", ".join(f"{b} blocks × {s} tokens" for b, s in shapes)

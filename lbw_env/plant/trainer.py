@@ -201,7 +201,8 @@ class Plant:
     def eval_data(self, split: str) -> torch.Tensor:
         if split not in self._eval_cache:
             tokens = {"valid": self.corpus.valid, "test": self.corpus.test, "train": self._train_tokens}[split]
-            self._eval_cache[split] = eval_blocks(tokens, self.cfg.data.seq_len, self.cfg.data.eval_blocks)
+            n = self.cfg.data.test_blocks if split == "test" else self.cfg.data.eval_blocks
+            self._eval_cache[split] = eval_blocks(tokens, self.cfg.data.seq_len, n)
         return self._eval_cache[split]
 
     @torch.no_grad()
@@ -274,7 +275,7 @@ def base_checkpoint_key(cfg: TrainerConfig) -> dict[str, Any]:
     """What determines a base checkpoint: the architecture, the data it saw, and how it was trained."""
     # Not LoRA: the base is pretrained full-parameter, and LoRA and full fine-tunes share it.
     model = {k: v for k, v in to_dict(cfg.model).items() if k not in ("device", "dtype", "pretrained", "lora")}
-    data = {k: v for k, v in to_dict(cfg.data).items() if k not in ("eval_blocks", "root")}
+    data = {k: v for k, v in to_dict(cfg.data).items() if k not in ("eval_blocks", "test_blocks", "root")}
     key = {"model": model, "data": data, "steps": cfg.base_steps, "lr": cfg.base_lr, "version": 1}
     if base_seed(cfg):  # seed 0 (and None) keep the key of the bases cached before base_seed existed
         key["seed"] = base_seed(cfg)
