@@ -1,0 +1,192 @@
+"""The governed step's telemetry is bit for bit the reference definition, however the fast path lays it out.
+
+:class:`~lbw_env.plant.optimizer.GovernedOptimizer` computes its norms from planned, preallocated and (on the CPU)
+chunked, grouped buffers, and keeps the copy of θ from one step to the next. None of that may change a number:
+``grad_norm``, ``param_norm`` and ``update_ratio`` must equal, as floats, what the slow, obvious definition below
+gives on the same tensors (float32 L2 norms; the rows of a large matrix first, one norm per other tensor, then the
+norm of those), over faults, skips of every kind, LR scales, clipping, snapshots, rollbacks and replays, parameters
+changed between steps, and every layout the fast path handles or leaves to the reference path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from lbw_env.plant.config import TrainerConfig
+from lbw_env.plant.data import Corpus
+from lbw_env.plant.optimizer import Control, GovernedOptimizer
+from lbw_env.plant.records import StepRecord
+from lbw_env.plant.trainer import Plant
+
+pytestmark = pytest.mark.usefixtures("torch_threads")
+
+LARGE = 1 << 14
+"""Above this many elements a matrix is reduced row by row (the definition's precision rule)."""
+
+
+def reference_norm(tensors: list[torch.Tensor]) -> float:
+    """The global L2 norm as defined: float32 row norms of each large matrix, then one norm per other tensor,
+    in that order, then the float32 norm of all of those."""
+    rows, others = [], []
+    for t in tensors:
+        if t.dim() >= 2 and t.numel() > LARGE:
+            rows.append(torch.linalg.vector_norm(t.flatten(1), dim=1, dtype=torch.float32))
+        else:
+            others.append(torch.linalg.vector_norm(t, dtype=torch.float32).reshape(1))
+    return float(torch.linalg.vector_norm(torch.cat(rows + others)))
+
+
+def same(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+class Referee:
+    """Wraps ``governed.step``: recomputes the step's telemetry from copies of the gradients and of θ before and
+    after it, with :func:`reference_norm`, and checks the record against that, float for float."""
+
+    def __init__(self, governed: GovernedOptimizer) -> None:
+        self.governed = governed
+        self.inner = governed.step
+        self.param_norm = reference_norm([p.detach() for p in governed.params])
+        self.checked = 0
+        governed.step = self.step  # type: ignore[method-assign]
+
+    def step(self, loss: Any, control: Control = Control(), tokens: int = 0) -> StepRecord:
+        params = self.governed.params
+        grads = [p.grad.detach().clone() for p in params if p.grad is not None]
+        before = [p.detach().clone() for p in params]
+        record = self.inner(loss, control, tokens=tokens)
+        after = [p.detach() for p in params]
+        assert same(record.grad_norm, reference_norm(grads) if grads else 0.0), record
+        if record.skipped:
+            assert record.update_ratio == 0.0
+            assert all(torch.equal(x, y) for x, y in zip(before, after)), "a skip moved a parameter"
+        else:
+            self.param_norm = reference_norm(after)
+            update = reference_norm([y - x for x, y in zip(before, after)])
+            if math.isnan(record.update_ratio):  # measure_update=False
+                assert not self.governed.measure_update
+            else:
+                assert record.update_ratio == update / max(self.param_norm, 1e-12), record
+        assert record.param_norm == self.param_norm, record
+        self.checked += 1
+        return record
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The plant: faults, every kind of skip, LR scales, clipping, snapshots, rollback and replay
+# ----------------------------------------------------------------------------------------------------------
+
+FAULTS = [
+    {"kind": "bad_batch", "start": 9, "length": 2},
+    {"kind": "grad_noise", "start": 12, "length": 3, "magnitude": 0.5},
+    {"kind": "nan_loss", "start": 16},
+    {"kind": "lr_shock", "start": 18, "length": 2, "magnitude": 4.0},
+]
+CONTROLS = [
+    Control(),
+    Control(lr_scale=0.5),
+    Control(skip_gate=1.5),
+    Control(),
+    Control(force_skip=True),
+    Control(lr_scale=1.7, skip_gate=-math.inf),  # the gate skips whatever it sees (within its budget)
+    Control(lr_scale=0.25),
+    Control(),
+]
+
+
+@pytest.mark.parametrize("clip", [0.0, 0.5])
+def test_plant_records_are_the_reference(make_cfg: Callable[..., TrainerConfig], corpus: Corpus, clip: float) -> None:
+    trainer = Plant(make_cfg("optim.lr=3e-3", f"optim.clip_norm={clip}", faults=FAULTS), corpus)
+    referee = Referee(trainer.governed)
+    reasons = set()
+    for t in range(34):
+        if t == 20:
+            snap = trainer.snapshot()
+        if t == 26:
+            trainer.restore(snap, rewind=False)  # a rollback: the good weights, then new batches
+        if t == 30:
+            trainer.restore(snap)  # a replay
+        reasons.add(trainer.step(CONTROLS[t % len(CONTROLS)]).skip_reason)
+    assert referee.checked == 34
+    assert reasons == {"none", "forced", "nonfinite", "gate"}
+
+
+def test_parameters_changed_between_steps(make_cfg: Callable[..., TrainerConfig], corpus: Corpus) -> None:
+    """The kept θ is never stale: in-place changes and new storages are seen; ``.data`` writes after invalidate()."""
+    trainer = Plant(make_cfg(), corpus)
+    referee = Referee(trainer.governed)
+    trainer.step()
+    trainer.step()
+    with torch.no_grad():
+        trainer.params[3].mul_(0.5)  # an in-place change bumps the version counter
+    trainer.step()
+    trainer.params[0].data = trainer.params[0].data.clone()  # a new storage: a new data pointer
+    trainer.step()
+    trainer.params[5].data.add_(0.25)  # invisible to the version counter...
+    trainer.governed.invalidate()  # ...so said
+    trainer.step()
+    trainer.model.load_state_dict({k: v + 0.01 for k, v in trainer.model.state_dict().items()})
+    trainer.step()
+    assert referee.checked == 6
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Layouts: what the CPU fast path groups, and what it leaves to the reference path
+# ----------------------------------------------------------------------------------------------------------
+
+
+class Odd(nn.Module):
+    """Parameters of awkward shapes: long rows with tails, a 3-d tensor, a long vector, a scalar, a frozen one."""
+
+    def __init__(self, dtype: torch.dtype = torch.float32, transposed: bool = False) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+
+        def param(*shape: int) -> nn.Parameter:
+            return nn.Parameter((torch.randn(shape, generator=gen) * 0.1).to(dtype))
+
+        self.wide = param(300, 70)  # row-wise, rows of 70 (not a multiple of a vector width)
+        self.cube = param(2, 3, 5000)  # row-wise after flatten(1)
+        self.long = param(20000)  # a long vector is reduced flat
+        self.small = param(7, 3)
+        self.rows70 = param(70)  # the same length as wide's rows: grouped with them
+        self.scalar = param()
+        self.frozen = nn.Parameter(torch.ones(5), requires_grad=False)
+        square = torch.randn(40, 40, generator=gen).to(dtype)
+        self.square = nn.Parameter(square.t() if transposed else square)  # .t(): not contiguous
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        y = (self.wide[:, :3] @ x[:3]).sum() + self.cube.mean() * x.sum() + (self.long[:5] * x[:5]).sum()
+        y = y + (self.small * x[:3]).sum() + self.rows70.square().sum() + self.scalar * x[0] + self.square.sum()
+        return y.float().square() + self.frozen.sum()
+
+
+@pytest.mark.parametrize(
+    ("dtype", "transposed"),
+    [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False)],
+    ids=["grouped", "non-contiguous", "bf16"],
+)
+@pytest.mark.parametrize("measure_update", [True, False])
+def test_odd_layouts_are_the_reference(dtype: torch.dtype, transposed: bool, measure_update: bool) -> None:
+    model = Odd(dtype, transposed)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
+    governed = GovernedOptimizer(optimizer, model.parameters(), clip_norm=1.0, measure_update=measure_update)
+    assert all(p.requires_grad for p in governed.params) and len(governed.params) == 7
+    referee = Referee(governed)
+    gen = torch.Generator().manual_seed(1)
+    for t in range(8):
+        model.loss(torch.randn(5, generator=gen).to(dtype)).backward()
+        if t == 3:
+            model.long.grad = None  # a parameter without a gradient this step
+        governed.step(torch.tensor(1.0 + t), Control(lr_scale=0.5) if t == 5 else Control())
+    assert referee.checked == 8
+    # the case under test is the one meant: the CPU fast path groups only float32 contiguous parameters
+    grouped = dtype == torch.float32 and not transposed and measure_update
+    assert (governed._update is not None) == grouped
