@@ -9,7 +9,7 @@ The loop stays the user's: their model, data, loss and LR scheduler. Only ``opti
         loss.backward()
         record = loop.step(loss)          # instead of optimizer.step(); optimizer.zero_grad()
         scheduler.step()                  # the user's schedule: the governor scales it, never replaces it
-        if loop.terminated:               # diverged beyond what the envelope can recover
+        if loop.terminated:               # diverged beyond recovery (only with envelope.auto_rollback: true)
             break
 
 Every step goes through :class:`~lbw_env.plant.optimizer.GovernedOptimizer` (telemetry, true skip, the LR scale of the
