@@ -3,15 +3,15 @@
 Both loops train the same preset from the same initial weights on the same seeded batches, with the same
 AdamW hyperparameters and param groups (decay on matrices only) and the same LR schedule. The bare loop
 does nothing else: no telemetry, no skip logic, no LR scaling. ``Plant.step`` adds the governed step
-(gradient norm, finiteness check, z-scores, parameter copy for ‖Δθ‖/‖θ‖, LR scale and restore, the record).
+(gradient norm, finiteness check, z-scores, the kept copy of θ for ‖Δθ‖/‖θ‖, LR scale, the record).
 
 The two loops run interleaved in blocks (after a warm-up of each), alternating which goes first, so that
 drift in the machine's load hits both equally. Reported: the median over rounds of the per-round ratio of
 mean step times (trainer / bare), in wall time and in process CPU time (which neighbours on a shared machine
 disturb far less), median step time and tokens/s of each, and the process's peak RSS.
 ``--mode trainer`` or ``--mode bare`` times one loop alone (for its own peak RSS). ``--breakdown`` then
-times the parts of the governed step: the time inside ``GovernedOptimizer.step`` other than the wrapped
-optimizer's own ``step``.
+times the parts of the governed step in CPU time (:func:`breakdown`): the gradient norm, keeping θ, the AdamW
+step, ``zero_grad``, ‖θ‖ and ‖Δθ‖, and the rest; governance is the governed step minus AdamW and ``zero_grad``.
 
     python benchmarks/overhead.py --preset qwen2-tiny --vocab-size 2048 --seq-len 64 --batch-size 8
     python benchmarks/overhead.py --preset qwen2-m --vocab-size 4096 --seq-len 128 --batch-size 8 --steps 10
@@ -113,39 +113,54 @@ def peak_rss_mib() -> float:
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
 
 
+BREAKDOWN_PARTS = {
+    "grad_norm": ("governed", "_grad_norm"),
+    "save_theta": ("governed", "_save_params"),
+    "adamw": ("optimizer", "step"),
+    "zero_grad": ("optimizer", "zero_grad"),
+    "update_norms": ("governed", "_update_norms"),
+}
+"""The timed parts of a governed step: (object, method). ``adamw`` and ``zero_grad`` run in the bare loop too."""
+
+
 def breakdown(trainer: Plant, n: int) -> dict[str, float]:
-    """Mean microseconds per step: the whole Plant.step, GovernedOptimizer.step, and the AdamW step in it."""
+    """Median process-CPU microseconds per step of the whole ``Plant.step``, of ``GovernedOptimizer.step`` and of
+    its parts (:data:`BREAKDOWN_PARTS`; ``rest``: the governed step's own Python, the decision and the record).
+
+    ``governed_extra_us`` is what governance adds to a bare step: the governed step minus the AdamW step and
+    ``zero_grad``, which the bare loop runs as well. Methods missing from the governed optimizer are left out.
+    """
     governed, optimizer = trainer.governed, trainer.optimizer
-    inner: dict[str, list[float]] = {"governed": [], "optimizer": []}
-    gov_step, opt_step = governed.step, optimizer.step
+    owners = {"governed": governed, "optimizer": optimizer}
+    times: dict[str, list[float]] = {"governed": []}
+    wrapped: list[tuple[object, str]] = []
 
-    def timed_gov(*args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
-        out = gov_step(*args, **kwargs)
-        inner["governed"].append(time.perf_counter() - t0)
-        return out
+    def timed(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.process_time()
+            out = fn(*args, **kwargs)
+            times[label].append(time.process_time() - t0)
+            return out
 
-    def timed_opt(*args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
-        out = opt_step(*args, **kwargs)
-        inner["optimizer"].append(time.perf_counter() - t0)
-        return out
+        return run
 
-    governed.step = timed_gov  # type: ignore[method-assign]
-    optimizer.step = timed_opt  # type: ignore[method-assign]
+    for label, (owner, name) in [("governed", ("governed", "step")), *BREAKDOWN_PARTS.items()]:
+        obj = owners[owner]
+        if hasattr(obj, name):
+            times.setdefault(label, [])
+            setattr(obj, name, timed(label, getattr(obj, name)))
+            wrapped.append((obj, name))
     try:
-        whole, _ = time_block(lambda: trainer.step(Control()), n, trainer.device)
+        _, whole = time_block(lambda: trainer.step(Control()), n, trainer.device)
     finally:
-        del governed.step, optimizer.step
-    us = 1e6
-    gov = statistics.median(inner["governed"]) * us
-    opt = statistics.median(inner["optimizer"]) * us
-    return {
-        "trainer_step_us": statistics.median(whole) * us,
-        "governed_step_us": gov,
-        "adamw_step_us": opt,
-        "governed_extra_us": gov - opt,
-    }
+        for obj, name in wrapped:
+            delattr(obj, name)
+    us = {label: statistics.median(v) * 1e6 for label, v in times.items() if v}
+    result = {"trainer_step_us": statistics.median(whole) * 1e6, "governed_step_us": us.pop("governed")}
+    result.update({f"{label}_us": v for label, v in us.items()})
+    result["rest_us"] = result["governed_step_us"] - sum(us.values())
+    result["governed_extra_us"] = result["governed_step_us"] - us.get("adamw", 0.0) - us.get("zero_grad", 0.0)
+    return result
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -239,7 +254,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if "bare" in times:
             # The governed step's own work (minus AdamW, which both loops run) relative to a bare step: an
             # estimate of the overhead that the machine's load disturbs less than the end-to-end ratio.
-            result["governed_extra_fraction"] = result["governed_extra_us"] / (result["bare_median_step_ms"] * 1e3)
+            result["governed_extra_fraction"] = result["governed_extra_us"] / (result["bare_median_cpu_ms"] * 1e3)
     result["peak_rss_setup_mib"] = rss_setup
     result["peak_rss_mib"] = peak_rss_mib()
 
@@ -261,16 +276,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"(rounds {result['cpu_ratio_min']:.4f}..{result['cpu_ratio_max']:.4f})"
         )
     if "governed_extra_us" in result:
+        parts = [label for label in ("grad_norm", "save_theta", "update_norms", "rest") if f"{label}_us" in result]
         print(
-            f"  breakdown (median us): trainer step {result['trainer_step_us']:.0f}, governed step "
-            f"{result['governed_step_us']:.0f}, of which AdamW {result['adamw_step_us']:.0f} "
-            f"-> governed extra {result['governed_extra_us']:.0f}"
+            f"  breakdown (median CPU us per step): trainer step {result['trainer_step_us']:.0f}, governed step "
+            f"{result['governed_step_us']:.0f} = AdamW {result.get('adamw_us', 0):.0f} + zero_grad "
+            f"{result.get('zero_grad_us', 0):.0f} + governance {result['governed_extra_us']:.0f}"
             + (
                 f" ({100 * result['governed_extra_fraction']:.1f} % of a bare step)"
                 if "governed_extra_fraction" in result
                 else ""
             )
         )
+        print("    governance: " + ", ".join(f"{label} {result[f'{label}_us']:.0f}" for label in parts))
     print(f"  peak RSS {result['peak_rss_mib']:.0f} MiB (after setup {rss_setup:.0f} MiB)")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

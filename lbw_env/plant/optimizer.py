@@ -14,13 +14,13 @@ One governed step, in order::
                  --> apply: clip (baseline option), lr = scheduled lr x lr_scale, optimizer.step(),
                             measure ‖Δθ‖/‖θ‖, update the rolling statistics
 
-Cost. The telemetry is a few passes over the parameters (the gradient norm; a copy of θ before the step; Δθ,
-‖θ‖ and ‖Δθ‖ after it), so its price is memory traffic and per-call overhead, not arithmetic. The norms are
-computed by exactly the reductions of :func:`_partial_norms` (float32 row norms of large matrices, one norm
-per other tensor, then the norm of those), so the numbers are the same bits whatever the bookkeeping; what
-is saved is overhead: each layout is planned once (:class:`_NormPlan`), results go into preallocated
-buffers, and on the CPU Δθ lives in one buffer whose rows of equal length lie together, so that ‖Δθ‖ takes
-a handful of row-wise reductions instead of one call per tensor (:class:`_UpdateBuffer`).
+Cost. The telemetry is a few passes over the parameters (the gradient norm; θ_old kept; Δθ, ‖θ‖ and ‖Δθ‖
+after the step), so its price is memory traffic and per-call overhead, not arithmetic. Every norm is computed
+by exactly the reductions of :func:`_partial_norms` (float32 row norms of large matrices, one norm per other
+tensor, then the norm of those), so the numbers are the reference's bits whatever the bookkeeping. What is
+saved: each layout is planned once and filled in place (:class:`_NormPlan`); on the CPU, θ lives in one
+buffer whose rows of equal length lie together, measured chunk by chunk while in cache and kept from one
+step to the next, so no copy of θ is taken before a step that follows an applied one (:class:`_UpdateBuffer`).
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ class _UpdateBuffer:
         run_length = -1
         for i in layout:
             k, n = rows[i], length[i]
-            if not self.chunks or (size and size + k * n > self.CHUNK):
+            if not self.chunks or (size + k * n > self.CHUNK and size >= self.CHUNK // 4):
                 self.chunks.append(_Chunk())
                 size, run_length = 0, -1
             chunk = self.chunks[-1]
