@@ -2,14 +2,18 @@
 """Evaluate governors over a suite of scenarios and seeds: records, report, plots.
 
     python evaluate.py --suite configs/suites/smoke.yaml
-    python evaluate.py --suite lr_stress --governors adamw lbw_guard ppo:runs/x/best_model.zip --seeds 5
+    python evaluate.py --suite lr_stress --governors adamw lbw_guard ppo:runs/x/best_model --seeds 5
     python evaluate.py --suite smoke --workers 2 eval_every=4 env.trainer_overrides=[runtime.threads=1]
+    python evaluate.py --suite smoke --out benchmarks/results/smoke --no-plots      # results to commit
+    python evaluate.py --verify benchmarks/results/smoke [--limit N] [--keys test_ppl curves]
     python evaluate.py --list
 
 Writes ``<out>/records.jsonl`` (one record per scenario x arm x seed; a rerun skips finished records, so an
-interrupted evaluation resumes), then ``<out>/report.md``, ``<out>/summary.csv`` and ``<out>/plots/*.png``.
-Default ``<out>``: ``results/<suite name>/``. Every input (suite, governors against the env, data, output folder)
-is checked before anything runs or is written; a bad one is one line naming it (``evaluate.py: error: ...``), exit 2.
+interrupted evaluation resumes), ``<out>/suite.yaml`` (the suite and this command), then ``<out>/report.md``,
+``<out>/summary.csv`` and ``<out>/plots/*.png``. Default ``<out>``: ``results/<suite name>/``. ``--verify``
+replays each record's actions in a fresh env, without the governor, and checks its numbers bit for bit
+(:mod:`lbw_env.evaluation.verify`; exit 1 on a mismatch). Every input is checked before anything runs or is
+written; a bad one is one line naming it (``evaluate.py: error: ...``), exit 2.
 """
 
 from __future__ import annotations
@@ -17,35 +21,20 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 
-def _list() -> None:
-    """``--list``: suites (with their descriptions), governor names, scenario families."""
+def _verify(records: str, keys: Sequence[str], limit: int | None) -> int:
+    """``--verify``: replay each record (no governor code runs); 0 all agree, 1 a mismatch, 2 bad input."""
     from lbw_env.config import ConfigError
-    from lbw_env.evaluation import available_suites, load_suite, suites_dir
-    from lbw_env.scenarios import families, load_family
-    from policies import available
+    from lbw_env.evaluation.verify import verify
 
-    print(f"Suites ({suites_dir()}):")
-    for name in available_suites():
-        try:
-            suite = load_suite(name)
-            desc = " ".join(suite.description.split())
-            print(f"  {name:<16} {desc[:100]}")
-        except ConfigError as e:
-            print(f"  {name:<16} INVALID: {e}")
-    print("\nGovernors:")
-    print("  " + ", ".join(available()) + "  (ppo/a2c/sac/recurrent_ppo take :<path to model .zip>)")
-    print("\nScenarios (spec: family, family:train, family:heldout or family/name):")
-    for family in families():
-        try:
-            scenarios = load_family(family)
-        except ConfigError as e:
-            print(f"  {family}: INVALID: {e}")
-            continue
-        print(f"  {family}: " + ", ".join(f"{s.name} [{s.split}]" for s in scenarios.values()))
+    try:
+        return verify(records, keys, limit, note=lambda line: print(line, file=sys.stderr))
+    except (ConfigError, OSError) as e:
+        return fail(e)
+    except KeyboardInterrupt:
+        return 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -80,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="local (in this process), process (multiprocessing pool) or ray; default: process if --workers > 1",
     )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--trust-pickle", action="store_true", help="also load SB3 .zip/.pkl governors: DANGEROUS, "
+                   "pickle runs any code the file holds; only for files you made (else convert them once: "
+                   "python -m lbw_env.learning.convert)")  # fmt: skip
+    p.add_argument("--verify", metavar="RECORDS", help="replay a records.jsonl (or its folder) without governors")
+    p.add_argument("--limit", type=int, metavar="N", help="--verify: only the first N records")
+    p.add_argument("--keys", nargs="+", metavar="KEY", help="--verify: compare only these (dotted) fields")
     p.add_argument("--list", action="store_true", help="list suites, governors and scenarios, then exit")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="suite config overrides")
     return p
@@ -88,61 +83,45 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.list:
-        _list()
-        return 0
-    if not args.suite:
-        return fail("--suite is required (or --list)")
+        from lbw_env.evaluation.cli import listing
+        from policies import available
 
-    from tqdm import tqdm
+        print(listing(available()))
+        return 0
+    if (args.limit is not None or args.keys) and not args.verify:
+        return fail("--limit and --keys go with --verify")
+    if args.verify and (args.suite or args.governors or args.overrides):
+        return fail("--verify replays records as they are: it takes no --suite, --governors or overrides")
+    if args.verify:
+        return _verify(args.verify, args.keys or (), args.limit)
+    if not args.suite:
+        return fail("--suite is required (or --verify, --list)")
 
     from lbw_env.config import ConfigError
-    from lbw_env.evaluation import load_suite, run_suite, short_table, write_report
-    from policies import make_governor
+    from lbw_env.evaluation import load_suite, run_suite
+    from lbw_env.evaluation.cli import Progress, finish, outcome
+    from policies import make_governor, make_trusted_governor
 
     overrides = list(args.overrides) + ([f"seeds={args.seeds}"] if args.seeds is not None else [])
-    bar: Any = None
-
-    def on_start(total: int, todo: int, notes: Sequence[str]) -> None:
-        nonlocal bar
-        for note in notes:
-            print(f"note: {note}", file=sys.stderr)
-        print(f"{suite.name}: {total} runs, {total - todo} already done, {todo} to run", file=sys.stderr)
-        bar = tqdm(total=todo, unit="run", dynamic_ncols=True, disable=todo == 0)
-
-    def on_record(record: dict[str, Any]) -> None:
-        if bar is not None:
-            bar.set_postfix_str(
-                f"{record['scenario']} {record['arm']} s{record['seed']}: ppl {record['final_valid_ppl']}"
-            )
-            bar.update(1)
-
+    progress = Progress(str(args.suite))
     try:
         suite = load_suite(args.suite, overrides, governors=args.governors or ())
-        summary = run_suite(suite, args.out, make_governor=make_governor, executor=args.executor,
-                            workers=args.workers, on_start=on_start, on_record=on_record)  # fmt: skip
+        progress.name = suite.name
+        factory = make_trusted_governor if args.trust_pickle else make_governor
+        summary = run_suite(suite, args.out, make_governor=factory, executor=args.executor, workers=args.workers,
+                            on_start=progress.on_start, on_record=progress.on_record)  # fmt: skip
     except (ConfigError, OSError) as e:  # bad input, found before anything ran; OSError: e.g. a full disk
         return fail(e)
     except KeyboardInterrupt:
         print("\ninterrupted: finished records are kept; run the same command again to resume", file=sys.stderr)
         return 130
     finally:
-        if bar is not None:
-            bar.close()
-
-    report: dict[str, Any] = {"title": suite.name, "description": suite.description, "notes": summary.notes,
-                              "reference_arm": suite.reference_arm, "guard_arm": suite.guard_arm,
-                              "reference": summary.plan.reference}  # fmt: skip
+        progress.close()
     try:
-        files = write_report(summary.out, summary.records, plots=not args.no_plots, **report)
+        files = finish(summary, suite, sys.argv[1:] if argv is None else argv, plots=not args.no_plots)
     except OSError as e:
         return fail(f"report in {summary.out}: {e}")
-    print(short_table(files.cells))
-    print(f"\nran {summary.ran}, skipped {summary.skipped} (already recorded)")
-    print(f"records: {Path(summary.out) / 'records.jsonl'}")
-    print(f"report:  {files.report_md}")
-    print(f"summary: {files.summary_csv}")
-    if files.plots:
-        print(f"plots:   {files.plots[0].parent}/ ({len(files.plots)} files)")
+    print(outcome(summary, files))
     return 0
 
 

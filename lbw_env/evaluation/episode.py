@@ -7,16 +7,25 @@ plain JSON data of a few kB: resolved configs, final and test numbers, and curve
 :data:`MAX_CURVE_POINTS` points. It also holds the untouched starting model's test perplexity
 (``initial_test_ppl``: the yardstick a do-nothing governor scores 0 against) and ``governor_hash``, the sha256 of
 the governor's config or manifest, so a report can say exactly which guard thresholds or policy it evaluated.
+
+``replay`` holds what a replay needs and nothing of the governor: the reset seed and options, the size of the
+env's scenario pool (``reset`` draws an index into it before the run seed) and every action the env received,
+one per decision (:class:`ActionTrace`: raw bytes, compressed). ``evaluate.py --verify`` (:mod:`.verify`) feeds
+them to a fresh env built from the record's own configs and checks every number, so a reader can confirm a
+committed record without running (or trusting) the governor that made it.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import math
 import platform
+import subprocess
 import time
 import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +42,8 @@ MAX_CURVE_POINTS = 100
 """Curves in a record are downsampled to at most this many points (records stay a few kB)."""
 MAX_MANIFEST_BYTES = 1 << 24
 """Largest ``manifest.json`` member of a governor zip that :func:`governor_hash` reads (else the zip is hashed)."""
+MAX_TRACE_BYTES = 1 << 26
+"""Largest action trace segment :meth:`ActionTrace.decode` inflates (a million decisions of 16 float32s)."""
 
 
 @functools.cache
@@ -53,7 +64,28 @@ def package_versions() -> dict[str, str]:
             out[key] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             out[key] = "not installed"
+    import torch  # loaded by the env already
+
+    # Float results are bit-exact on one machine with one torch, not across kernels (see tests/test_golden.py):
+    # the CPU kind tells a replay (evaluate.py --verify) whether to expect the last bit to agree.
+    out["cpu"] = f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()}"
+    out["git"] = git_commit()
     return out
+
+
+def git_commit() -> str:
+    """The commit of the checkout this package runs from (``-dirty`` with uncommitted changes to tracked files),
+    "" where it is not a git checkout (an installed wheel): the code version a committed record names."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists() or not (root / "pyproject.toml").is_file():
+        return ""  # a site-packages copy may lie inside someone else's repository: never report that one
+    try:
+        run = functools.partial(subprocess.run, capture_output=True, text=True, timeout=10, check=True)
+        commit = run(["git", "-C", str(root), "rev-parse", "HEAD"]).stdout.strip()
+        dirty = run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"]).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return commit + ("-dirty" if dirty else "")
 
 
 def governor_hash(governor: Governor, spec: str) -> str:
@@ -81,6 +113,76 @@ def governor_hash(governor: Governor, spec: str) -> str:
             if "manifest.json" in names and zf.getinfo("manifest.json").file_size <= MAX_MANIFEST_BYTES:
                 return hashlib.sha256(zf.read("manifest.json")).hexdigest()
     return sha256_file(path)
+
+
+class ActionTrace:
+    """The actions of one episode, one per decision, exactly as the env received them.
+
+    Stored as the raw little-endian bytes of each run of equally typed and shaped actions, zlib-compressed and
+    base64-encoded: exact for any dtype (a float32 action is its four bytes, not a decimal that might round),
+    and small (200 decisions of three float32 numbers are under 3.3 kB; a constant governor's a few dozen
+    bytes). ``form`` says whether the env got numpy arrays or plain sequences (the envelope treats an integer
+    ndarray and a list of ints differently in continuous mode), so a replay hands over the same kind of object.
+    """
+
+    def __init__(self) -> None:
+        self._actions: list[tuple[np.ndarray, str]] = []
+
+    def add(self, action: Any) -> None:
+        """Keep a copy of ``action`` now (a governor may reuse its output buffer)."""
+        form = "ndarray" if isinstance(action, np.ndarray) else "list"
+        arr = np.array(action, copy=True)
+        if arr.dtype.kind not in "biuf":  # e.g. Decimals in a list: the envelope reads them as float64
+            arr, form = arr.astype(np.float64), "list"
+        self._actions.append((arr, form))
+
+    def __len__(self) -> int:
+        return len(self._actions)
+
+    def to_json(self) -> list[dict[str, Any]]:
+        """Segments ``{form, dtype, shape, data}``: consecutive actions of one form, dtype and shape, stacked."""
+        segments: list[dict[str, Any]] = []
+        i = 0
+        while i < len(self._actions):
+            arr, form = self._actions[i]
+            j = i + 1
+            while j < len(self._actions) and _same_kind(self._actions[j], (arr, form)):
+                j += 1
+            dtype = arr.dtype.newbyteorder("<")
+            block = np.stack([a for a, _ in self._actions[i:j]]).astype(dtype)
+            data = base64.b64encode(zlib.compress(block.tobytes(), 9)).decode("ascii")
+            segments.append({"form": form, "dtype": dtype.str, "shape": list(block.shape), "data": data})
+            i = j
+        return segments
+
+    @staticmethod
+    def decode(segments: Any) -> list[Any]:
+        """The actions of :meth:`to_json`, as the env received them (arrays, or nested lists for ``list``).
+        Raises ``ValueError`` for a malformed trace."""
+        if not isinstance(segments, list):
+            raise ValueError(f"expected a list of segments, got {type(segments).__name__}")
+        out: list[Any] = []
+        for k, seg in enumerate(segments):
+            try:
+                dtype = np.dtype(seg["dtype"])
+                shape = tuple(int(n) for n in seg["shape"])
+                size = math.prod(shape) * dtype.itemsize
+                if dtype.kind not in "biuf" or not shape or min(shape) < 0 or seg["form"] not in ("ndarray", "list"):
+                    raise ValueError(f"form {seg['form']!r}, dtype {seg['dtype']!r}, shape {list(shape)}")
+                if size > MAX_TRACE_BYTES:
+                    raise ValueError(f"{size} bytes of actions; at most {MAX_TRACE_BYTES} are read")
+                # Decompress no more than the shape needs: a crafted record cannot inflate to anything.
+                raw = zlib.decompressobj().decompress(base64.b64decode(seg["data"], validate=True), size + 1)
+                block = np.frombuffer(raw, dtype=dtype).reshape(shape)
+            except (KeyError, TypeError, ValueError, zlib.error) as e:
+                raise ValueError(f"segment {k}: {type(e).__name__}: {e}") from None
+            native = block.astype(dtype.newbyteorder("="))
+            out += [a.copy() if seg["form"] == "ndarray" else a.tolist() for a in native]
+        return out
+
+
+def _same_kind(a: tuple[np.ndarray, str], b: tuple[np.ndarray, str]) -> bool:
+    return a[1] == b[1] and a[0].dtype == b[0].dtype and a[0].shape == b[0].shape
 
 
 def _finite_mean(xs: Sequence[float]) -> float:
@@ -126,6 +228,7 @@ def run_episode(
     suite: str = "",
     arm: str = "",
     governor_spec: str = "",
+    reset_seed: int | None = None,
 ) -> dict[str, Any]:
     """Run one episode of ``scenario`` with ``seed`` under ``governor``; return its record (plain JSON data).
 
@@ -134,13 +237,18 @@ def run_episode(
     the timed run; evaluation neither consumes batches nor draws random numbers, so it does not change the
     trajectory). Times: ``timing.wall_seconds`` is the episode after ``reset`` without those evaluations
     (training, governor, envelope), ``timing.valid_seconds`` the same clock at each validation point.
+    ``reset_seed``: the seed for ``env.reset`` (default: the split's evaluation seed of ``seed``; a replay
+    passes the record's own).
     """
     base = env.unwrapped
     name = scenario if isinstance(scenario, str) else scenario.name
     # Each split has its own block of reset seeds (train s, val 10000+s, test 20000+s): see evaluation_seed.
     split = get_scenario(name).split if isinstance(scenario, str) else scenario.split
+    if reset_seed is None:
+        reset_seed = evaluation_seed(split, seed)
+    reset_options = {"scenario": name}
     t_reset = time.perf_counter()
-    obs, reset_info = env.reset(seed=evaluation_seed(split, seed), options={"scenario": name})
+    obs, reset_info = env.reset(seed=reset_seed, options=dict(reset_options))
     reset_seconds = time.perf_counter() - t_reset
     sc: Scenario = base.scenario
     trainer = base.trainer
@@ -160,11 +268,13 @@ def run_episode(
     valid_time: list[float] = [0.0]
     valid_train_time: list[float] = [0.0]
     total_return, decisions = 0.0, 0
+    trace = ActionTrace()
     while True:
         tg = time.perf_counter()
         action, state = governor.predict(obs, state=state, episode_start=episode_start, deterministic=True)
         governor_seconds += time.perf_counter() - tg
         episode_start = np.zeros((1,), dtype=bool)
+        trace.add(action)
         obs, reward, terminated, truncated, info = env.step(action)
         total_return += float(reward)
         decisions += 1
@@ -227,6 +337,13 @@ def run_episode(
         "curves": {
             "train": downsample_intervals(intervals),
             "valid": {"step": [valid_step[i] for i in keep], "ppl": [valid_ppl[i] for i in keep]},
+        },
+        # reset draws a pool index before the run seed, so the pool's size is part of what a replay needs.
+        "replay": {
+            "reset_seed": int(reset_seed),
+            "reset_options": reset_options,
+            "pool_size": len(base.pool),
+            "actions": trace.to_json(),
         },
         "timing": {
             "wall_seconds": wall_seconds,
