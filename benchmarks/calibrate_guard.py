@@ -117,6 +117,9 @@ class Setup:
     env: dict[str, Any]
     out: Path
     workers: int
+    episode_seconds: dict[tuple[str, str, int], float] = dataclasses.field(default_factory=dict)
+    """Wall seconds of every episode scored (by record key), whichever invocation ran it: the compute a
+    calibration cost even when it was resumed."""
 
     def evaluate(self, candidates: Sequence[Candidate], with_reference: bool = False) -> None:
         """Run the candidates (and AdamW) through the evaluation engine; fill in their scores."""
@@ -134,6 +137,11 @@ class Setup:
         )
         records = run_suite(suite, self.out, make_governor=make_governor, workers=self.workers).records
         runs = {(r["scenario"], r["arm"], int(r["seed"])): r for r in records}
+        arms = {c.label for c in candidates} | ({REFERENCE} if with_reference else set())
+        names = {s.name for s in self.scenarios}
+        for key, r in runs.items():
+            if key[0] in names and key[1] in arms and key[2] < self.seeds:
+                self.episode_seconds[key] = float(get_path(r, "timing", "wall_seconds", default=0.0) or 0.0)
         for c in candidates:
             c.score, c.by_split = self.score(runs, c.label)
 
@@ -274,6 +282,8 @@ def provenance(
         "code_version": commit,
         "code_dirty": dirty,
         "duration_seconds": round(seconds, 1),
+        "episodes": len(setup.episode_seconds),
+        "episode_seconds": round(sum(setup.episode_seconds.values()), 1),
         "family_sha256": families,
         "records": display_path(setup.out),
     }
