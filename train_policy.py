@@ -2,7 +2,7 @@
 
     python train_policy.py --config configs/train/ppo.yaml [key=value ...]
     python train_policy.py --config configs/train/ppo.yaml n_envs=1 vec_env=dummy total_timesteps=2000
-    python train_policy.py resume=runs/<run>/checkpoints/model_4096_steps.zip       # config from the run folder
+    python train_policy.py --trust-pickle resume=runs/<run>/checkpoints/model_4096_steps.zip   # your own run
     python train_policy.py --config configs/train/ppo.yaml --measure 60           # env throughput only
     python train_policy.py --help-config                                           # every key, type, default
 
@@ -10,10 +10,12 @@ The run folder ``runs/<env>__<algo>__<seed>__<time>/`` (or ``run_dir=...``) hold
 
 * ``config.yaml`` — the resolved :class:`~lbw_env.learning.config.TrainConfig` (loadable again; ``resume=`` uses
   it), ``env.yaml`` — the resolved env config of training and the evaluation episodes;
-* ``best_model.zip`` + ``vecnormalize.pkl`` — the best model on the held-out evaluation episodes and the
-  observation statistics it was evaluated with: ``evaluate.py --governors ppo:<run>/best_model.zip``;
+* ``best_model/`` — the best model on the held-out evaluation episodes as a governor folder (no pickle), the
+  one to evaluate: ``evaluate.py --governors ppo:<run>/best_model``; ``best_model.zip`` + ``vecnormalize.pkl``
+  beside it are SB3's own files (pickle: only with ``--trust-pickle``);
 * ``final/model.zip`` + ``final/vecnormalize.pkl`` — the model at the end of training;
-* ``checkpoints/model_<N>_steps.zip`` (+ ``model_vecnormalize_<N>_steps.pkl``, and the replay buffer for SAC);
+* ``checkpoints/model_<N>_steps.zip`` (+ ``model_vecnormalize_<N>_steps.pkl``, and the replay buffer for SAC):
+  SB3's pickles, so ``resume=`` them only with ``--trust-pickle`` (reading them runs any code they hold);
 * ``monitor/<i>.monitor.csv`` (training episodes per env), ``monitor/eval.monitor.csv``;
 * ``evaluations.npz`` + ``learning_curve.png``; ``tb/<ALGO>_1/`` TensorBoard; ``summary.json``.
 
@@ -29,6 +31,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from lbw_env import learning
@@ -59,6 +62,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", help="YAML TrainConfig (configs/train/<algo>.yaml)")
     parser.add_argument("--help-config", action="store_true", help="list every config key with type, default, doc")
     parser.add_argument("--measure", type=float, metavar="SECONDS", help="only measure env decisions/s, no training")
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow resume= of an SB3 checkpoint: DANGEROUS, SB3 reads it (and its .pkl files) with pickle, which "
+        "runs any code they hold; only for checkpoints you made",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides")
     return parser.parse_args(argv)
 
@@ -72,6 +81,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         cfg = learning.load_config(args.config, args.overrides)
+        # A checkpoint that does not exist is reported by the trainer, naming it; one that does is unpickled.
+        if cfg.resume and Path(cfg.resume).is_file() and not args.trust_pickle:
+            raise ConfigError(
+                f"resume={cfg.resume}: an SB3 checkpoint is read with pickle, which runs any code the file holds; "
+                "pass --trust-pickle if you made it (or trust whoever did)"
+            )
         if args.measure is not None:
             print(json.dumps(learning.measure(cfg, args.measure), indent=2))
             return 0

@@ -15,9 +15,11 @@ import torch.nn.functional as F
 
 from lbw_env.config import load_yaml
 from lbw_env.control.governance import GovernanceConfig
+from lbw_env.control.protocol import GovernorFactory
 from lbw_env.plant.config import TrainerConfig, load_trainer_config
 from lbw_env.plant.data import Corpus, eval_blocks, load_corpus
 from lbw_env.plant.models import build_model
+from policies import make_governor, make_trusted_governor
 
 EVAL_BLOCKS = 32
 """Validation blocks for the final perplexity."""
@@ -26,7 +28,15 @@ EVAL_BLOCKS = 32
 def parse_args(doc: str | None) -> argparse.Namespace:
     """The examples' common command line (``--governor``, ``--governance``, ``--steps``, ``--shock`` ...)."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--governor", default="lbw_guard", help="lbw_guard | adamw | skip_step | ppo:<model.zip> ...")
+    ap.add_argument(
+        "--governor", default="lbw_guard", help="lbw_guard | adamw | skip_step | ppo:runs/<run>/best_model ..."
+    )
+    ap.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="also load SB3 .zip/.pkl governors: DANGEROUS, pickle runs any code the file holds; only for files "
+        "you made (or convert them once: python -m lbw_env.learning.convert)",
+    )
     ap.add_argument(
         "--governance",
         default="",
@@ -41,6 +51,12 @@ def parse_args(doc: str | None) -> argparse.Namespace:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     return args
+
+
+def governor_factory(args: argparse.Namespace) -> GovernorFactory:
+    """What builds the ``--governor`` spec: ``policies.make_governor``, which loads governor files and rules only,
+    or with ``--trust-pickle`` ``policies.make_trusted_governor``, which also unpickles SB3 zips."""
+    return make_trusted_governor if args.trust_pickle else make_governor
 
 
 def governance(args: argparse.Namespace) -> GovernanceConfig | None:

@@ -8,14 +8,15 @@ through the same ``GovernedOptimizer`` as the env, decisions through the same ``
     LBW_DATA_DIR=../shared/data python examples/hf_trainer.py                         # the LBW guard
     LBW_DATA_DIR=../shared/data python examples/hf_trainer.py --shock                 # ... through an LR shock x30
     LBW_DATA_DIR=../shared/data python examples/hf_trainer.py --governor adamw
-    LBW_DATA_DIR=../shared/data python examples/hf_trainer.py --governor ppo:runs/<run>/best_model.zip
+    LBW_DATA_DIR=../shared/data python examples/hf_trainer.py --governor ppo:runs/<run>/best_model
 
 Without ``--governance`` the governor runs with the defaults, the evaluation suites' settings (or with its own
 training settings, if it carries them). ``--governor ppo:<path>``: a Stable-Baselines3 model trained in
-``LBWEnv``; if it does not carry its training settings, pass the decision interval, window and envelope it was
-trained with via ``--governance <yaml>`` (keys of ``GovernanceConfig``). With ``--shock`` the
-script hands the ``Trainer`` its own AdamW and a schedule with the shock (``optimizers=(optimizer, scheduler)``);
-the ``Trainer``'s own optimizer is governed the same way.
+``LBWEnv``, from its governor folder (``runs/<run>/best_model``; an SB3 ``.zip`` only with ``--trust-pickle``,
+since unpickling runs any code the file holds); if it does not carry its training settings, pass the decision
+interval, window and envelope it was trained with via ``--governance <yaml>`` (keys of ``GovernanceConfig``).
+With ``--shock`` the script hands the ``Trainer`` its own AdamW and a schedule with the shock
+(``optimizers=(optimizer, scheduler)``); the ``Trainer``'s own optimizer is governed the same way.
 """
 
 from __future__ import annotations
@@ -24,11 +25,10 @@ import math
 import tempfile
 
 import torch
-from example_setup import governance, parse_args, shock_range, tiny_setup, valid_ppl
+from example_setup import governance, governor_factory, parse_args, shock_range, tiny_setup, valid_ppl
 from transformers import TrainingArguments
 
 from lbw_env.integrations.hf import GovernedTrainer, PlantBlocks
-from policies import make_governor
 
 
 def main() -> None:
@@ -75,7 +75,7 @@ def main() -> None:
             train_dataset=train,
             optimizers=optimizers,
             governor=args.governor,
-            make_governor=make_governor,  # builds the --governor spec
+            make_governor=governor_factory(args),  # builds the --governor spec (pickles only with --trust-pickle)
             governance=governance(args),
         )
         trainer.train()

@@ -8,18 +8,19 @@ skips; with ``envelope.auto_rollback: true``, a run that diverges beyond recover
     LBW_DATA_DIR=../shared/data python examples/plain_loop.py                       # the LBW guard
     LBW_DATA_DIR=../shared/data python examples/plain_loop.py --shock               # ... through an LR shock x30
     LBW_DATA_DIR=../shared/data python examples/plain_loop.py --governor adamw      # plain AdamW, same envelope
-    LBW_DATA_DIR=../shared/data python examples/plain_loop.py --governor ppo:runs/<run>/best_model.zip
+    LBW_DATA_DIR=../shared/data python examples/plain_loop.py --governor ppo:runs/<run>/best_model
 
 Without ``--governance`` the loop governs with the defaults, which are the evaluation suites' settings (decision
 interval 8, window 4, rollback on the governor's request, no automatic rollback): the guard here is the guard the
 suites measured. With ``--shock`` (seed 0, one thread) plain AdamW ends near valid ppl 684, the guard near 530.
 
-``--governor ppo:<path>`` loads a Stable-Baselines3 model trained in ``LBWEnv`` (with its ``vecnormalize.pkl``
-if one lies beside it). A governor that carries its training settings (``governor.settings``) is run with them;
-for one that does not, pass the decision interval, window and envelope it was trained with (``--governance
-<yaml>`` with keys ``decision_interval``, ``window``, ``envelope``, ``healthy_ratio``), otherwise its observation
-or action shape will not match. The model preset is ``qwen2-tiny`` (≈0.25 M parameters, a few seconds on one
-CPU core).
+``--governor ppo:<path>`` loads a Stable-Baselines3 model trained in ``LBWEnv`` from its governor folder
+(``runs/<run>/best_model``: weights and observation statistics, no pickle); an SB3 ``.zip`` (+ ``.pkl``) loads
+only with ``--trust-pickle``, since unpickling runs any code the file holds. A governor that carries its
+training settings (``governor.settings``) is run with them; for one that does not, pass the decision interval,
+window and envelope it was trained with (``--governance <yaml>`` with keys ``decision_interval``, ``window``,
+``envelope``, ``healthy_ratio``), otherwise its observation or action shape will not match. The model preset is
+``qwen2-tiny`` (≈0.25 M parameters, a few seconds on one CPU core).
 """
 
 from __future__ import annotations
@@ -29,11 +30,10 @@ import time
 
 import torch
 import torch.nn.functional as F
-from example_setup import governance, parse_args, shock_range, tiny_setup, valid_ppl
+from example_setup import governance, governor_factory, parse_args, shock_range, tiny_setup, valid_ppl
 
 from lbw_env.integrations import GovernedLoop
 from lbw_env.plant.data import BatchStream
-from policies import make_governor
 
 
 def main() -> None:
@@ -61,7 +61,7 @@ def main() -> None:
         vocab_size=corpus.vocab_size,
         config=governance(args),
         params=model.parameters(),  # measure in the model's order (as the env does)
-        make_governor=make_governor,  # builds the --governor spec
+        make_governor=governor_factory(args),  # builds the --governor spec (pickles only with --trust-pickle)
     )
 
     t0 = time.perf_counter()

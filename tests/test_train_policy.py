@@ -241,7 +241,8 @@ def test_sigkill_then_resume_continues_steps_logs_and_monitor(lbw: None, tmp_pat
     monitor_before = monitor_rows(run / "monitor" / "0.monitor.csv")
 
     # Resume in this process, with the run's own config.yaml and a budget of 32 more decisions.
-    assert train_policy.main([f"resume={checkpoint}", f"total_timesteps={steps + 32}", "vec_env=dummy"]) == 0
+    argv = ["--trust-pickle", f"resume={checkpoint}", f"total_timesteps={steps + 32}", "vec_env=dummy"]
+    assert train_policy.main(argv) == 0  # our own checkpoint: SB3 reads it with pickle, so we vouch for it
 
     summary = json.loads((run / "summary.json").read_text())
     assert summary["num_timesteps"] == steps + 32 > steps
@@ -295,6 +296,23 @@ def test_bad_input_fails_clearly(
     err = capsys.readouterr().err
     assert message in err, err
     assert not run.exists(), "the run folder was created before the config was rejected"
+
+
+def test_resume_of_a_checkpoint_needs_trust_pickle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """SB3 reads a checkpoint (and its .pkl files) with pickle, which runs any code they hold: ``resume=`` of an
+    existing checkpoint is refused without ``--trust-pickle``, in one line, before anything is read or created."""
+    run = tmp_path / "run"
+    checkpoint = run / "checkpoints" / "model_8_steps.zip"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"never unpickled")
+    config = write_config(tmp_path / "ppo.yaml", small_config(run))
+    assert train_policy.main(["--config", str(config), f"resume={checkpoint}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("train_policy.py: error: resume=") and "--trust-pickle" in err and "pickle" in err, err
+    assert [p.name for p in run.rglob("*")] == ["checkpoints", "model_8_steps.zip"]
+    with pytest.raises(SystemExit):
+        train_policy.parse_args(["--help"])
+    assert "DANGEROUS" in capsys.readouterr().out
 
 
 def test_env_config_keeps_the_registered_pool_unless_overridden(tmp_path: Path) -> None:

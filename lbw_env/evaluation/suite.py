@@ -78,8 +78,8 @@ class SuiteConfig:
     description: str = ""
     """What the suite is for."""
     scenarios: list[str] = dataclasses.field(default_factory=lambda: ["tiny"])
-    """Scenario specs for ``scenarios.resolve``: ``family/name``, ``family`` (all of it), ``family:train`` or
-    ``family:heldout``. Family specs pick up whatever scenarios the family file has."""
+    """Scenario specs for ``scenarios.resolve``: ``family/name``, ``family`` (all of it), ``family:train``,
+    ``family:val`` or ``family:test``. Family specs pick up whatever scenarios the family file has."""
     arms: list[Arm] = dataclasses.field(default_factory=lambda: [Arm("adamw", "adamw"), Arm("lbw_guard", "lbw_guard")])
     """Arms to compare. In YAML an arm may be a bare governor spec (``lbw_guard``: label = spec)."""
     seeds: int = 3

@@ -166,7 +166,7 @@ class GovernedTrainerMixin:
 
     Args:
         governor: a governor object (SB3-style ``predict``) or a spec (``"lbw_guard"``,
-            ``"ppo:runs/x/best_model.zip"``) for ``make_governor``.
+            ``"ppo:runs/x/best_model"``) for ``make_governor``.
         make_governor: builds a spec ``governor`` (usually ``policies.make_governor``; see
             :class:`~lbw_env.integrations.loop.GovernedLoop`).
         governance: decision interval, window, envelope (as in the env's config). ``None``: the governor's

@@ -198,7 +198,7 @@ class GovernedLoop:
     Args:
         optimizer: any torch optimizer (AdamW, SGD, ...); its param groups' LR is the *scheduled* LR.
         governor: a :class:`~lbw_env.control.protocol.Governor` (SB3-style ``predict``), or a spec
-            (``"lbw_guard"``, ``"adamw"``, ``"ppo:runs/x/best_model.zip"``) that ``make_governor`` builds. If it
+            (``"lbw_guard"``, ``"adamw"``, ``"ppo:runs/x/best_model"``) that ``make_governor`` builds. If it
             has ``settings`` (the interval, window and envelope it was trained with), they are used.
         total_steps: the planned number of optimizer steps (the ``progress`` feature; a final interval ends
             there even if shorter).
