@@ -21,11 +21,14 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
-T = TypeVar("T")
+if TYPE_CHECKING:  # typeshed's protocol for "a dataclass"; it exists only in stubs
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 class ConfigError(ValueError):
@@ -82,10 +85,15 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
     for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
         tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             rows.extend(describe(tp, key + "."))
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:  # config classes give every field a default: `Config()` is the documented default config
+            raise TypeError(f"{key}: config field has no default")
         rows.append((key, _type_name(tp), repr(default), docs.get(f.name, "")))
     return rows
 
@@ -193,12 +201,12 @@ def _convert_dict(value: Any, tp: Any, path: str) -> dict[Any, Any]:
 
 def _convert(value: Any, tp: Any, path: str) -> Any:
     """Check ``value`` against ``tp`` and convert it (ints and float strings to floats, mappings to dataclasses)."""
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, Mapping):
             raise ConfigError(f"{path or '<root>'}: expected a mapping for {tp.__name__}, got {value!r}")
-        return from_dict(tp, value, path)  # type: ignore[arg-type]
+        return from_dict(tp, value, path)
     origin = get_origin(tp)
     if origin is Literal:
         if value not in get_args(tp):
@@ -222,7 +230,7 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
 def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
     """Build dataclass ``cls`` from a mapping. Unknown keys and mistyped values raise :class:`ConfigError`."""
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    names = {f.name for f in dataclasses.fields(cls)}
     for key in data:
         if key not in names:
             where = f"{path}.{key}" if path else str(key)
@@ -246,7 +254,7 @@ def check(condition: bool, key: str, expected: str, value: Any) -> None:
 
 def to_dict(obj: Any) -> Any:
     """A dataclass as plain data (for YAML/JSON records of resolved configs)."""
-    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) and not isinstance(obj, type) else obj
 
 
 # ----------------------------------------------------------------------------------------------------------

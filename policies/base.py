@@ -50,8 +50,8 @@ class ActionCodec:
         gate_bin = (
             len(self._gates) - 1 if math.isinf(gate) else int(np.argmin(np.abs(np.array(self._gates[:-1]) - gate)))
         )
-        action = [lr_bin, gate_bin] + ([int(rollback)] if c.rollback_action else [])
-        return np.asarray(action, dtype=np.int64)
+        bins = [lr_bin, gate_bin] + ([int(rollback)] if c.rollback_action else [])
+        return np.asarray(bins, dtype=np.int64)
 
     def _move(self, ratio: float) -> float:
         """The action value in [-1, 1] whose move is closest to the multiplicative ``ratio``."""

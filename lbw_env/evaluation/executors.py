@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import logging
 import multiprocessing as mp
 import os
 import platform
@@ -22,12 +23,15 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from ..config import ConfigError
 from ..control.protocol import Governor, GovernorFactory
 from .episode import run_episode
 from .suite import Arm, SuiteConfig, Task, import_modules, make_arm_governor, task_hash
+
+if TYPE_CHECKING:  # ray is optional and imported only when the ray executor runs
+    from ray.actor import ActorHandle
 
 Executor = Literal["local", "process", "ray"]
 
@@ -212,10 +216,12 @@ def _run_ray(
             include_dashboard=False,
             log_to_driver=False,
             object_store_memory=128 * 1024 * 1024,
-            logging_level="warning",
+            logging_level=logging.WARNING,
         )
     actor_cls = ray.remote(num_cpus=1)(_RayWorker)
-    actors = [actor_cls.remote(spec) for _ in range(workers)]
+    # ray annotates ActorClass.remote as `ActorHandle[T] | type[T]` (the class arm only lets editors list the
+    # methods); it returns "a handle to the newly created actor", which `.run.remote` and ray.kill need.
+    actors = [cast("ActorHandle[_RayWorker]", actor_cls.remote(spec)) for _ in range(workers)]
     queue = iter(tasks)
     pending: dict[Any, Any] = {}
     try:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 from scipy import stats as sps
@@ -213,12 +214,12 @@ def stratified_iqm(
     draws = np.concatenate([t[rng.integers(0, len(t), size=(n_resamples, len(t)))] for t in tasks], axis=1)
     boot = iqm(draws, axis=1)
     alpha = (1 - level) / 2
-    method = "linear" if np.isfinite(boot).all() else "nearest"
+    method: Literal["linear", "nearest"] = "linear" if np.isfinite(boot).all() else "nearest"
     lo, hi = np.quantile(boot, [alpha, 1 - alpha], method=method)
     return Estimate(point, float(lo), float(hi), len(flat))
 
 
-def performance_profile(scores: Sequence[float], taus: Sequence[float]) -> np.ndarray:
+def performance_profile(scores: Sequence[float], taus: Sequence[float] | np.ndarray) -> np.ndarray:
     """Fraction of runs whose score is at or below each ``tau`` (for ratios to a reference, lower is better):
     rliable's performance profile, read as "in what share of runs did the arm stay within tau x the reference"."""
     x = np.asarray([as_float(v) for v in scores], dtype=np.float64)

@@ -40,7 +40,7 @@ def algo_class(name: str) -> Any:
     return classes[name]
 
 
-def check_hyperparams(cls: type, hyperparams: dict[str, Any]) -> None:
+def check_hyperparams(cls: type[Any], hyperparams: dict[str, Any]) -> None:
     """Every key must be a constructor argument of ``cls`` that TrainConfig does not set itself; activation
     names and schedules must be ones :func:`sb3_kwargs` can convert."""
     params = set(inspect.signature(cls.__init__).parameters) - {"self"}
@@ -55,8 +55,8 @@ def check_hyperparams(cls: type, hyperparams: dict[str, Any]) -> None:
         raise ConfigError(f"hyperparams.policy_kwargs: expected a mapping, got {pk!r}")
     act = (pk or {}).get("activation_fn")
     if act is not None and act not in ACTIVATIONS:
-        allowed = sorted(ACTIVATIONS)
-        raise ConfigError(f"hyperparams.policy_kwargs.activation_fn: expected one of {allowed}, got {act!r}")
+        names = sorted(ACTIVATIONS)
+        raise ConfigError(f"hyperparams.policy_kwargs.activation_fn: expected one of {names}, got {act!r}")
     for key in SCHEDULED:
         value = hyperparams.get(key)
         if isinstance(value, str) and not _is_linear(value):

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.utils import configure_logger
 from stable_baselines3.common.vec_env import VecNormalize
 
@@ -168,7 +169,7 @@ def build_model(cls: type[BaseAlgorithm], cfg: TrainConfig, venv: Any, tb: str |
     model = cls.load(str(seg.resume), env=venv, device=cfg.device, tensorboard_log=tb, verbose=cfg.verbose)
     model.set_random_seed(cfg.seed + seg.start_steps)
     buffer = replay_buffer_path(seg.resume)
-    if cfg.algo in OFF_POLICY and buffer is not None and buffer.is_file():
+    if isinstance(model, OffPolicyAlgorithm) and buffer is not None and buffer.is_file():  # the OFF_POLICY algos
         model.load_replay_buffer(str(buffer))
     return model
 

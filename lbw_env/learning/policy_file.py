@@ -248,7 +248,8 @@ def load_policy_file(path: str | Path, algorithm: str | None = None) -> PolicyFi
         if NORMALIZER not in manifest["files"]:
             raise ConfigError(f"{where}: the manifest names a normaliser but does not list {NORMALIZER}")
         data = _parse_json(members[NORMALIZER], f"{where}: {NORMALIZER}")
-        normalizer = ObsNormalizer.from_json(data, int(obs_space.shape[0]), f"{where}: {NORMALIZER}")
+        size = settings.observation_space().shape[0]  # obs_space's, which check_spaces matched to the settings
+        normalizer = ObsNormalizer.from_json(data, size, f"{where}: {NORMALIZER}")
     if WEIGHTS not in manifest["files"]:
         raise ConfigError(f"{where}: the manifest does not list {WEIGHTS}")
     policy = _build_policy(manifest, obs_space, act_space, members[WEIGHTS], where)

@@ -128,7 +128,8 @@ def check_data(cfg: DataConfig, cache_dir: str = "") -> Corpus:
     """
     corpus = load_corpus(cfg, cache_dir)
     block = cfg.seq_len + 1
-    for split, need in (("train", cfg.batch_size), ("valid", 1), ("test", 1)):
+    needs: tuple[tuple[Split, int], ...] = (("train", cfg.batch_size), ("valid", 1), ("test", 1))
+    for split, need in needs:
         tokens = getattr(corpus, split)
         blocks = _n_blocks(tokens, cfg.seq_len)
         if blocks < need:

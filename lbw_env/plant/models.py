@@ -64,11 +64,11 @@ def build_model(cfg: ModelConfig, vocab_size: int, max_positions: int, seed: int
         return from_pretrained(cfg.pretrained, cfg.dtype, cfg.device)
     config = hf_config(cfg, vocab_size, max_positions)
     config._attn_implementation = "sdpa"
-    cls = Qwen2ForCausalLM if cfg.arch == "qwen2" else LlamaForCausalLM
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = cls(config)
-    return model.to(device=cfg.device, dtype=torch_dtype(cfg.dtype))
+        model = Qwen2ForCausalLM(config) if isinstance(config, Qwen2Config) else LlamaForCausalLM(config)
+    # transformers decorates PreTrainedModel.to with functools.wraps, whose typeshed type does not bind `self`.
+    return model.to(device=cfg.device, dtype=torch_dtype(cfg.dtype))  # type: ignore[call-arg]
 
 
 def from_pretrained(path: str | os.PathLike[str], dtype: str = "float32", device: str = "cpu") -> PreTrainedModel:
@@ -85,7 +85,8 @@ def from_pretrained(path: str | os.PathLike[str], dtype: str = "float32", device
         if bars:
             hf_logging.enable_progress_bar()
     model.config.use_cache = False
-    return model.to(device)
+    # transformers decorates PreTrainedModel.to with functools.wraps, whose typeshed type does not bind `self`.
+    return model.to(device)  # type: ignore[arg-type]
 
 
 def apply_lora(model: PreTrainedModel, cfg: LoRAConfig, seed: int) -> torch.nn.Module:
@@ -106,7 +107,7 @@ def apply_lora(model: PreTrainedModel, cfg: LoRAConfig, seed: int) -> torch.nn.M
         raise ConfigError(f"model.lora.target_modules: {missing} not found in {type(model).__name__}")
     peft_cfg = LoraConfig(
         r=cfg.r,
-        lora_alpha=cfg.alpha,
+        lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # peft annotates int, but only ever divides it (alpha / r)
         lora_dropout=cfg.dropout,
         target_modules=list(cfg.target_modules),
         bias="none",

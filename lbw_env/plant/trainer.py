@@ -17,6 +17,7 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,8 @@ class Snapshot(TrainState):
     seed: int
     t: int
     data_state: dict[str, int]
-    fault_rng_state: dict[str, Any]
+    fault_rng_state: Mapping[str, Any]
+    """numpy's ``bit_generator.state`` (a deep copy): the mapping its getter returns and its setter takes."""
     noise_rng_state: torch.Tensor
 
 
