@@ -197,6 +197,12 @@ class Replayer:
         scenario = replay_scenario(record)
         replay = record["replay"]
         governor = ReplayGovernor(ActionTrace.decode(replay["actions"]), str(record.get("governor_hash") or ""))
+        threads = get_path(record, "host", "torch_threads")
+        if scenario.trainer.runtime.threads == 0 and isinstance(threads, int) and threads > 0:
+            # The run left torch's thread count alone, so it ran with its worker's: float sums depend on it.
+            from ..plant import runtime
+
+            runtime.configure(threads, mallopt=False)
         fresh = run_episode(
             self._env(record, scenario),
             governor,
