@@ -4,8 +4,8 @@ SB3 makes an env from an id with ``gym.make(id, render_mode="rgb_array")`` (``PP
 ``make_vec_env(id)``), so the env must render ``rgb_array``; ``SubprocVecEnv`` workers build their env from the
 id in a fresh process, so a user script's ``import lbw_env`` must be enough to register it there; and
 ``VecVideoRecorder`` records the frames. The exact quick start (``PPO("MlpPolicy", id).learn(64)``) collects one
-full default rollout of 2048 decisions (~16k optimizer steps, several minutes on a CPU), so it is ``slow``; the
-default run checks the same path with a 16-decision rollout.
+full default rollout of 2048 decisions (~16k optimizer steps: 21 minutes measured on a busy 2-core machine with a
+cold cache), so it is ``slow``; the default run checks the same path with a 16-decision rollout (~1 minute).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def test_ppo_from_the_id_with_a_short_rollout(lbw: None) -> None:
 
 @pytest.mark.slow
 def test_ppo_quick_start_exactly_as_sb3_documents_it(lbw: None) -> None:
-    """SB3's quick start, word for word (one default PPO rollout: 2048 decisions, several minutes)."""
+    """SB3's quick start, word for word (one default PPO rollout: 2048 decisions, ~20 minutes on 2 CPU cores)."""
     model = PPO("MlpPolicy", TINY_ID).learn(64)
     assert model.num_timesteps >= 64
 
