@@ -207,8 +207,8 @@ class Envelope:
         if self.cfg.action_mode == "continuous":
             a = [0.0, 1.0] + ([-1.0] if self.cfg.rollback_action else [])
             return np.asarray(a, dtype=np.float32)
-        a = [self.cfg.lr_bins // 2, self.cfg.gate_bins - 1] + ([0] if self.cfg.rollback_action else [])
-        return np.asarray(a, dtype=np.int64)
+        bins = [self.cfg.lr_bins // 2, self.cfg.gate_bins - 1] + ([0] if self.cfg.rollback_action else [])
+        return np.asarray(bins, dtype=np.int64)
 
     def _sanitize(self, action: object) -> np.ndarray:
         """Flatten to the space's shape; NaN -> neutral, inf and out-of-range -> the nearest bound (counted).
@@ -251,7 +251,7 @@ class Envelope:
         if kind == "b":
             raise ValueError(f"action: expected {n} numbers for {space}, got booleans {_brief(action)}")
         if raw.size != n:
-            raise ValueError(f"action: expected shape ({n},) for {space}, got {np.shape(action)}")
+            raise ValueError(f"action: expected shape ({n},) for {space}, got {raw.shape}")
         continuous = self.cfg.action_mode == "continuous"
         if continuous and isinstance(action, np.ndarray) and kind in "iu":
             raise ValueError(

@@ -82,7 +82,7 @@ class GovernedOptimizerProxy(torch.optim.Optimizer):
         self.last_record: StepRecord | None = None
 
     # Shared views of the inner optimizer.
-    @property  # type: ignore[override]
+    @property
     def param_groups(self) -> list[dict[str, Any]]:
         return self.optimizer.param_groups
 
@@ -90,7 +90,7 @@ class GovernedOptimizerProxy(torch.optim.Optimizer):
     def param_groups(self, groups: list[dict[str, Any]]) -> None:
         self.optimizer.param_groups = groups
 
-    @property  # type: ignore[override]
+    @property
     def state(self) -> Any:
         return self.optimizer.state
 
@@ -98,7 +98,7 @@ class GovernedOptimizerProxy(torch.optim.Optimizer):
     def state(self, state: Any) -> None:
         self.optimizer.state = state
 
-    @property  # type: ignore[override]
+    @property
     def defaults(self) -> dict[str, Any]:
         return self.optimizer.defaults
 

@@ -47,7 +47,7 @@ def _by_rows(t: torch.Tensor) -> bool:
     return t.dim() >= 2 and t.numel() > _FLAT_NORM_MAX
 
 
-def _flat_norms(flat: list[torch.Tensor]) -> list[torch.Tensor]:
+def _flat_norms(flat: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     # dtype only where needed: foreach norms of bf16/fp16 tensors would come back rounded to that dtype.
     if all(t.dtype == torch.float32 for t in flat):
         return torch._foreach_norm(flat)
