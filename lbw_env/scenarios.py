@@ -279,3 +279,29 @@ def evaluation_seed(split: str, seed: int) -> int:
     if not 0 <= seed < SEED_BLOCK:
         raise ConfigError(f"evaluation seed: expected an int in [0, {SEED_BLOCK}), got {seed!r}")
     return SPLIT_SEED_BASE[split] + seed
+
+
+def check_scenario_data(scenarios: Iterable[tuple[str, TrainerConfig]], where: str) -> None:
+    """Load and check the data of ``(scenario name, trainer config)`` pairs, once per distinct data config: data
+    root, split files (present, non-empty, decodable) and enough tokens for a batch and an evaluation block.
+
+    The caches this fills are the ones the runs read, so the check costs no extra work; without it a missing file
+    fails the first episode after the output folder was created. Raises :class:`ConfigError` in one line naming
+    ``where``, the scenario and the file. Used by evaluation (before the first run) and learning (before a run
+    folder exists)."""
+    # Imported here: the data layer loads torch and tokenizers, which reading configs and suites does without.
+    from .cache import CacheError, stable_hash
+    from .config import to_dict
+    from .plant.data import check_data
+    from .plant.sources import DataError
+
+    checked: set[str] = set()
+    for name, trainer in scenarios:
+        key = stable_hash(to_dict(trainer.data), trainer.runtime.cache_dir)
+        if key in checked:
+            continue
+        try:
+            check_data(trainer.data, trainer.runtime.cache_dir)
+        except (DataError, CacheError) as e:
+            raise ConfigError(f"{where}: scenario {name!r}: {' '.join(str(e).split())}") from None
+        checked.add(key)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..cache import CacheError, stable_hash
+from ..cache import stable_hash
 from ..config import (
     ConfigError,
     check,
@@ -35,7 +35,7 @@ from ..config import (
     to_dict,
 )
 from ..control.protocol import Governor, GovernorFactory
-from ..scenarios import Scenario, get_scenario, load_family, resolve, with_overrides
+from ..scenarios import Scenario, check_scenario_data, get_scenario, load_family, resolve, with_overrides
 from .records import RecordKey
 from .stats import reference_of
 
@@ -301,24 +301,13 @@ def check_data(plan: Plan, tasks: Iterable[Task] | None = None) -> None:
     and an evaluation block. The caches this fills are the ones the runs read, so the check costs no extra work;
     without it, a missing file fails the first episode after the output folder was created (or the hundredth,
     for a scenario that comes late). Raises :class:`ConfigError` naming the scenario and the file."""
-    # Imported here: the data layer loads torch and tokenizers, which reading suites and reports does without.
-    from ..plant.data import check_data as check_corpus
-    from ..plant.sources import DataError
-
     scenarios = {s.name: s for s in plan.scenarios}
     arms = {a.label: a for a in plan.suite.arms}
-    checked: set[str] = set()
+    pairs = []
     for task in plan.tasks if tasks is None else tasks:
         overrides = plan.suite.env_config(arms[task.arm.label].trainer_overrides).trainer_overrides
-        trainer = with_overrides(scenarios[task.scenario], overrides).trainer
-        key = stable_hash(to_dict(trainer.data), trainer.runtime.cache_dir)
-        if key in checked:
-            continue
-        try:
-            check_corpus(trainer.data, trainer.runtime.cache_dir)
-        except (DataError, CacheError) as e:
-            raise ConfigError(f"suite {plan.suite.name!r}: scenario {task.scenario!r}: {_one_line(e)}") from None
-        checked.add(key)
+        pairs.append((task.scenario, with_overrides(scenarios[task.scenario], overrides).trainer))
+    check_scenario_data(pairs, f"suite {plan.suite.name!r}")
 
 
 def prepare(suite: SuiteConfig, make_governor: GovernorFactory) -> Plan:

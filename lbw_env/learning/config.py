@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Literal
 import gymnasium as gym
 
 import lbw_env
-from lbw_env.cache import CacheError, stable_hash
 from lbw_env.config import (
     ConfigError,
     check,
@@ -28,10 +27,8 @@ from lbw_env.config import (
     load,
     parse_overrides,
     read_yaml,
-    to_dict,
 )
-from lbw_env.plant.sources import DataError
-from lbw_env.scenarios import require_not_test, resolve, with_overrides
+from lbw_env.scenarios import check_scenario_data, require_not_test, resolve, with_overrides
 
 from .algos import algo_class, check_hyperparams
 from .artifacts import run_dir_of_checkpoint
@@ -238,22 +235,10 @@ def check_data(cfg: TrainConfig) -> None:
     shorter than a batch of blocks, or an unwritable cache ends the start with one line naming the scenario and
     the file, instead of a traceback from an env worker after the run folder was made. The caches it fills are
     the ones the envs read."""
-    # Imported here: the data layer loads torch and tokenizers, which --help-config and config checks do without.
-    from lbw_env.plant.data import check_data as check_corpus
-
-    checked: set[str] = set()
     for where, specs in (("env.scenarios", None), ("eval.scenarios", cfg.eval.scenarios)):
         env_cfg = cfg.env_config(specs)
-        for scenario in resolve(env_cfg.scenarios):
-            trainer = with_overrides(scenario, env_cfg.trainer_overrides).trainer
-            key = stable_hash(to_dict(trainer.data), trainer.runtime.cache_dir)
-            if key in checked:
-                continue
-            try:
-                check_corpus(trainer.data, trainer.runtime.cache_dir)
-            except (DataError, CacheError) as e:
-                raise ConfigError(f"{where}: scenario {scenario.name!r}: {' '.join(str(e).split())}") from None
-            checked.add(key)
+        pairs = [(s.name, with_overrides(s, env_cfg.trainer_overrides).trainer) for s in resolve(env_cfg.scenarios)]
+        check_scenario_data(pairs, where)
 
 
 def config_help() -> str:
