@@ -322,7 +322,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--budget", type=int, default=24, help="candidates the search evaluates (plus the start)")
     ap.add_argument("--popsize", type=int, default=6, help="CMA-ES population per generation")
     ap.add_argument("--sigma", type=float, default=0.25, help="CMA-ES initial step in the unit cube")
-    ap.add_argument("--seed", type=int, default=0, help="CMA-ES seed")
+    ap.add_argument("--seed", type=int, default=1, help="CMA-ES seed, >= 1 (cma reads 0 as 'seed from the clock')")
     ap.add_argument("--workers", type=int, default=1, help="episodes in parallel (a process pool if > 1)")
     ap.add_argument("--start", default=str(GUARD_YAML), help="thresholds to start from (YAML)")
     ap.add_argument("--output", default=str(GUARD_YAML), help="where the chosen thresholds are written")
@@ -330,7 +330,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--env-suite", default="smoke", help="suite whose env settings the guard is reported under")
     ap.add_argument("overrides", nargs="*", help="trainer key=value overrides for every run")
     args = ap.parse_args(argv)
-    for name in ("seeds", "budget", "popsize", "workers"):
+    for name in ("seeds", "budget", "popsize", "workers", "seed"):
         if getattr(args, name) < 1:
             ap.error(f"--{name}: expected an int >= 1, got {getattr(args, name)}")
     if not 0 < args.sigma <= 1:
