@@ -323,6 +323,17 @@ class GovernedOptimizer:
         param_norm, update_norm = both.tolist()
         return param_norm, update_norm
 
+    def _drop_grads(self) -> None:
+        """``optimizer.zero_grad(set_to_none=True)``: every gradient of the optimizer's parameters to None. Where
+        the optimizer keeps torch's ``zero_grad``, the same assignments without its per-call profiler scope and
+        set-up, which cost more than the assignments (about 0.1 ms a step on a loaded 2-core CPU)."""
+        if type(self.optimizer).zero_grad is not torch.optim.Optimizer.zero_grad:
+            self.optimizer.zero_grad(set_to_none=True)
+            return
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = None
+
     def _gate_allows(self) -> bool:
         """The skip budget: one more gate skip must keep the skipped fraction of the window in bounds."""
         window = self.gate.budget_window
@@ -354,7 +365,7 @@ class GovernedOptimizer:
         scheduled_lr = float(groups[0]["lr"])
         if reason != "none":
             # The true skip: drop the gradient and touch nothing else.
-            self.optimizer.zero_grad(set_to_none=True)
+            self._drop_grads()
             update_ratio, lr = 0.0, 0.0
         else:
             if self.clip_norm > 0:
@@ -372,7 +383,7 @@ class GovernedOptimizer:
                 self.optimizer.step()
                 for g, lr_g in zip(groups, saved):
                     g["lr"] = lr_g
-            self.optimizer.zero_grad(set_to_none=True)
+            self._drop_grads()
             lr = scheduled_lr * scale
             if self.measure_update:
                 self._param_norm, update_norm = self._update_norms()
