@@ -242,10 +242,15 @@ def git_version() -> tuple[str, bool]:
 
 
 def provenance(
-    args: argparse.Namespace, setup: Setup, start: Candidate, chosen: Candidate, seconds: float
+    args: argparse.Namespace,
+    setup: Setup,
+    start: Candidate,
+    chosen: Candidate,
+    seconds: float,
+    version: tuple[str, bool],
 ) -> dict[str, Any]:
     """The ``provenance:`` section: enough to rerun the calibration and to see what it was scored on."""
-    commit, dirty = git_version()
+    commit, dirty = version  # taken at the start: the code that ran, not what the checkout holds by the end
     families = {s.family: s.source_hash for s in setup.scenarios}
     return {
         "tool": "benchmarks/calibrate_guard.py",
@@ -341,6 +346,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> Candidate:
     """Calibrate; write the output file; return the chosen candidate."""
     t0 = time.perf_counter()
+    version = git_version()
     scenarios = require_not_test(args.scenarios, PURPOSE)  # the test split is for reporting only
     env = dict(read_yaml(suite_path(args.env_suite)).get("env") or {})
     env["trainer_overrides"] = [*(env.get("trainer_overrides") or []), *args.overrides]
@@ -353,7 +359,7 @@ def run(args: argparse.Namespace) -> Candidate:
     found = search(setup, start, args.budget, args.popsize, args.sigma, args.seed)
     best = min(found, key=lambda c: c.score)
     chosen = best if best.score <= start.score else start
-    prov = provenance(args, setup, start, chosen, time.perf_counter() - t0)
+    prov = provenance(args, setup, start, chosen, time.perf_counter() - t0, version)
     output = Path(args.output)
     atomic_write_text(output, render(template, chosen.thresholds, prov))
     if thresholds_of(load_guard_config(output)) != chosen.thresholds:  # what is shipped is what was scored
