@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch import nn
 
+from lbw_env.plant import optimizer as governed_optimizer
 from lbw_env.plant.config import TrainerConfig
 from lbw_env.plant.data import Corpus
 from lbw_env.plant.optimizer import Control, GovernedOptimizer
@@ -101,8 +102,16 @@ CONTROLS = [
 ]
 
 
-@pytest.mark.parametrize("clip", [0.0, 0.5])
-def test_plant_records_are_the_reference(make_cfg: Callable[..., TrainerConfig], corpus: Corpus, clip: float) -> None:
+@pytest.mark.parametrize(("clip", "chunk"), [(0.0, None), (0.5, 1 << 12)], ids=["default", "clip-small-chunks"])
+def test_plant_records_are_the_reference(
+    make_cfg: Callable[..., TrainerConfig],
+    corpus: Corpus,
+    clip: float,
+    chunk: int | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if chunk is not None:  # chunks smaller than the embedding: it is measured in row ranges
+        monkeypatch.setattr(governed_optimizer._UpdateBuffer, "CHUNK", chunk)
     trainer = Plant(make_cfg("optim.lr=3e-3", f"optim.clip_norm={clip}", faults=FAULTS), corpus)
     referee = Referee(trainer.governed)
     reasons = set()
@@ -174,7 +183,12 @@ class Odd(nn.Module):
     ids=["grouped", "non-contiguous", "bf16"],
 )
 @pytest.mark.parametrize("measure_update", [True, False])
-def test_odd_layouts_are_the_reference(dtype: torch.dtype, transposed: bool, measure_update: bool) -> None:
+@pytest.mark.parametrize("chunk", [None, 1000], ids=["chunks", "small-chunks"])
+def test_odd_layouts_are_the_reference(
+    dtype: torch.dtype, transposed: bool, measure_update: bool, chunk: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if chunk is not None:  # smaller than wide and cube: both measured in row ranges
+        monkeypatch.setattr(governed_optimizer._UpdateBuffer, "CHUNK", chunk)
     model = Odd(dtype, transposed)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
     governed = GovernedOptimizer(optimizer, model.parameters(), clip_norm=1.0, measure_update=measure_update)

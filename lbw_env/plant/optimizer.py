@@ -105,11 +105,14 @@ class _NormPlan:
 
 @dataclasses.dataclass
 class _Chunk:
-    """Parameters measured together: their part of θ and of the update buffer fits in a core's cache."""
+    """Parameters (or row ranges of a large matrix) measured together: their part of θ and of the update buffer
+    fits in a core's cache."""
 
     params: list[torch.Tensor] = dataclasses.field(default_factory=list)
+    rows: list[tuple[int, int] | None] = dataclasses.field(default_factory=list)
+    """Per parameter: the range of its rows in this chunk, or None for all of it."""
     views: list[torch.Tensor] = dataclasses.field(default_factory=list)
-    """The parameters' places in the update buffer."""
+    """Their places in the update buffer."""
     blocks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = dataclasses.field(default_factory=list)
     """Runs of rows of equal length in the buffer, and where the norms of those rows go (θ, Δθ)."""
 
@@ -152,25 +155,33 @@ class _UpdateBuffer:
         """Row norms of θ (0) and of the update (1), in layout order."""
         self.chunks: list[_Chunk] = []
         order: list[int] = []  # plan position of each layout row
+        start: dict[int, int] = {}  # where each parameter begins in the buffer
         offset = row = size = run_offset = run_row = 0
         run_length = -1
         for i in layout:
             k, n = rows[i], length[i]
-            if not self.chunks or (size + k * n > self.CHUNK and size >= self.CHUNK // 4):
-                self.chunks.append(_Chunk())
-                size, run_length = 0, -1
-            chunk = self.chunks[-1]
-            chunk.params.append(params[i])
-            chunk.views.append(buffer[offset : offset + k * n].view(params[i].shape))
-            if n != run_length:  # a new run of rows of this length
-                run_length, run_offset, run_row = n, offset, row
-                chunk.blocks.append((buffer, buffer, buffer))  # placeholder, set below
-            order.extend(range(first_row[i], first_row[i] + k))
-            offset, row, size = offset + k * n, row + k, size + k * n
-            run = buffer[run_offset:offset].view(-1, n)
-            chunk.blocks[-1] = (run, self.norms[0, run_row:row], self.norms[1, run_row:row])
-        self.views = [v for c in self.chunks for v in c.views]  # in layout order, as are these:
-        self.params = [p for c in self.chunks for p in c.params]
+            per_piece = k if k * n <= self.CHUNK else max(1, self.CHUNK // n)  # a large matrix by row ranges
+            start[i] = offset
+            for a in range(0, k, per_piece):
+                b = min(a + per_piece, k)
+                if not self.chunks or (size + (b - a) * n > self.CHUNK and size >= self.CHUNK // 4):
+                    self.chunks.append(_Chunk())
+                    size, run_length = 0, -1
+                chunk = self.chunks[-1]
+                whole = b - a == k
+                chunk.params.append(params[i])
+                chunk.rows.append(None if whole else (a, b))
+                view = buffer[offset : offset + (b - a) * n]
+                chunk.views.append(view.view(params[i].shape if whole else (b - a, n)))
+                if n != run_length:  # a new run of rows of this length
+                    run_length, run_offset, run_row = n, offset, row
+                    chunk.blocks.append((buffer, buffer, buffer))  # placeholder, set below
+                order.extend(range(first_row[i] + a, first_row[i] + b))
+                offset, row, size = offset + (b - a) * n, row + b - a, size + (b - a) * n
+                run = buffer[run_offset:offset].view(-1, n)
+                chunk.blocks[-1] = (run, self.norms[0, run_row:row], self.norms[1, run_row:row])
+        self.params = [params[i] for i in layout]
+        self.views = [buffer[start[i] : start[i] + params[i].numel()].view(params[i].shape) for i in layout]
         position = [0] * plan.size
         for layout_row, plan_row in enumerate(order):
             position[plan_row] = layout_row
@@ -186,10 +197,11 @@ class _UpdateBuffer:
     def measure(self, out: torch.Tensor) -> None:
         """Row norms of θ_new and of the update into ``out`` (2 x plan size, plan order); keeps θ_new."""
         for chunk in self.chunks:
-            torch._foreach_sub_(chunk.views, chunk.params)  # θ_old − θ_new
+            new = [p if r is None else p.flatten(1)[r[0] : r[1]] for p, r in zip(chunk.params, chunk.rows)]
+            torch._foreach_sub_(chunk.views, new)  # θ_old − θ_new
             for block, _, delta in chunk.blocks:
                 torch.linalg.vector_norm(block, dim=1, out=delta)
-            torch._foreach_copy_(chunk.views, chunk.params)
+            torch._foreach_copy_(chunk.views, new)
             for block, theta, _ in chunk.blocks:
                 torch.linalg.vector_norm(block, dim=1, out=theta)
         torch.index_select(self.norms, 1, self.perm, out=out)
