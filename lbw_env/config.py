@@ -270,7 +270,7 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file {p}: not valid YAML ({e})") from e
+        raise ConfigError(f"config file {p}: not valid YAML ({' '.join(str(e).split())})") from e
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -100,26 +100,28 @@ Regime = Literal["stable", "warning", "unstable", "recovering"]
 
 @dataclasses.dataclass
 class GuardConfig:
-    """Thresholds of the LBW guard. The reasoning for each value is in ``configs/governors/lbw_guard.yaml``."""
+    """Thresholds of the LBW guard. The reasoning for each value is in ``configs/governors/lbw_guard.yaml``; the
+    searched ones are the output of ``benchmarks/calibrate_guard.py`` on train+val scenarios (its provenance section
+    says on which), and the defaults here equal that file (a test keeps them in step)."""
 
-    start_scale: float = 0.1
+    start_scale: float = 0.0575
     """Slow start: the LR scale of the first decision, before any telemetry exists."""
     slow_start_growth: float = 2.0
     """Multiplicative growth per healthy decision, up to the remembered ceiling (TCP slow start)."""
     max_scale: float = 1.0
     """Highest LR scale the guard asks for."""
-    backoff: float = 0.25
+    backoff: float = 0.232
     """Multiplicative decrease when the run turns unstable."""
-    ceiling_margin: float = 0.5
+    ceiling_margin: float = 0.253
     """On instability the effective-LR ceiling becomes at most ``margin`` x the effective LR that caused it
     (and at most the effective LR of the last healthy interval)."""
     ceiling_probe: float = 1.02
     """Per healthy decision, the ceiling creeps up by this factor (a stale ceiling must not bind forever)."""
     warn_vs_best: float = 0.03
     """Smoothed loss this far above its best (relative) is a warning."""
-    unstable_vs_best: float = 0.08
+    unstable_vs_best: float = 0.0967
     """... and this far above it is instability: back off."""
-    rollback_vs_best: float = 0.08
+    rollback_vs_best: float = 0.0967
     """... and this far above it asks for a rollback (damaged weights are worse than lost steps)."""
     warn_trend: float = 0.05
     """``loss_trend`` feature (10 x relative change per interval) above this is a warning."""
@@ -127,7 +129,7 @@ class GuardConfig:
     """Loss z-score (the ``loss_z_max`` feature x 2) above which an interval counts as spiking."""
     max_update_ratio: float = 0.02
     """‖Δθ‖/‖θ‖ per step above this is a warning whatever the loss says (too-high LR looks 'normal' to z)."""
-    damage_update_ratio: float = 0.1
+    damage_update_ratio: float = 0.0949
     """‖Δθ‖/‖θ‖ per step above this rewrites the model: instability, and a rollback."""
     max_skip_rate: float = 0.5
     """An interval in which the gate had to skip this fraction of steps is unstable (something systematic)."""

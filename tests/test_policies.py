@@ -155,7 +155,7 @@ def test_guard_backs_off_rolls_back_and_remembers_a_ceiling() -> None:
     g = guard()
     steps = run_guard(g, [reset_obs(), healthy, healthy, healthy, healthy, damaged])
     before, (after, gate, rollback) = steps[-2][0], steps[-1]
-    assert after <= before * GuardConfig().backoff + 1e-9 and rollback
+    assert after <= before * GuardConfig().backoff * (1 + 1e-6) and rollback  # float32 actions
     assert gate == pytest.approx(GuardConfig().gate_alert, rel=1e-4)
     # After recovery it grows again, but only up to the remembered ceiling on the effective LR.
     steps = run_guard_continue(g, [healthy] * 8)
