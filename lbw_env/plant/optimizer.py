@@ -197,7 +197,9 @@ class _UpdateBuffer:
     def measure(self, out: torch.Tensor) -> None:
         """Row norms of θ_new and of the update into ``out`` (2 x plan size, plan order); keeps θ_new."""
         for chunk in self.chunks:
-            new = [p if r is None else p.flatten(1)[r[0] : r[1]] for p, r in zip(chunk.params, chunk.rows)]
+            new = chunk.params
+            if any(chunk.rows):  # row ranges of a large matrix: views of them, taken now (never stale)
+                new = [p if r is None else p.flatten(1)[r[0] : r[1]] for p, r in zip(chunk.params, chunk.rows)]
             torch._foreach_sub_(chunk.views, new)  # θ_old − θ_new
             for block, _, delta in chunk.blocks:
                 torch.linalg.vector_norm(block, dim=1, out=delta)
