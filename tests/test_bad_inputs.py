@@ -206,6 +206,15 @@ def _file(tmp: Path) -> Path:
     return path
 
 
+def _table_row(what: str, line: str) -> None:
+    """With ``LBW_BAD_INPUT_TABLE=<file>``, append ``| case | message |`` rows: the bad-input table of the docs is
+    this test's own output, not a hand-copied list."""
+    path = os.environ.get("LBW_BAD_INPUT_TABLE")
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"| {what} | `{line}` |\n")
+
+
 @pytest.mark.parametrize(("what", "case", "names"), EVALUATE_CASES, ids=[c[0] for c in EVALUATE_CASES])
 def test_evaluate_rejects_bad_input_in_one_line(
     what: str, case: Case, names: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
@@ -222,6 +231,7 @@ def test_evaluate_rejects_bad_input_in_one_line(
         status = e.code
     assert status == 2
     line = one_line(capsys.readouterr().err)
+    _table_row(what, line)
     assert line.startswith("evaluate.py: error: "), line
     for name in names:
         assert name in line, (what, line)
@@ -326,6 +336,7 @@ def test_train_policy_rejects_bad_input_and_leaves_no_run_folder(
     setup(tmp_path, monkeypatch)
     assert train_policy.main(["--config", str(config), *overrides]) == 2
     line = one_line(capsys.readouterr().err)
+    _table_row(what, line)
     assert line.startswith("train_policy.py: error: "), line
     for name in names:
         assert name in line, (what, line)

@@ -37,8 +37,12 @@ def record_key(record: Mapping[str, Any]) -> RecordKey:
 
 
 def strip_volatile(record: Mapping[str, Any]) -> dict[str, Any]:
-    """A record without the fields that differ between identical runs (times, host), for comparisons."""
-    return {k: v for k, v in record.items() if k not in VOLATILE_KEYS}
+    """A record without the fields that differ between identical runs (times, host, and the working tree's git
+    state, which an edit to any unrelated file flips to dirty), for comparisons."""
+    out = {k: v for k, v in record.items() if k not in VOLATILE_KEYS}
+    if isinstance(out.get("versions"), Mapping):
+        out["versions"] = {k: v for k, v in out["versions"].items() if k != "git"}
+    return out
 
 
 def as_float(x: Any) -> float:
