@@ -93,9 +93,11 @@ def make_cfg(shared_data: Path, lbw_cache: Path, torch_threads: None) -> Callabl
 
 
 @pytest.fixture(scope="session")
-def tiny_data() -> Path:
-    """A small WikiText data root inside the repository (``tests/assets/wikitext``, see ``tests/assets/README.md``):
-    the first whole articles of WikiText-2 train (8), and of valid/test (2 each) in the ``wikitext-2``,
-    ``wikitext-103`` and ``wikitext-2-raw`` layouts, so that data, tokenizer and plant tests need no ``../shared``.
+def tiny_data(shared_data: Path) -> Path:
+    """A small WikiText data root (see ``tests/tiny_wikitext.py``): the first whole articles of WikiText-2 train
+    (8), and of valid/test (2 each) in the ``wikitext-2``, ``wikitext-103`` and ``wikitext-2-raw`` layouts, cut
+    from the shared data once per machine (never stored in the repository) and checked against their sha256.
     Read-only: copy it before editing anything in it."""
-    return Path(__file__).resolve().parent / "assets" / "wikitext"
+    from tests.tiny_wikitext import tiny_root
+
+    return tiny_root()

@@ -6,7 +6,7 @@ that stderr is exactly one line (``<cli>: error: ...``) that names the faulty fi
 no output folder, records file or run folder was created. Two cases run the scripts as subprocesses, to prove that
 no traceback reaches stderr. No episode ever runs: every input is checked before the first one, which is the
 point, and keeps the file fast. Data is tiny and written to ``tmp_path`` (bad data) or read from
-``tests/assets/wikitext`` (good data, for the cases that are bad elsewhere).
+the tiny WikiText cut of ``tests/tiny_wikitext.py`` (good data, for the cases that are bad elsewhere).
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from lbw_env.control.envelope import EnvelopeConfig
 from lbw_env.control.features import FEATURE_NAMES, OBS_BOUND
 from lbw_env.control.protocol import Governor
 from policies import registry
+from tests.tiny_wikitext import tiny_root
 
 REPO = Path(__file__).resolve().parents[1]
-ASSETS = REPO / "tests" / "assets" / "wikitext"
 TINY = ["optim.steps=8", "data.eval_blocks=2"]
 SUITE: dict[str, Any] = {
     "name": "bad_inputs",
@@ -79,11 +79,11 @@ class BinsGovernor:
 
 
 @pytest.fixture(autouse=True)
-def setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def setting(tmp_path: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Good data (the tiny assets), a private cache, and the two misfit governors registered for this test."""
     from lbw_env.plant import data
 
-    monkeypatch.setenv("LBW_DATA_DIR", str(ASSETS))
+    monkeypatch.setenv("LBW_DATA_DIR", str(tiny_data))
     monkeypatch.setenv("LBW_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     registry.register("window4")(lambda envelope, arg: WindowFourGovernor())
@@ -102,7 +102,7 @@ def write_suite(folder: Path, **changes: Any) -> Path:
 def data_root(tmp_path: Path, train: bytes | None = None, valid: bytes | None = None) -> Path:
     """A copy of the tiny data root with the train or valid file of ``wikitext-2`` / ``wikitext-103`` replaced."""
     root = tmp_path / "data"
-    shutil.copytree(ASSETS, root)
+    shutil.copytree(tiny_root(), root)
     if train is not None:
         (root / "wikitext-2" / "wiki.train.tokens").write_bytes(train)
     if valid is not None:

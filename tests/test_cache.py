@@ -3,7 +3,7 @@ was written is detected on the next load, logged in one line naming the file, an
 the corrupt data. Entries without a digest (an unfinished write, or a cache from before digests) are rebuilt the
 same way, and an entry that cannot be written names the file.
 
-Tiny data (``tests/assets/wikitext``), a vocabulary of 512 and a 4-step base checkpoint: a few seconds in all.
+Tiny data (``tests/tiny_wikitext.py``), a vocabulary of 512 and a 4-step base checkpoint: a few seconds in all.
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ from lbw_env.plant.data import load_corpus
 from lbw_env.plant.models import from_pretrained
 from lbw_env.plant.tokenizer import get_tokenizer
 from lbw_env.plant.trainer import ensure_base_checkpoint
-
-ASSETS = Path(__file__).resolve().parent / "assets" / "wikitext"
+from tests.tiny_wikitext import tiny_root
 
 
 @pytest.fixture
@@ -40,7 +39,7 @@ def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 
 def small_cfg() -> DataConfig:
-    return DataConfig(root=str(ASSETS), vocab_size=512, seq_len=32, batch_size=4, eval_blocks=4)
+    return DataConfig(root=str(tiny_root()), vocab_size=512, seq_len=32, batch_size=4, eval_blocks=4)
 
 
 def rebuilt_lines(caplog: pytest.LogCaptureFixture, path: Path) -> list[str]:
@@ -83,7 +82,7 @@ def test_same_size_corrupted_base_checkpoint_is_detected_and_rebuilt(
 ) -> None:
     cfg = load_trainer_config(
         {
-            "data": {"root": str(ASSETS), "vocab_size": 512, "seq_len": 32, "batch_size": 4, "eval_blocks": 4},
+            "data": {"root": str(tiny_root()), "vocab_size": 512, "seq_len": 32, "batch_size": 4, "eval_blocks": 4},
             "model": {"preset": "qwen2-tiny"},
             "runtime": {"threads": 1},
             "regime": "finetune",

@@ -5,8 +5,9 @@ governor, reward and evaluation record is built on. A refactor that silently cha
 the LR schedule, the norm arithmetic, the batch order, the BPE) still passes every behavioural test, yet makes
 old results incomparable. This test pins one short run end to end: tokenizer -> batches -> model init -> AdamW
 under a fixed sequence of controls (LR scales, a forced skip, a finite skip gate that fires, an LR shock and a
-NaN-loss fault) -> final validation and test loss. It needs nothing outside the repository (the data root is
-``tests/assets/wikitext``, see ``tests/assets/README.md``) and takes a few seconds on one thread.
+NaN-loss fault) -> final validation and test loss. Its data root is the tiny WikiText cut of
+``tests/tiny_wikitext.py`` (made from the shared data on first use, checked byte for byte against its sha256;
+see ``tests/assets/README.md``) and it takes a few seconds on one thread.
 
 Tolerances (``TOLERANCE``, per field; measured, not guessed): exact where the value is a decision or pure
 bookkeeping (which steps were skipped and why, the controls, the corpus's token counts and checksums); 1e-12 for
@@ -48,8 +49,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+try:
+    from tests.tiny_wikitext import SUMS, mismatches, tiny_root
+except ModuleNotFoundError:  # run as a script (python tests/test_golden.py --regenerate): tests/ is sys.path[0]
+    from tiny_wikitext import SUMS, mismatches, tiny_root  # type: ignore[no-redef]
+
 ASSETS = Path(__file__).resolve().parent / "assets"
-DATA_ROOT = ASSETS / "wikitext"
 GOLDEN = ASSETS / "golden" / "qwen2_tiny_trace.json"
 
 STEPS = 48
@@ -128,7 +133,7 @@ def run_trace(cache_dir: Path) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     data = json.loads(json.dumps(CONFIG))
-    data["data"]["root"] = str(DATA_ROOT)
+    data["data"]["root"] = str(tiny_root())
     data["runtime"]["cache_dir"] = str(cache_dir)
     cfg = load_trainer_config(data)
     plant = Plant(cfg)
@@ -236,20 +241,17 @@ def read_golden() -> dict[str, Any]:
     return json.loads(GOLDEN.read_text(encoding="utf-8"))
 
 
-def test_assets_match_their_checksums() -> None:
-    """The WikiText assets are byte-exact cuts (trailing spaces matter): an editor or a hook must not touch them."""
-    sums = (DATA_ROOT / "SHA256SUMS").read_text().split("\n")
-    entries = [line.split("  ", 1) for line in sums if line]
-    assert entries
-    for digest, name in entries:
-        assert hashlib.sha256((DATA_ROOT / name).read_bytes()).hexdigest() == digest, f"{name} changed"
+def test_assets_match_their_checksums(tiny_data: Path) -> None:
+    """The tiny WikiText cut is byte-exact (trailing spaces matter): the golden trace was made on these bytes."""
+    assert SUMS.read_text().strip()
+    assert not mismatches(tiny_data)
 
 
 def test_golden_trace_exercises_every_path() -> None:
     assert not (bad := check_exercises_every_path(read_golden())), "\n".join(bad)
 
 
-def test_golden_trace(tmp_path: Path) -> None:
+def test_golden_trace(tmp_path: Path, tiny_data: Path) -> None:
     """Rerun the golden run and compare (see the module docstring for the tolerances and how to regenerate)."""
     problems = compare(read_golden(), run_trace(tmp_path / "cache"))
     if problems:
