@@ -37,6 +37,7 @@ from typing import NoReturn
 from lbw_env import learning
 from lbw_env.config import ConfigError
 from lbw_env.plant.sources import DataError
+from policies import make_governor
 
 
 class _Parser(argparse.ArgumentParser):
@@ -90,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.measure is not None:
             print(json.dumps(learning.measure(cfg, args.measure), indent=2))
             return 0
-        result = learning.train(cfg)
+        result = learning.train(cfg, make_governor=make_governor)  # builds a residual governor's base rule
     except (ConfigError, DataError, OSError) as e:  # OSError: an unwritable run or cache folder, a full disk
         return fail(e)
     except KeyboardInterrupt:

@@ -59,6 +59,25 @@ class ActionCodec:
         bound = self.cfg.max_factor if ratio >= 1 else self.cfg.max_cut
         return max(-1.0, min(1.0, math.log(ratio) / math.log(bound)))
 
+    def correct(self, action: np.ndarray, correction: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
+        """``action`` moved by a learned ``correction`` in [-1, 1]^2, scaled by ``bounds``, in the envelope's own
+        action units: component 0 (the LR move) and component 1 (the skip gate's position, "never" at the top);
+        the rollback component is left as it is. Continuous actions only: a correction of discrete bins would
+        have no size. The result is clipped to the action space, and the envelope bounds it further."""
+        if self.cfg.action_mode != "continuous":
+            raise ValueError("a residual correction needs envelope.action_mode: continuous")
+        out = np.asarray(action, dtype=np.float64).copy()
+        out[:2] = np.clip(
+            out[:2] + np.asarray(bounds, dtype=np.float64) * np.asarray(correction, np.float64)[:2], -1, 1
+        )
+        return out.astype(np.float32)
+
+    def scale_of(self, current_scale: float, action: np.ndarray) -> float:
+        """The LR scale the envelope will reach from ``current_scale`` with the continuous ``action``."""
+        c = self.cfg
+        move = float(np.asarray(action, dtype=np.float32)[0])  # as the envelope reads it
+        return min(max(current_scale * self._envelope.move_factor(move), c.lr_scale_min), c.lr_scale_max)
+
     def scale_after(self, current_scale: float, target_scale: float) -> float:
         """The LR scale the envelope will reach from ``current_scale`` when asked for ``target_scale``."""
         c = self.cfg
@@ -99,10 +118,30 @@ class RuleGovernor:
         rows = obs if batched else obs[None]
         if batched and rows.shape[0] != 1:
             raise ValueError("rule governors keep per-episode memory: give them one environment at a time")
-        view = ObservationView(rows[0])
+        action = self.respond(rows[0], episode_start)
+        return (action[None] if batched else action), state
+
+    def respond(
+        self,
+        observation: np.ndarray,
+        episode_start: np.ndarray | bool | None = None,
+        correction: np.ndarray | None = None,
+        bounds: tuple[float, float] = (0.0, 0.0),
+    ) -> np.ndarray:
+        """The action for one (unbatched) observation; with a non-zero ``correction`` (a residual governor's
+        learned part, see :mod:`policies.residual`), the rule's action moved by :meth:`ActionCodec.correct`.
+
+        The LR scale tracked for the rules is the one the envelope will reach with the action actually sent, so
+        that the rule reasons about the real run. A zero (or absent) correction takes exactly the rule's own path.
+        """
+        view = ObservationView(observation)
         if (episode_start is not None and bool(np.asarray(episode_start).reshape(-1)[0])) or not view.started:
             self.reset()
         target, gate, rollback = self.decide(view)
         action = self.codec.encode(self.scale, target, gate, rollback)
-        self.scale = self.codec.scale_after(self.scale, target)
-        return (action[None] if batched else action), state
+        if correction is None or not np.any(correction):
+            self.scale = self.codec.scale_after(self.scale, target)
+            return action
+        action = self.codec.correct(action, correction, bounds)
+        self.scale = self.codec.scale_of(self.scale, action)
+        return action

@@ -22,6 +22,7 @@ from lbw_env.control.envelope import EnvelopeConfig
 from lbw_env.control.protocol import Governor
 
 from .base import GovernorBuilder
+from .residual import with_base
 from .rules import RULES
 from .sb3 import SB3_ALGOS, load_sb3_governor
 
@@ -56,8 +57,8 @@ def make_governor(spec: str, envelope: EnvelopeConfig | None = None, *, trust_pi
     ``trust_pickle``: also load SB3 zips (and their ``.pkl``), which runs any code they hold; refused without.
     A learned governor ignores ``envelope``: it acts in the space it was trained for (see its ``settings``)."""
     name, _, arg = spec.partition(":")
-    if name in SB3_ALGOS:
-        return load_sb3_governor(name, arg, trust_pickle=trust_pickle)
+    if name in SB3_ALGOS:  # a residual governor's file names its base rule, which this registry builds
+        return with_base(load_sb3_governor(name, arg, trust_pickle=trust_pickle), make_governor)
     if name not in _REGISTRY:
         raise ConfigError(f"governor {spec!r}: unknown name {name!r}; expected one of {', '.join(available())}")
     return _REGISTRY[name](envelope or EnvelopeConfig(), arg)

@@ -25,6 +25,7 @@ from lbw_env.learning.algos import ALGOS
 from lbw_env.learning.legacy import load_sb3_zip, run_settings
 from lbw_env.learning.policy_file import is_policy_file, load_policy_file
 from lbw_env.learning.policy_json import ObsNormalizer, RunningStats
+from lbw_env.learning.residual import ResidualConfig
 
 SB3_ALGOS = ALGOS
 """Spec prefixes of learned governors: ``<algo>:<governor folder | manifest.json | model.zip>``."""
@@ -45,17 +46,22 @@ class SB3Governor:
         *,
         settings: GovernanceSettings | None = None,
         spec: str = "",
+        residual: ResidualConfig | None = None,
     ) -> None:
         self.policy = policy
         self.normalizer = normalizer
         self.settings = settings
         self.spec = spec
+        self.residual = residual
+        """Set for a residual governor's learned part (its base and bounds): ``policies.make_governor`` then
+        returns a :class:`~policies.residual.ResidualGovernor` over it."""
 
     @classmethod
     def from_file(cls, algo: str, path: str | Path, spec: str = "") -> SB3Governor:
         """A governor file (safe: no pickle, hashes checked)."""
         loaded = load_policy_file(path, algo)
-        return cls(loaded.policy, loaded.normalizer, settings=loaded.settings, spec=spec or f"{algo}:{path}")
+        spec = spec or f"{algo}:{path}"
+        return cls(loaded.policy, loaded.normalizer, settings=loaded.settings, spec=spec, residual=loaded.residual)
 
     @classmethod
     def from_sb3_zip(cls, algo: str, path: str | Path, *, trust_pickle: bool = False, spec: str = "") -> SB3Governor:

@@ -32,6 +32,7 @@ from lbw_env.scenarios import check_scenario_data, require_not_test, resolve, wi
 
 from .algos import algo_class, check_hyperparams
 from .artifacts import run_dir_of_checkpoint
+from .residual import ResidualConfig
 
 if TYPE_CHECKING:
     from lbw_env.env import EnvConfig
@@ -120,6 +121,10 @@ class TrainConfig:
     """VecNormalize settings (the evaluation env uses the training statistics, frozen, without reward scaling)."""
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     """Held-out evaluation, which picks ``best_model.zip``."""
+    residual: ResidualConfig = dataclasses.field(default_factory=ResidualConfig)
+    """Residual governor: ``residual.base`` names the rule the policy corrects (``lbw_guard`` ...), within
+    ``lr_bound`` / ``gate_bound``; the policy's output layer starts at zero, so training starts at the base.
+    Empty base (the default): the policy acts alone."""
     max_minutes: float = 0.0
     """Wall-clock budget of the training loop in minutes (0: none). When it is spent, training stops early and the
     run still evaluates, saves and plots (a few minutes more for the final evaluation)."""
@@ -153,6 +158,11 @@ class TrainConfig:
         check(math.isfinite(minutes) and minutes >= 0, "max_minutes", "a finite float >= 0 (0: no limit)", minutes)
         check(not self.resume or self.resume.endswith(".zip"), "resume", "a checkpoint .zip path", self.resume)
         env_cfg = self.env_config()
+        if self.residual.enabled and env_cfg.envelope.action_mode != "continuous":
+            raise ConfigError(
+                f"residual.base: a residual correction needs continuous actions, but env.envelope.action_mode is "
+                f"{env_cfg.envelope.action_mode!r}"
+            )
         if self.algo == "sac" and env_cfg.envelope.action_mode != "continuous":
             raise ConfigError(
                 f"algo: sac needs continuous actions, but env.envelope.action_mode is "

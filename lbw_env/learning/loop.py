@@ -31,6 +31,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 from lbw_env.config import ConfigError, to_dict
 from lbw_env.control.compat import GovernanceSettings
+from lbw_env.control.protocol import GovernorFactory
 
 from .algos import OFF_POLICY, algo_class, sb3_kwargs
 from .artifacts import (
@@ -47,6 +48,7 @@ from .callbacks import HeldOutEvalCallback, SaveVecNormalizeCallback, TelemetryC
 from .config import TrainConfig, check_data
 from .plots import plot_learning_curve
 from .policy_file import save_policy_file
+from .residual import make_base, zero_correction
 from .vec_env import make_eval_env, make_training_env
 
 
@@ -74,8 +76,11 @@ class Segment:
         return self.resume is not None
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    """Train (or resume) one governor as configured; everything lands in the run folder."""
+def train(cfg: TrainConfig, make_governor: GovernorFactory | None = None) -> TrainResult:
+    """Train (or resume) one governor as configured; everything lands in the run folder.
+
+    ``make_governor`` (``policies.make_governor``; the learning layer does not import ``policies``) builds the
+    base of a residual governor (``cfg.residual.base``), in this process and in every env worker."""
     torch.set_num_threads(cfg.threads)
     # Env processes start from a clean interpreter; their OpenMP pool is sized before the trainer sets threads.
     os.environ.setdefault("OMP_NUM_THREADS", str(cfg.threads))
@@ -83,13 +88,16 @@ def train(cfg: TrainConfig) -> TrainResult:
     segment = start_segment(cfg)
     run = segment.run
     check_data(cfg)  # every scenario's data, before the run folder exists: a bad file is one line, no folder
+    if cfg.residual.enabled:  # the base builds and can be corrected, also before the run folder exists
+        make_base(cfg.residual, cfg.env_config().envelope, make_governor)
     created = not run.root.exists()
     run.root.mkdir(parents=True, exist_ok=True)
     try:
         episodes = cfg.eval_episodes()
         run.write_config(to_dict(cfg), to_dict(cfg.env_config()), episodes)
         # A resumed segment seeds its envs differently, so that it does not replay the first segment's episodes.
-        venv = make_training_env(cfg, cfg.seed + segment.start_steps, run.monitor, segment.resume)
+        seed = cfg.seed + segment.start_steps
+        venv = make_training_env(cfg, seed, run.monitor, segment.resume, make_governor=make_governor)
     except BaseException:
         _remove_failed_start(run.root, created)
         raise
@@ -98,7 +106,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     tb = _tensorboard_dir(run)
     progress_bar = _progress_bar(cfg)
     try:
-        eval_env = make_eval_env(cfg, run.monitor, append_monitor=segment.resumed)
+        eval_env = make_eval_env(cfg, run.monitor, append_monitor=segment.resumed, make_governor=make_governor)
         model = build_model(cls, cfg, venv, tb, segment)
         eval_cb = _eval_callback(cfg, eval_env, len(episodes), segment)
         clock = WallClockLimit(cfg.max_minutes, verbose=cfg.verbose) if cfg.max_minutes else None
@@ -154,7 +162,7 @@ def build_model(cls: type[BaseAlgorithm], cfg: TrainConfig, venv: Any, tb: str |
     """A new model from the hyperparameters, or the checkpoint's model (with its replay buffer) on resume."""
     if seg.resume is None:
         try:
-            return cls(
+            model = cls(
                 cfg.policy_name(),
                 venv,
                 seed=cfg.seed,
@@ -165,6 +173,9 @@ def build_model(cls: type[BaseAlgorithm], cfg: TrainConfig, venv: Any, tb: str |
             )
         except (TypeError, ValueError, AssertionError) as e:
             raise ConfigError(f"hyperparams: {cls.__name__} rejected them: {type(e).__name__}: {e}") from e
+        if cfg.residual.enabled:
+            zero_correction(model.policy)  # the deterministic correction is 0: training starts at the base
+        return model
     # Hyperparameters come from the checkpoint (SB3 restores them); the env, logging and seed are new.
     model = cls.load(str(seg.resume), env=venv, device=cfg.device, tensorboard_log=tb, verbose=cfg.verbose)
     model.set_random_seed(cfg.seed + seg.start_steps)
@@ -297,8 +308,10 @@ def save_governor(model: Any, path: Path, cfg: TrainConfig) -> Path:
     no code, and it carries the env settings of training so that it is deployed with them."""
     info = {"env_id": cfg.env_id, "num_timesteps": int(model.num_timesteps), "seed": cfg.seed}
     settings = GovernanceSettings.of(cfg.env_config())
+    residual = cfg.residual if cfg.residual.enabled else None
+    vecnormalize = model.get_vec_normalize_env()
     return save_policy_file(
-        model, path, settings, algorithm=cfg.algo, vecnormalize=model.get_vec_normalize_env(), info=info
+        model, path, settings, algorithm=cfg.algo, vecnormalize=vecnormalize, info=info, residual=residual
     )
 
 

@@ -9,6 +9,10 @@ crafted file runs a shell command the moment it is loaded. A governor file holds
     <name>/policy.safetensors    the policy's state_dict (safetensors: tensors and a JSON header, nothing else)
     <name>/vecnormalize.json     observation statistics (absent when observations were not normalised)
 
+A residual governor's learned part (:mod:`.residual`) is a governor file like any other, whose manifest also
+records ``residual``: the base rule's spec and the correction bounds; its action space is then the correction
+space, not the envelope's. ``policies.make_governor`` loads it with its base.
+
 or the same three members in one ``.zip`` (:func:`save_policy_file` writes either; a zip with any other member
 is refused). Loading (:func:`load_policy_file`) checks every hash first, rebuilds the policy from the manifest
 (``PolicyClass(observation_space, action_space, lr_schedule=<zero>, **policy_kwargs)``, classes only from
@@ -47,6 +51,7 @@ from .policy_json import (
     space_from_json,
     space_to_json,
 )
+from .residual import ResidualConfig, correction_space
 
 FORMAT = "lbw-governor"
 FORMAT_VERSION = 1
@@ -71,6 +76,8 @@ class PolicyFile:
     settings: GovernanceSettings
     normalizer: ObsNormalizer | None
     manifest: dict[str, Any]
+    residual: ResidualConfig | None = None
+    """The base rule and correction bounds of a residual governor's learned part (None: a whole governor)."""
 
     @property
     def observation_space(self) -> gym.Space:
@@ -108,19 +115,22 @@ def save_policy_file(
     algorithm: str,
     vecnormalize: Any | None = None,
     info: Mapping[str, Any] | None = None,
+    residual: ResidualConfig | None = None,
 ) -> Path:
     """Write ``model``'s policy as a governor file: a folder, or one zip when ``path`` ends in ``.zip``.
 
     ``settings``: what the model was trained with (their spaces must be the model's); ``vecnormalize``: the
     VecNormalize whose observation statistics it acts on (or an :class:`ObsNormalizer`); ``info``: free
-    provenance (env id, timesteps ...) recorded in the manifest. A folder is replaced whole and atomically.
+    provenance (env id, timesteps ...) recorded in the manifest; ``residual``: the base and bounds of a residual
+    governor's learned part (its action space is then the correction space). A folder is replaced whole and
+    atomically.
     """
     from safetensors.torch import save as save_tensors
 
     if algorithm not in ALGOS:
         raise ConfigError(f"algorithm {algorithm!r}: expected one of {', '.join(ALGOS)}")
     policy = model.policy
-    check_spaces(policy.observation_space, policy.action_space, settings, f"saving {path}")
+    check_spaces(policy.observation_space, policy.action_space, settings, f"saving {path}", residual)
     normalizer = vecnormalize
     if not isinstance(normalizer, ObsNormalizer):
         normalizer = ObsNormalizer.of_vecnormalize(vecnormalize)
@@ -143,6 +153,8 @@ def save_policy_file(
         "versions": _versions(),
         "info": kwargs_to_json(dict(info or {}), "info"),
     }
+    if residual is not None:  # only then: the manifests of whole governors stay as they were
+        manifest["residual"] = residual.to_json()
     members[MANIFEST] = _json_bytes(manifest)
     target = Path(path)
     if target.suffix == ".zip":
@@ -242,7 +254,10 @@ def load_policy_file(path: str | Path, algorithm: str | None = None) -> PolicyFi
     settings = GovernanceSettings.from_dict(_mapping(manifest, "settings", where), f"{where}: settings")
     obs_space = space_from_json(manifest["observation_space"], f"{where}: observation_space")
     act_space = space_from_json(manifest["action_space"], f"{where}: action_space")
-    check_spaces(obs_space, act_space, settings, where)
+    residual = None
+    if manifest.get("residual") is not None:
+        residual = ResidualConfig.from_json(manifest["residual"], f"{where}: {MANIFEST} residual")
+    check_spaces(obs_space, act_space, settings, where, residual)
     normalizer = None
     if manifest["normalizer"] is not None:
         if NORMALIZER not in manifest["files"]:
@@ -253,7 +268,7 @@ def load_policy_file(path: str | Path, algorithm: str | None = None) -> PolicyFi
     if WEIGHTS not in manifest["files"]:
         raise ConfigError(f"{where}: the manifest does not list {WEIGHTS}")
     policy = _build_policy(manifest, obs_space, act_space, members[WEIGHTS], where)
-    return PolicyFile(p, algo, policy, settings, normalizer, manifest)
+    return PolicyFile(p, algo, policy, settings, normalizer, manifest, residual)
 
 
 def _read_members(p: Path, where: str) -> dict[str, bytes]:
@@ -317,11 +332,23 @@ def _mapping(manifest: Mapping[str, Any], key: str, where: str) -> Mapping[str, 
     return value
 
 
-def check_spaces(obs: gym.Space, act: gym.Space, settings: GovernanceSettings, where: str) -> None:
-    """The spaces must be those the settings produce: a file cannot claim one behaviour and hold another."""
+def check_spaces(
+    obs: gym.Space, act: gym.Space, settings: GovernanceSettings, where: str, residual: ResidualConfig | None = None
+) -> None:
+    """The spaces must be those the settings produce: a file cannot claim one behaviour and hold another. A
+    residual governor's learned part acts in the correction space, and needs a continuous envelope."""
     diff = space_difference(settings.observation_space(), obs)
     if diff:
         raise ConfigError(f"{where}: observation space does not match its settings (settings vs policy: {diff})")
+    if residual is not None:
+        if settings.envelope.action_mode != "continuous":
+            raise ConfigError(f"{where}: a residual governor needs a continuous envelope, not discrete")
+        diff = space_difference(correction_space(), act)
+        if diff:
+            raise ConfigError(
+                f"{where}: action space is not the residual correction space (expected vs policy: {diff})"
+            )
+        return
     diff = space_difference(settings.action_space(), act)
     if diff:
         raise ConfigError(f"{where}: action space does not match its envelope (envelope vs policy: {diff})")

@@ -2,7 +2,9 @@
 
 * :func:`make_env` — a picklable env factory. ``SubprocVecEnv`` workers start from a fresh interpreter
   (forkserver) and know nothing of ``gymnasium.register`` calls in the parent; unpickling the factory imports
-  this module, and with it :mod:`lbw_env`, which registers the ids.
+  this module, and with it :mod:`lbw_env`, which registers the ids. For a residual governor the env is wrapped
+  in :class:`~.residual.ResidualActions`, its base built in the worker by the ``make_governor`` factory that
+  the command line passes (a module-level function, so it pickles by reference).
 * :class:`FixedEpisodes` — replays the same (scenario, seed) list at every evaluation, so that evaluations at
   different training steps are paired and the best model is picked on equal terms.
 * :func:`make_training_env` — ``n_envs`` monitored envs under VecNormalize (new, or a checkpoint's statistics).
@@ -23,20 +25,34 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv,
 
 import lbw_env  # noqa: F401  (registers the ids, also in env worker processes that unpickle make_env)
 from lbw_env.config import ConfigError
+from lbw_env.control.protocol import GovernorFactory
 
 from .algos import discount
 from .artifacts import own_vecnormalize
 from .config import TrainConfig
+from .residual import ResidualActions, ResidualConfig, make_base
 
 
-def make_env(env_id: str, episodes: Sequence[tuple[str, int]] | None = None, **kwargs: Any) -> gym.Env:
-    """``gymnasium.make(env_id, **kwargs)``, wrapped in :class:`FixedEpisodes` when ``episodes`` are given.
+def make_env(
+    env_id: str,
+    episodes: Sequence[tuple[str, int]] | None = None,
+    residual: ResidualConfig | None = None,
+    make_governor: GovernorFactory | None = None,
+    **kwargs: Any,
+) -> gym.Env:
+    """``gymnasium.make(env_id, **kwargs)``, wrapped in :class:`FixedEpisodes` when ``episodes`` are given, and
+    in :class:`~.residual.ResidualActions` over the base ``make_governor`` builds when ``residual`` names one.
 
     ``kwargs`` are :class:`~lbw_env.env.EnvConfig` keys; they are merged over the id's registered config, so
     the id's scenario pool stays unless ``scenarios`` is given.
     """
     env = gym.make(env_id, **kwargs)
-    return FixedEpisodes(env, episodes) if episodes else env
+    if episodes:
+        env = FixedEpisodes(env, episodes)
+    if residual is not None and residual.enabled:
+        base = make_base(residual, env.unwrapped.cfg.envelope, make_governor)  # type: ignore[attr-defined]
+        env = ResidualActions(env, base, residual)
+    return env
 
 
 class FixedEpisodes(gym.Wrapper):
@@ -74,24 +90,43 @@ def unwrap_vecnormalize(env: VecEnv | None) -> VecNormalize | None:
     return None
 
 
-def make_vec_env(cfg: TrainConfig, seed: int, monitor_dir: Path | None, append_monitor: bool = False) -> VecEnv:
+def make_vec_env(
+    cfg: TrainConfig,
+    seed: int,
+    monitor_dir: Path | None,
+    append_monitor: bool = False,
+    make_governor: GovernorFactory | None = None,
+) -> VecEnv:
     """``n_envs`` monitored envs of the training pool (subprocess or in-process), not yet normalised."""
     vec_cls = SubprocVecEnv if cfg.vec_env == "subproc" and cfg.n_envs > 1 else DummyVecEnv
     return sb3_make_vec_env(
         make_env,
         n_envs=cfg.n_envs,
         seed=seed,
-        env_kwargs={"env_id": cfg.env_id, **cfg.env_kwargs()},
+        env_kwargs={"env_id": cfg.env_id, **_residual_kwargs(cfg, make_governor), **cfg.env_kwargs()},
         monitor_dir=str(monitor_dir) if monitor_dir is not None else None,
         monitor_kwargs={"override_existing": not append_monitor},
         vec_env_cls=vec_cls,
     )
 
 
-def make_training_env(cfg: TrainConfig, seed: int, monitor_dir: Path, resume: Path | None = None) -> VecNormalize:
+def _residual_kwargs(cfg: TrainConfig, make_governor: GovernorFactory | None) -> dict[str, Any]:
+    if not cfg.residual.enabled:
+        return {}
+    return {"residual": cfg.residual, "make_governor": make_governor}
+
+
+def make_training_env(
+    cfg: TrainConfig,
+    seed: int,
+    monitor_dir: Path,
+    resume: Path | None = None,
+    make_governor: GovernorFactory | None = None,
+) -> VecNormalize:
     """The training VecEnv under VecNormalize: fresh statistics, or on resume the checkpoint's own (which
-    continue to update). Monitor files are appended to on resume, so that episodes of both segments stay."""
-    venv = make_vec_env(cfg, seed, monitor_dir, append_monitor=resume is not None)
+    continue to update). Monitor files are appended to on resume, so that episodes of both segments stay.
+    ``make_governor`` builds a residual governor's base (see :func:`make_env`)."""
+    venv = make_vec_env(cfg, seed, monitor_dir, append_monitor=resume is not None, make_governor=make_governor)
     n = cfg.normalize
     if resume is None:
         return VecNormalize(
@@ -114,14 +149,16 @@ def make_training_env(cfg: TrainConfig, seed: int, monitor_dir: Path, resume: Pa
     return VecNormalize(venv, norm_obs=False, norm_reward=False, training=True)
 
 
-def make_eval_env(cfg: TrainConfig, monitor_dir: Path, append_monitor: bool = False) -> VecNormalize:
+def make_eval_env(
+    cfg: TrainConfig, monitor_dir: Path, append_monitor: bool = False, make_governor: GovernorFactory | None = None
+) -> VecNormalize:
     """The evaluation VecEnv: one in-process env on the fixed held-out episodes, VecNormalize frozen.
 
     ``EvalCallback`` copies the training observation statistics into it before every evaluation; rewards are
     reported raw (``norm_reward=False``), so evaluation returns are in nats of loss.
     """
     episodes = cfg.eval_episodes()
-    kwargs = cfg.env_kwargs()
+    kwargs = {**_residual_kwargs(cfg, make_governor), **cfg.env_kwargs()}
     kwargs["scenarios"] = list(dict.fromkeys(name for name, _ in episodes))
     monitor_dir.mkdir(parents=True, exist_ok=True)
 

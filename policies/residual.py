@@ -1,0 +1,116 @@
+"""Residual governors: a rule governor (the base) plus a bounded learned correction.
+
+``ResidualGovernor(base, learned, config)`` answers ``predict`` as the base would, with the base's action moved
+by ``config.bounds * c``, where ``c`` in ``[-1, 1]^2`` is the learned policy's (deterministic) answer on the same
+observation: component 0 moves the LR, component 1 the skip gate, in the envelope's action units
+(:meth:`policies.base.ActionCodec.correct`); rollbacks stay the base's. The envelope bounds the result like any
+action. With ``c = 0`` (a zero-initialised policy, or ``learned=None``) it is exactly its base: the base's own
+code path runs (:meth:`policies.base.RuleGovernor.respond`).
+
+Training composes the same way (:class:`lbw_env.learning.residual.ResidualActions` calls the same ``respond``),
+so a policy acts at evaluation exactly as it acted in training. A trained residual governor is a governor file
+whose manifest names its base (``ppo:<folder>``); :func:`with_base` rebuilds it with that base.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from lbw_env.config import ConfigError
+from lbw_env.control.compat import GovernanceSettings
+from lbw_env.control.envelope import Envelope, EnvelopeConfig
+from lbw_env.control.protocol import Governor, GovernorFactory
+from lbw_env.learning.residual import ResidualConfig, clean_correction, make_base
+
+from .base import RuleGovernor
+
+
+class ResidualGovernor:
+    """``predict`` = base rule's action + ``bounds`` x the learned correction (zero: the base exactly)."""
+
+    def __init__(
+        self,
+        base: RuleGovernor,
+        learned: Governor | None,
+        config: ResidualConfig,
+        *,
+        settings: GovernanceSettings | None = None,
+        spec: str = "",
+    ) -> None:
+        if base.envelope.action_mode != "continuous":
+            raise ConfigError("residual: a residual correction needs envelope.action_mode: continuous")
+        self.base = base
+        self.learned = learned
+        self.config = config
+        self.settings = settings if settings is not None else getattr(learned, "settings", None)
+        self.spec = spec or getattr(learned, "spec", "") or f"residual:{config.base}"
+
+    # What check_compatible compares with a run: the learned part's observations and normaliser, and the
+    # actions this governor sends (the envelope's, not the correction's).
+    @property
+    def observation_space(self) -> gym.Space | None:
+        return getattr(self.learned, "observation_space", None)
+
+    @property
+    def action_space(self) -> gym.Space:
+        return Envelope(self.base.envelope).action_space
+
+    @property
+    def normalizer(self) -> Any:
+        return getattr(self.learned, "normalizer", None)
+
+    def correction(
+        self,
+        observation: np.ndarray,
+        state: tuple[np.ndarray, ...] | None,
+        episode_start: np.ndarray | None,
+        deterministic: bool,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        """The learned correction for one observation (zero without a learned part), and its recurrent state."""
+        if self.learned is None:
+            return np.zeros(2), state
+        c, state = self.learned.predict(observation, state, episode_start, deterministic)
+        return clean_correction(c), state
+
+    def predict(
+        self,
+        observation: np.ndarray,
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        obs = np.asarray(observation)
+        batched = obs.ndim == 2
+        rows = obs if batched else obs[None]
+        if batched and rows.shape[0] != 1:
+            raise ValueError("residual governors keep per-episode memory: give them one environment at a time")
+        c, state = self.correction(rows[0], state, episode_start, deterministic)
+        action = self.base.respond(rows[0], episode_start, c, self.config.bounds)
+        return (action[None] if batched else action), state
+
+
+def residual_governor(
+    config: ResidualConfig,
+    envelope: EnvelopeConfig,
+    learned: Governor | None,
+    make_governor: GovernorFactory,
+    spec: str = "",
+) -> ResidualGovernor:
+    """A residual governor over ``config.base`` (built by ``make_governor`` for ``envelope``)."""
+    base = make_base(config, envelope, make_governor)
+    if not isinstance(base, RuleGovernor):
+        raise ConfigError(f"residual.base: {config.base!r} is not a rule governor")
+    return ResidualGovernor(base, learned, config, spec=spec)
+
+
+def with_base(learned: Any, make_governor: GovernorFactory) -> Any:
+    """A loaded learned governor as it acts: with its base if its file records one, else as it is."""
+    config = getattr(learned, "residual", None)
+    if config is None:
+        return learned
+    if learned.settings is None:  # pragma: no cover - governor files always carry settings
+        raise ConfigError(f"governor {learned.spec}: a residual governor without training settings")
+    return residual_governor(config, learned.settings.envelope, learned, make_governor, spec=learned.spec)
