@@ -477,8 +477,8 @@ def test_a_governor_s_training_settings_are_adopted() -> None:
 def test_a_conflicting_config_is_one_line_naming_the_fields() -> None:
     gov = Trained([[0.0, 1.0]], FakeSettings())
     conflicts = (
-        r"^window: trained with 2, config has 4; envelope\.rollback_action: trained with False, config has True; "
-        r"envelope\.max_rollbacks: trained with 1, config has 3 \(the governor's training settings"
+        r"^window: trained with 2, this run has 4; envelope\.rollback_action: trained with False, this run has True; "
+        r"envelope\.max_rollbacks: trained with 1, this run has 3 \(the governor's training settings"
     )
     with pytest.raises(ConfigError, match=conflicts) as err:
         GovernedLoop(
@@ -516,7 +516,7 @@ def test_hf_trainer_adopts_or_refuses_a_governor_s_settings(lbw: None, tmp_path:
     gov = Trained([[0.0, 1.0]], FakeSettings())
     trainer = GovernedTrainer(**common, governor=gov)
     assert trainer.lbw_config.window == 2 and trainer.lbw_config.envelope.rollback_action is False
-    with pytest.raises(ConfigError, match=r"^decision_interval: trained with 4, config has 8"):
+    with pytest.raises(ConfigError, match=r"^decision_interval: trained with 4, this run has 8"):
         GovernedTrainer(
             **common,
             governor=gov,

@@ -41,10 +41,43 @@ class GovernanceSettings:
     """Decision intervals in the observation."""
     envelope: EnvelopeConfig
     """The action space and the bounds the actions were learned under."""
-    healthy_ratio: float = 1.1
-    """The rollback-target rule of training (it decides which states a rollback returns to)."""
+    healthy_ratio: float | None = 1.1
+    """The rollback-target rule of training (it decides which states a rollback returns to). None: not declared
+    (duck-typed settings without it, see :meth:`coerce`): not compared, and the run keeps its own."""
     features: tuple[str, ...] = FEATURE_NAMES
     """The observation's feature names, in order (per window row)."""
+
+    @classmethod
+    def coerce(cls, settings: Any, path: str = "governor settings") -> GovernanceSettings:
+        """Settings from any object with ``decision_interval``, ``window`` and ``envelope`` (an
+        :class:`EnvelopeConfig` or its mapping), and optionally ``healthy_ratio`` and ``features``: what a
+        governor built outside ``lbw_env`` may carry. Checked like a config file; one-line :class:`ConfigError`."""
+        if isinstance(settings, GovernanceSettings):
+            return settings
+        missing = [k for k in ("decision_interval", "window", "envelope") if not hasattr(settings, k)]
+        if missing:
+            raise ConfigError(f"{path}: expected decision_interval, window and envelope, missing {missing}")
+        envelope = settings.envelope
+        if isinstance(envelope, Mapping):
+            envelope = from_dict(EnvelopeConfig, envelope, f"{path}.envelope")
+        elif not isinstance(envelope, EnvelopeConfig):
+            raise ConfigError(f"{path}.envelope: expected an EnvelopeConfig or a mapping, got {envelope!r}")
+        healthy = getattr(settings, "healthy_ratio", None)
+        config = GovernanceConfig(
+            decision_interval=settings.decision_interval,
+            window=settings.window,
+            envelope=dataclasses.replace(envelope),
+        )
+        if healthy is not None:
+            config.healthy_ratio = healthy
+        try:
+            config.validate()
+        except ConfigError as e:
+            raise ConfigError(f"{path}.{e}") from None
+        features = tuple(getattr(settings, "features", FEATURE_NAMES))
+        return dataclasses.replace(
+            cls.of(config), healthy_ratio=None if healthy is None else config.healthy_ratio, features=features
+        )
 
     @classmethod
     def of(cls, config: GovernanceConfig) -> GovernanceSettings:
@@ -58,12 +91,7 @@ class GovernanceSettings:
 
     def config(self) -> GovernanceConfig:
         """A :class:`GovernanceConfig` with these settings (for the integrations, which take one as it is)."""
-        return GovernanceConfig(
-            decision_interval=self.decision_interval,
-            window=self.window,
-            envelope=dataclasses.replace(self.envelope),
-            healthy_ratio=self.healthy_ratio,
-        )
+        return self.adopt(GovernanceConfig())
 
     def adopt(self, config: C) -> C:
         """``config`` (of any :class:`GovernanceConfig` subclass) with these settings in place of its own."""
@@ -72,7 +100,7 @@ class GovernanceSettings:
             decision_interval=self.decision_interval,
             window=self.window,
             envelope=dataclasses.replace(self.envelope),
-            healthy_ratio=self.healthy_ratio,
+            healthy_ratio=config.healthy_ratio if self.healthy_ratio is None else self.healthy_ratio,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,13 +131,14 @@ class GovernanceSettings:
 
     def conflicts(self, config: GovernanceConfig) -> list[str]:
         """What ``config`` sets differently (``key: trained with X, this run has Y``), plus a feature set that
-        differs from the one this ``lbw_env`` computes. Empty when the governor fits."""
+        differs from the one this ``lbw_env`` computes. Empty when the governor fits. An undeclared
+        ``healthy_ratio`` (None) is not compared."""
         out = []
         if self.features != FEATURE_NAMES:
             out.append(f"features: trained on {list(self.features)}, this lbw_env computes {list(FEATURE_NAMES)}")
         mine, theirs = self.to_dict(), GovernanceSettings.of(config).to_dict()
         for key in ("decision_interval", "window", "healthy_ratio"):
-            if mine[key] != theirs[key]:
+            if mine[key] != theirs[key] and mine[key] is not None:
                 out.append(f"{key}: trained with {mine[key]!r}, this run has {theirs[key]!r}")
         for key, value in mine["envelope"].items():
             if theirs["envelope"].get(key) != value:
@@ -118,9 +147,10 @@ class GovernanceSettings:
 
 
 def settings_of(governor: object) -> GovernanceSettings | None:
-    """The settings a governor was trained with, or None (rule governors, models of unknown origin)."""
+    """The settings a governor was trained with (``governor.settings``, coerced: :meth:`GovernanceSettings.coerce`),
+    or None (rule governors)."""
     settings = getattr(governor, "settings", None)
-    return settings if isinstance(settings, GovernanceSettings) else None
+    return None if settings is None else GovernanceSettings.coerce(settings)
 
 
 def governor_name(governor: object) -> str:

@@ -38,12 +38,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
 
-from ..config import ConfigError, from_dict
+from ..config import ConfigError
+from ..control.compat import settings_of
 from ..control.envelope import Decision, EnvelopeConfig
 from ..control.governance import Governance, GovernanceConfig, IntervalOutcome
 from ..control.protocol import Governor, GovernorFactory
@@ -95,65 +96,18 @@ def check_governor(governor: Governor | str, make_governor: GovernorFactory | No
         )
 
 
-def trained_settings(governor: object) -> tuple[GovernanceConfig, tuple[str, ...]] | None:
-    """The settings a governor carries (``governor.settings``) as a config, and the keys it declares; None if none.
-
-    Duck-typed, so that this layer needs no knowledge of how learned governors are stored: ``settings`` has
-    ``decision_interval``, ``window`` and ``envelope`` (an :class:`EnvelopeConfig` or its mapping), and may have
-    ``healthy_ratio`` (when absent, the default is used and not compared).
-    """
-    settings = getattr(governor, "settings", None)
-    if settings is None:
-        return None
-    missing = [k for k in ("decision_interval", "window", "envelope") if not hasattr(settings, k)]
-    if missing:
-        raise ConfigError(f"governor settings: expected decision_interval, window and envelope, missing {missing}")
-    envelope = settings.envelope
-    if isinstance(envelope, Mapping):
-        envelope = from_dict(EnvelopeConfig, envelope, "governor settings.envelope")
-    elif not isinstance(envelope, EnvelopeConfig):
-        raise ConfigError(f"governor settings.envelope: expected an EnvelopeConfig or a mapping, got {envelope!r}")
-    keys: tuple[str, ...] = ("decision_interval", "window", "envelope")
-    config = GovernanceConfig(
-        decision_interval=settings.decision_interval, window=settings.window, envelope=dataclasses.replace(envelope)
-    )
-    if hasattr(settings, "healthy_ratio"):
-        config.healthy_ratio = settings.healthy_ratio
-        keys += ("healthy_ratio",)
-    try:
-        config.validate()
-    except ConfigError as e:
-        raise ConfigError(f"governor settings.{e}") from None
-    return config, keys
-
-
-def settings_conflicts(trained: GovernanceConfig, keys: tuple[str, ...], given: GovernanceConfig) -> list[str]:
-    """``field: trained with X, config has Y`` for every declared setting that ``given`` sets differently."""
-    out = []
-    for key in keys:
-        if key == "envelope":
-            for f in dataclasses.fields(EnvelopeConfig):
-                mine, theirs = getattr(trained.envelope, f.name), getattr(given.envelope, f.name)
-                if mine != theirs:
-                    out.append(f"envelope.{f.name}: trained with {mine!r}, config has {theirs!r}")
-        elif getattr(trained, key) != getattr(given, key):
-            out.append(f"{key}: trained with {getattr(trained, key)!r}, config has {getattr(given, key)!r}")
-    return out
-
-
 def governance_for(governor: object, config: GovernanceConfig | None) -> GovernanceConfig:
     """The settings a run of ``governor`` uses: ``config``, else the governor's own, else the defaults.
 
     A governor's training settings are adopted when no ``config`` is given; a ``config`` that sets any of them
     differently is refused with one line naming the fields (an equal one is fine).
     """
-    trained = trained_settings(governor)
-    if trained is None:
+    settings = settings_of(governor)
+    if settings is None:
         return config if config is not None else GovernanceConfig()
-    settings, keys = trained
     if config is None:
-        return settings
-    conflicts = settings_conflicts(settings, keys, config)
+        return settings.config()
+    conflicts = settings.conflicts(config)
     if conflicts:
         raise ConfigError(
             f"{'; '.join(conflicts)} (the governor's training settings; pass no governance config to adopt them, "
