@@ -7,6 +7,7 @@ loading is the strict machinery of :mod:`lbw_env.config`. Model presets are YAML
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
@@ -126,10 +127,54 @@ class ModelConfig:
         )
 
 
+OptimizerName = Literal["adamw", "prodigy", "dadapt_adam", "schedulefree_adamw"]
+"""The torch optimizers the plant can train with (:mod:`lbw_env.plant.optimizers` builds them)."""
+
+
+@dataclasses.dataclass
+class ZClipConfig:
+    """ZClip (Kumar et al. 2025, the ``zclip`` package): adaptive gradient clipping by the z-score of the gradient
+    norm against an EMA of its mean and variance. Defaults are the package's published ones."""
+
+    alpha: float = 0.97
+    """EMA weight of the norm's mean and variance (0.97: about 33 steps of memory; the package default)."""
+    z_thresh: float = 2.5
+    """A norm more than this many EMA standard deviations above the EMA mean is clipped (package default)."""
+    warmup_steps: int = 25
+    """Applied steps whose norms are collected before the EMA starts; no adaptive clipping before (package
+    default; only the fixed cap ``optim.clip_norm`` applies then)."""
+    mode: Literal["zscore", "percentile"] = "zscore"
+    """``zscore``: clip only outliers (z > z_thresh), as ``clip_option`` says; ``percentile``: always cap at
+    mean + z_thresh x std. The package's default is ``zscore``."""
+    clip_option: Literal["adaptive_scaling", "mean"] = "adaptive_scaling"
+    """``zscore`` mode: clip an outlier to mean + z_thresh x std / (z / z_thresh) (larger outliers are cut
+    harder; package default) or to the EMA mean."""
+    clip_factor: float = 1.0
+    """Multiplier on the adaptive threshold (package default 1.0; 0.5-0.9 clip more aggressively)."""
+    skip_update_on_spike: bool = False
+    """Leave the EMA alone on a clipped step (package default False: the EMA takes the clipped norm)."""
+
+    def validate(self) -> None:
+        check(0 < self.alpha < 1, "alpha", "a float in (0, 1)", self.alpha)
+        check(math.isfinite(self.z_thresh) and self.z_thresh > 0, "z_thresh", "a positive float", self.z_thresh)
+        check(self.warmup_steps >= 1, "warmup_steps", "an int >= 1", self.warmup_steps)
+        check(
+            math.isfinite(self.clip_factor) and self.clip_factor > 0,
+            "clip_factor",
+            "a positive float",
+            self.clip_factor,
+        )
+
+
 @dataclasses.dataclass
 class OptimConfig:
-    """AdamW and its learning-rate schedule: the optimizer the governor steers but never replaces."""
+    """The optimizer and its learning-rate schedule: what the governor steers but never replaces."""
 
+    name: OptimizerName = "adamw"
+    """The torch optimizer: ``adamw`` (torch AdamW), ``prodigy`` (prodigyopt), ``dadapt_adam`` (D-Adaptation
+    Adam) or ``schedulefree_adamw`` (Schedule-Free AdamW). The LR-free two take ``lr`` as a multiplier of the
+    step size they estimate (their READMEs: 1.0); schedule-free needs ``schedule: constant`` (it replaces the
+    decay; the warmup stays the plant's). Settings and their reasons: :mod:`lbw_env.plant.optimizers`."""
     lr: float = 3e-3
     """Peak (base) learning rate of the schedule."""
     weight_decay: float = 0.1
@@ -144,12 +189,23 @@ class OptimConfig:
     """Shape after warmup: cosine decay to ``min_lr_ratio * lr``, or constant."""
     warmup_steps: int = 20
     """Linear warmup from 0 to ``lr`` (0: start at full LR, the stress case for fine-tuning)."""
+    warmup_fraction: float = 0.0
+    """Warmup as a fraction of ``steps`` (0: use ``warmup_steps``). When set, it is resolved on load into
+    ``warmup_steps = max(1, round(fraction x steps))`` and reset to 0, so that one override gives each scenario
+    its own length (0.1: 20 of 200 steps, 16 of 160) and the resolved config is the one the explicit
+    ``warmup_steps`` would give: the same run, the same config hash."""
     min_lr_ratio: float = 0.1
     """Final LR of the cosine schedule as a fraction of ``lr``."""
     steps: int = 300
     """Optimizer steps in the run (the schedule's horizon and the episode's budget)."""
     clip_norm: float = 0.0
-    """Gradient-clipping baseline: max global L2 norm (0: no clipping)."""
+    """Gradient-clipping baseline: max global L2 norm (0: no clipping). With ``clip: zclip`` the fixed cap on
+    top of ZClip (the package's ``max_grad_norm``, default 1.0 there)."""
+    clip: Literal["norm", "zclip"] = "norm"
+    """``norm``: clip at the fixed ``clip_norm``; ``zclip``: adaptive z-score clipping (``zclip``), capped by
+    ``clip_norm`` when that is > 0."""
+    zclip: ZClipConfig = dataclasses.field(default_factory=ZClipConfig)
+    """Settings of ``clip: zclip`` (ignored otherwise)."""
 
     def validate(self) -> None:
         check(math.isfinite(self.lr) and self.lr > 0, "lr", "a positive finite float", self.lr)
@@ -165,6 +221,16 @@ class OptimConfig:
         check(self.steps >= 1, "steps", "an int >= 1", self.steps)
         clip = self.clip_norm
         check(finite(clip) and clip >= 0, "clip_norm", "a finite float >= 0 (0: off)", clip)
+        frac = self.warmup_fraction
+        check(0 <= frac < 1, "warmup_fraction", "a float in [0, 1) (0: use warmup_steps)", frac)
+        check(
+            self.name != "schedulefree_adamw" or self.schedule == "constant",
+            "schedule",
+            "constant with name schedulefree_adamw (schedule-free averaging replaces the decay)",
+            self.schedule,
+        )
+        if frac > 0:  # resolved once, here, with the steps of this config (see the field's docstring)
+            self.warmup_steps, self.warmup_fraction = max(1, round(frac * self.steps)), 0.0
 
 
 @dataclasses.dataclass
@@ -216,7 +282,7 @@ class TrainerConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     """The language model."""
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
-    """AdamW, schedule and the clipping baseline."""
+    """The optimizer, its schedule and the clipping baselines."""
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
     """Seeds, threads, caches."""
     regime: Literal["scratch", "finetune"] = "scratch"
@@ -247,6 +313,30 @@ class TrainerConfig:
             "a positive finite float",
             self.base_lr,
         )
+
+
+LATER_FIELDS: dict[str, Any] = {
+    "optim.name": "adamw",
+    "optim.warmup_fraction": 0.0,
+    "optim.clip": "norm",
+    "optim.zclip": dataclasses.asdict(ZClipConfig()),
+}
+"""Trainer fields added after evaluation records were first committed, with the value that reproduces the runs
+made before them (dotted paths into ``to_dict(TrainerConfig)``). A config hash leaves a field out while it holds
+that value (:func:`hashable_trainer`), so that committed records stay valid. Add every new field here."""
+
+
+def hashable_trainer(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``to_dict(TrainerConfig)`` without the :data:`LATER_FIELDS` that hold their old-behaviour value."""
+    out = copy.deepcopy(dict(data))
+    for path, old in LATER_FIELDS.items():
+        *parents, leaf = path.split(".")
+        node: Any = out
+        for key in parents:
+            node = node.get(key) if isinstance(node, Mapping) else None
+        if isinstance(node, dict) and leaf in node and node[leaf] == old:
+            del node[leaf]
+    return out
 
 
 def available_presets() -> list[str]:

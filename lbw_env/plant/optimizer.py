@@ -34,7 +34,7 @@ from collections.abc import Iterable
 
 import torch
 
-from .records import RollingStats, SkipReason, StepRecord
+from .records import Clipper, RollingStats, SkipReason, StepRecord
 
 _FLAT_NORM_MAX = 1 << 14
 """Tensors up to this many elements are reduced flat; larger matrices row by row first. A flat float32 norm on
@@ -253,6 +253,7 @@ class GovernedOptimizer:
         clip_norm: float = 0.0,
         gate: GateConfig | None = None,
         measure_update: bool = True,
+        clipper: Clipper | None = None,
     ) -> None:
         self.optimizer = optimizer
         # The trainable parameters over which norms and update ratios are measured.
@@ -261,7 +262,7 @@ class GovernedOptimizer:
         self.params: list[torch.Tensor] = [p for p in params if p.requires_grad]
         if not self.params:
             raise ValueError("GovernedOptimizer: the optimizer has no trainable parameters")
-        self.clip_norm = float(clip_norm)
+        self.clip_norm, self.clipper = float(clip_norm), clipper  # a clipper's (ZClip's) cap replaces clip_norm
         self.gate = gate or GateConfig()
         self.measure_update = measure_update
         self.loss_stats = RollingStats(self.gate.stats_alpha, self.gate.stats_warmup)
@@ -382,9 +383,9 @@ class GovernedOptimizer:
             self._drop_grads()
             update_ratio, lr = 0.0, 0.0
         else:
-            if self.clip_norm > 0:
-                # Clip with the norm we already measured (the same arithmetic as clip_grad_norm_).
-                torch.nn.utils.clip_grads_with_norm_(self.params, self.clip_norm, torch.tensor(grad_norm))
+            cap = self.clip_norm if self.clipper is None else self.clipper.cap(grad_norm)
+            if cap > 0:  # clip with the norm we already measured (the same arithmetic as clip_grad_norm_)
+                torch.nn.utils.clip_grads_with_norm_(self.params, cap, torch.tensor(grad_norm))
             if self.measure_update:
                 self._save_params()
             scale = control.lr_scale
@@ -435,13 +436,15 @@ class GovernedOptimizer:
             "gate_history": list(self._gate_history),
             "steps": self.steps,
             "param_norm": self._param_norm,
+            "clipper": None if self.clipper is None else self.clipper.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         self.loss_stats.load_state_dict(state["loss_stats"])  # type: ignore[arg-type]
         self.grad_stats.load_state_dict(state["grad_stats"])  # type: ignore[arg-type]
-        self._gate_history.clear()
-        self._gate_history.extend(state["gate_history"])  # type: ignore[arg-type]
+        self._gate_history = collections.deque(state["gate_history"], self.gate.budget_window)  # type: ignore[call-overload]
         self.steps = int(state["steps"])  # type: ignore[call-overload]
         self._param_norm = float(state["param_norm"])  # type: ignore[arg-type]
+        if self.clipper is not None:
+            self.clipper.load_state_dict(state["clipper"])  # type: ignore[arg-type]
         self.invalidate()  # a restore bumps the version counters anyway; this does not rely on it

@@ -2,14 +2,15 @@
 
 ``StepRecord`` is the contract between the plant and everything above it (the env's observation, the
 reward, evaluation records, the integrations). ``RollingStats`` are the exponentially weighted mean and
-variance a skip gate and the observation's z-scores are measured against.
+variance a skip gate and the observation's z-scores are measured against; a ``Clipper`` keeps statistics of
+the gradient norm that say where to clip it (:class:`~lbw_env.plant.clipping.ZClip`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 SkipReason = Literal["none", "gate", "nonfinite", "forced"]
 
@@ -133,3 +134,16 @@ class RollingStats:
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         self.mean, self.var, self.count = float(state["mean"]), float(state["var"]), int(state["count"])
+
+
+class Clipper(Protocol):
+    """Adaptive gradient clipping inside the governed step: called on applied steps only, after the skip decision
+    (a skipped or non-finite step never reaches it), with the global norm the step measured."""
+
+    def cap(self, grad_norm: float) -> float:
+        """The max norm to clip this step's gradient to (0: leave it); updates the clipper's statistics."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...

@@ -28,8 +28,17 @@ class TrainState:
     """Copies of the trainable parameters, in the order of the ``params`` list they were taken from."""
     opt_state: list[dict[str, Any]]
     """Per parameter, a copy of ``optimizer.state[p]`` (``{}``: no state yet, e.g. before the first step)."""
+    opt_groups: list[dict[str, Any]]
+    """Per parameter group, a copy of what the optimizer keeps there besides the parameters and the schedule's LR
+    (:data:`SCHEDULE_KEYS`): Prodigy's and D-Adaptation's step-size estimates and step counts, schedule-free's
+    weight sums and train/eval mode. Plain AdamW keeps only its hyperparameters there."""
     governed_state: dict[str, Any]
     """:meth:`GovernedOptimizer.state_dict` (rolling loss/gradient statistics, skip-budget history)."""
+
+
+SCHEDULE_KEYS = frozenset({"params", "lr", "initial_lr"})
+"""Group entries a snapshot leaves alone: the parameters themselves, and the LR, which belongs to the schedule (the
+plant writes it before every step; a torch LR scheduler owns it in the integrations)."""
 
 
 def _copy_value(value: Any, old: Any) -> Any:
@@ -52,7 +61,7 @@ def capture_train_state(
 
     Reusing buffers makes a snapshot a plain memory copy after the first one. Every copy stays on its
     tensor's device and is exact, so a restore replays bit for bit. Memory: one copy of the trainable
-    parameters and their optimizer state (for AdamW 3x the trainable parameters).
+    parameters and their optimizer state (for AdamW 3x the trainable parameters), and the group-level state.
     """
     detached = [p.detach() for p in params]
     if into is None or len(into.params) != len(detached):
@@ -65,7 +74,8 @@ def capture_train_state(
         st = optimizer.state.get(p, {})  # .get: the state is a defaultdict, and reading must not create entries
         old = into.opt_state[i] if into is not None and i < len(into.opt_state) else {}
         opt_state.append({k: _copy_value(v, old.get(k)) for k, v in st.items()})
-    return TrainState(snap_params, opt_state, copy.deepcopy(governed.state_dict()))
+    groups = [{k: copy.deepcopy(v) for k, v in g.items() if k not in SCHEDULE_KEYS} for g in optimizer.param_groups]
+    return TrainState(snap_params, opt_state, groups, copy.deepcopy(governed.state_dict()))
 
 
 def restore_train_state(
@@ -95,6 +105,8 @@ def restore_train_state(
                 st[k] = v.clone()
             else:
                 st[k] = copy.deepcopy(v)
+    for group, saved_group in zip(optimizer.param_groups, state.opt_groups, strict=True):
+        group.update(copy.deepcopy(saved_group))
     for p in params:
         p.grad = None
     governed.load_state_dict(copy.deepcopy(state.governed_state))

@@ -1,4 +1,4 @@
-"""The plant: a real language model trained on WikiText with AdamW, one governed optimizer step at a time.
+"""The plant: a real language model trained on WikiText (AdamW or another optimizer), one governed step at a time.
 
 ``Plant.step(control)`` reads top to bottom like nanoGPT's loop: next batch (with any injected fault),
 scheduled LR, forward, backward, then the governed optimizer step (telemetry, true skip, LR scale).
@@ -29,10 +29,12 @@ from transformers.utils import logging as hf_logging
 from ..cache import cache_root, cached_dir, stable_hash
 from ..config import to_dict
 from . import runtime
+from .clipping import ZClip
 from .config import FaultConfig, LoRAConfig, OptimConfig, TrainerConfig
 from .data import BatchStream, Corpus, eval_blocks, load_corpus
 from .models import apply_lora, build_model, count_parameters, from_pretrained, init_lora_weights
 from .optimizer import Control, GateConfig, GovernedOptimizer
+from .optimizers import build_optimizer, eval_weights
 from .records import StepRecord, safe_exp
 from .state import TrainState, capture_train_state, restore_train_state
 
@@ -63,7 +65,7 @@ class Snapshot(TrainState):
 
 
 class Plant:
-    """Model + data + AdamW + schedule (+ optional clipping baseline and injected faults)."""
+    """Model + data + optimizer (``optim.name``) + schedule (+ optional clipping baselines and injected faults)."""
 
     def __init__(self, cfg: TrainerConfig, corpus: Corpus | None = None, gate: GateConfig | None = None) -> None:
         runtime.configure(cfg.runtime.threads, cfg.runtime.mallopt)
@@ -102,15 +104,17 @@ class Plant:
     # -- construction -----------------------------------------------------------------------------------
 
     def _build_optimizer(self) -> None:
+        """A fresh optimizer (``optim.name``) and governed step: also on reset, since some optimizers keep state in
+        their parameter groups (Prodigy's step-size estimate, schedule-free's averages) that must start over."""
         o = self.cfg.optim
         # Decay matrices only (as nanoGPT/GPT-2): decaying norms' gains and biases only hurts.
         decay = [p for p in self.params if p.dim() >= 2]
         no_decay = [p for p in self.params if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        self.optimizer = torch.optim.AdamW(
-            [g for g in groups if g["params"]], lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, foreach=True
-        )
-        self.governed = GovernedOptimizer(self.optimizer, self.params, clip_norm=o.clip_norm, gate=self._gate)
+        self.optimizer = build_optimizer([g for g in groups if g["params"]], o)
+        zclip = ZClip(o.zclip, max_norm=o.clip_norm) if o.clip == "zclip" else None
+        clip_norm = 0.0 if zclip is not None else o.clip_norm  # ZClip holds the fixed cap itself
+        self.governed = GovernedOptimizer(self.optimizer, self.params, clip_norm, gate=self._gate, clipper=zclip)
 
     def _reset_streams(self, seed: int) -> None:
         self.seed = seed
@@ -129,10 +133,7 @@ class Plant:
         else:
             fresh = build_model(self.cfg.model, self.corpus.vocab_size, self.cfg.data.seq_len, seed)
             self.model.load_state_dict(fresh.state_dict())
-        self.optimizer.state.clear()
-        self.governed = GovernedOptimizer(
-            self.optimizer, self.params, clip_norm=self.cfg.optim.clip_norm, gate=self._gate
-        )
+        self._build_optimizer()
         self._reset_streams(seed)
 
     # -- schedule and faults ----------------------------------------------------------------------------
@@ -214,11 +215,12 @@ class Plant:
         was_training = self.model.training
         self.model.eval()
         total, count = 0.0, 0
-        for chunk in blocks.split(max(self.cfg.data.batch_size, 16)):
-            x = chunk.to(self.device)
-            logits = self.model(input_ids=x[:, :-1]).logits
-            total += float(F.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten(), reduction="sum"))
-            count += x[:, 1:].numel()
+        with eval_weights(self.optimizer, self.params):  # schedule-free: its averaged weights, then back exactly
+            for chunk in blocks.split(max(self.cfg.data.batch_size, 16)):
+                x = chunk.to(self.device)
+                logits = self.model(input_ids=x[:, :-1]).logits
+                total += float(F.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten(), reduction="sum"))
+                count += x[:, 1:].numel()
         self.model.train(was_training)
         loss = total / count if math.isfinite(total) else math.inf
         return EvalResult(split=split, loss=loss, ppl=safe_exp(loss), tokens=count)
@@ -231,6 +233,7 @@ class Plant:
         return Snapshot(
             params=state.params,
             opt_state=state.opt_state,
+            opt_groups=state.opt_groups,
             governed_state=state.governed_state,
             seed=self.seed,
             t=self.t,
