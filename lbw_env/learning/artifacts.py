@@ -69,6 +69,11 @@ class RunFolder:
         return self.root / "best_model"
 
     @property
+    def bc_governor(self) -> Path:
+        """Governor file of the policy after the imitation warm start, before any RL (``warm_start``)."""
+        return self.root / "bc_model"
+
+    @property
     def final_model(self) -> Path:
         return self.root / "final" / "model.zip"
 

@@ -86,6 +86,42 @@ class EvalConfig:
 
 
 @dataclasses.dataclass
+class WarmStartConfig:
+    """Imitation warm start before RL (:mod:`.warmstart`): rule rollouts, behaviour cloning, a pre-fit critic."""
+
+    episodes: int = 0
+    """Rollouts of the teacher on the training pool before RL; 0: no warm start (the policy starts as built)."""
+    teacher: str = ""
+    """Rule governor to clone (``lbw_guard`` ...). A residual policy's teacher is its base, whose action is the
+    zero correction the policy already starts at: leave this empty then (the rollouts still warm the critic and
+    the observation statistics)."""
+    seed_offset: int = 5_000
+    """First reset seed of the rollouts: apart from the policy's own training seeds (``seed`` + i) and from the
+    evaluation seeds (``eval.seed_offset``, 10 000)."""
+    bc_epochs: int = 30
+    """Passes of behaviour cloning over the rollouts (a few thousand samples: cheap next to one episode)."""
+    value_epochs: int = 30
+    """Passes fitting the critic to the rollouts' returns under ``hyperparams.gamma`` (a cold critic's first
+    advantages are noise, and PPO's first updates would move the policy on them)."""
+    learning_rate: float = 1.0e-3
+    """Adam step size of both fits (Adam's usual default; the fits are small supervised problems)."""
+    batch_size: int = 64
+    """Minibatch size of both fits."""
+    loss: Literal["mse", "nll"] = "mse"
+    """Continuous actions: ``mse`` fits the mean action and leaves the exploration std as configured; ``nll``
+    maximises the log-likelihood (shrinks the std too). Discrete actions always use ``nll``."""
+
+    def validate(self) -> None:
+        check(self.episodes >= 0, "episodes", "an int >= 0 (0: no warm start)", self.episodes)
+        check(self.seed_offset >= 0, "seed_offset", "an int >= 0", self.seed_offset)
+        check(self.bc_epochs >= 0, "bc_epochs", "an int >= 0", self.bc_epochs)
+        check(self.value_epochs >= 0, "value_epochs", "an int >= 0", self.value_epochs)
+        rate = self.learning_rate
+        check(math.isfinite(rate) and rate > 0, "learning_rate", "a positive finite float", rate)
+        check(self.batch_size >= 1, "batch_size", "an int >= 1", self.batch_size)
+
+
+@dataclasses.dataclass
 class TrainConfig:
     """One training run of a learned governor."""
 
@@ -125,6 +161,8 @@ class TrainConfig:
     """Residual governor: ``residual.base`` names the rule the policy corrects (``lbw_guard`` ...), within
     ``lr_bound`` / ``gate_bound``; the policy's output layer starts at zero, so training starts at the base.
     Empty base (the default): the policy acts alone."""
+    warm_start: WarmStartConfig = dataclasses.field(default_factory=WarmStartConfig)
+    """Behaviour cloning of a rule and a pre-fit critic before RL (``warm_start.episodes`` > 0)."""
     max_minutes: float = 0.0
     """Wall-clock budget of the training loop in minutes (0: none). When it is spent, training stops early and the
     run still evaluates, saves and plots (a few minutes more for the final evaluation)."""
@@ -168,6 +206,7 @@ class TrainConfig:
                 f"algo: sac needs continuous actions, but env.envelope.action_mode is "
                 f"{env_cfg.envelope.action_mode!r}; use ppo/a2c/recurrent_ppo or action_mode: continuous"
             )
+        self._check_warm_start()
         self._check_scenarios(env_cfg)
         try:
             cls = algo_class(self.algo)
@@ -202,6 +241,19 @@ class TrainConfig:
         if scenarios is not None:
             data["scenarios"] = list(scenarios)
         return from_dict(EnvConfig, data, "env")
+
+    def _check_warm_start(self) -> None:
+        w = self.warm_start
+        if not w.episodes:
+            return
+        if self.algo not in ("ppo", "a2c"):
+            raise ConfigError(f"warm_start: needs an actor-critic policy (ppo or a2c), not {self.algo}")
+        if self.residual.enabled and w.teacher:
+            raise ConfigError(
+                f"warm_start.teacher: a residual policy's teacher is its base ({self.residual.base}); leave it empty"
+            )
+        if not self.residual.enabled and not w.teacher:
+            raise ConfigError("warm_start.teacher: expected a rule governor spec to clone (e.g. lbw_guard)")
 
     def _check_scenarios(self, env_cfg: EnvConfig) -> None:
         """Scenario specs and trainer overrides resolve (no data is loaded)."""

@@ -50,6 +50,7 @@ from .plots import plot_learning_curve
 from .policy_file import save_policy_file
 from .residual import make_base, zero_correction
 from .vec_env import make_eval_env, make_training_env
+from .warmstart import run_warm_start, teacher_of
 
 
 @dataclasses.dataclass
@@ -90,6 +91,8 @@ def train(cfg: TrainConfig, make_governor: GovernorFactory | None = None) -> Tra
     check_data(cfg)  # every scenario's data, before the run folder exists: a bad file is one line, no folder
     if cfg.residual.enabled:  # the base builds and can be corrected, also before the run folder exists
         make_base(cfg.residual, cfg.env_config().envelope, make_governor)
+    if cfg.warm_start.episodes:  # ... and so does the teacher
+        teacher_of(cfg, make_governor)
     created = not run.root.exists()
     run.root.mkdir(parents=True, exist_ok=True)
     try:
@@ -108,6 +111,10 @@ def train(cfg: TrainConfig, make_governor: GovernorFactory | None = None) -> Tra
     try:
         eval_env = make_eval_env(cfg, run.monitor, append_monitor=segment.resumed, make_governor=make_governor)
         model = build_model(cls, cfg, venv, tb, segment)
+        warm = None
+        if cfg.warm_start.episodes and not segment.resumed:  # a resumed run continues from its checkpoint
+            warm = run_warm_start(model, venv, cfg, make_governor)
+            save_governor(model, run.bc_governor, cfg)  # the starting point of RL, for comparison
         eval_cb = _eval_callback(cfg, eval_env, len(episodes), segment)
         clock = WallClockLimit(cfg.max_minutes, verbose=cfg.verbose) if cfg.max_minutes else None
         callbacks = [TelemetryCallback(), eval_cb, *_checkpoint_callbacks(cfg, run), *([clock] if clock else [])]
@@ -118,6 +125,7 @@ def train(cfg: TrainConfig, make_governor: GovernorFactory | None = None) -> Tra
         _save_final(model, venv, run, cfg)
         curve = plot_learning_curve(run.root)
         summary = _summary(cfg, model, segment, seconds, eval_cb, clock, episodes, curve)
+        summary["warm_start"] = warm
         run.write_summary(summary)
         best = run.best_model if run.best_model.is_file() else None
         return TrainResult(run.root, int(model.num_timesteps), best, run.final_model, summary)

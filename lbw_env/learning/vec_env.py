@@ -103,14 +103,15 @@ def make_vec_env(
         make_env,
         n_envs=cfg.n_envs,
         seed=seed,
-        env_kwargs={"env_id": cfg.env_id, **_residual_kwargs(cfg, make_governor), **cfg.env_kwargs()},
+        env_kwargs={"env_id": cfg.env_id, **residual_kwargs(cfg, make_governor), **cfg.env_kwargs()},
         monitor_dir=str(monitor_dir) if monitor_dir is not None else None,
         monitor_kwargs={"override_existing": not append_monitor},
         vec_env_cls=vec_cls,
     )
 
 
-def _residual_kwargs(cfg: TrainConfig, make_governor: GovernorFactory | None) -> dict[str, Any]:
+def residual_kwargs(cfg: TrainConfig, make_governor: GovernorFactory | None) -> dict[str, Any]:
+    """The :func:`make_env` arguments of a residual governor's env (none for a policy that acts alone)."""
     if not cfg.residual.enabled:
         return {}
     return {"residual": cfg.residual, "make_governor": make_governor}
@@ -158,7 +159,7 @@ def make_eval_env(
     reported raw (``norm_reward=False``), so evaluation returns are in nats of loss.
     """
     episodes = cfg.eval_episodes()
-    kwargs = {**_residual_kwargs(cfg, make_governor), **cfg.env_kwargs()}
+    kwargs = {**residual_kwargs(cfg, make_governor), **cfg.env_kwargs()}
     kwargs["scenarios"] = list(dict.fromkeys(name for name, _ in episodes))
     monitor_dir.mkdir(parents=True, exist_ok=True)
 
