@@ -6,8 +6,11 @@
   its rolling mean; LR untouched.
 * ``ewm_skip`` — metaseq style: skip a step whose loss exceeds ``ratio`` x its exponentially weighted mean.
 * ``plateau`` — ReduceLROnPlateau style: halve the LR scale when the smoothed loss stops improving.
+* ``lbw_guard_no_slow_start``, ``lbw_guard_no_rollback``, ``lbw_guard_no_ceiling`` — the guard with one feature
+  off (starts at the full scale; never asks for a rollback; remembers no LR ceiling): ablations.
 
-Clipping baselines are trainer options (``optim.clip_norm``) run with ``adamw``.
+Clipping baselines are trainer options (``optim.clip_norm``, ``optim.clip: zclip``) run with ``adamw``, as are the
+other optimizers (``optim.name``); the named arms that combine them are in ``lbw_env.evaluation.arms``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
+from lbw_env.cache import sha256_file
 from lbw_env.config import check, config_dir, load, read_yaml
 from lbw_env.control.envelope import EnvelopeConfig
 from lbw_env.control.features import ObservationView
@@ -139,6 +143,11 @@ class GuardConfig:
     """Skip gate in the warning, unstable and recovering regimes."""
     recover_decisions: int = 2
     """Healthy decisions in ``recovering`` before growth resumes."""
+    rollback: bool = True
+    """Ask for rollbacks at all. False only for the ``lbw_guard_no_rollback`` ablation (what rollback adds)."""
+    ceiling: bool = True
+    """Remember an LR ceiling on instability. False only for the ``lbw_guard_no_ceiling`` ablation (growth then
+    returns to ``max_scale`` after every back-off)."""
     provenance: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
     """Where the thresholds came from (scenarios, seeds, search, scores, code version), as written by
     ``benchmarks/calibrate_guard.py``. Kept so that a loaded guard can say how it was calibrated; never read by
@@ -228,11 +237,11 @@ class LBWGuard(RuleGovernor):
         scheduled_lr = effective_lr / self.scale if effective_lr else None
         regime, rollback = self.assess(obs)
         if regime == "unstable":
-            if effective_lr:
+            if effective_lr and g.ceiling:
                 self.ceiling_lr = min(self.ceiling_lr, effective_lr * g.ceiling_margin, self.last_good_lr)
             self.target = self._cap(self.scale * g.backoff, scheduled_lr)
             self.regime, self.healthy_run = "unstable", 0
-            return self.target, g.gate_alert, rollback
+            return self.target, g.gate_alert, rollback and g.rollback
         if regime == "warning":
             self.healthy_run = 0
             if self.regime != "unstable":
@@ -274,6 +283,27 @@ def _lbw_guard(envelope: EnvelopeConfig, arg: str) -> Governor:
     return LBWGuard(envelope, load_guard_config(arg or None))
 
 
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "lbw_guard_no_slow_start": {"start_scale": None},  # None: max_scale (start at the full LR scale)
+    "lbw_guard_no_rollback": {"rollback": False},
+    "lbw_guard_no_ceiling": {"ceiling": False},
+}
+"""Guard ablations: the shipped thresholds with one feature turned off, to measure what each one adds."""
+
+
+def _ablation(name: str) -> GovernorBuilder:
+    def build(envelope: EnvelopeConfig, arg: str) -> Governor:
+        path = Path(arg) if arg else config_dir() / "governors" / "lbw_guard.yaml"
+        cfg = load_guard_config(path)
+        changes: dict[str, Any] = {k: cfg.max_scale if v is None else v for k, v in ABLATIONS[name].items()}
+        guard = LBWGuard(envelope, dataclasses.replace(cfg, **changes))
+        # Records name the thresholds it ran with (the guard's file) and what was turned off.
+        guard.governor_hash = f"{sha256_file(path)}:{name.removeprefix('lbw_guard_')}"  # type: ignore[attr-defined]
+        return guard
+
+    return build
+
+
 def _skip_step(envelope: EnvelopeConfig, arg: str) -> Governor:
     return ConstantGovernor(envelope, gate=float(arg) if arg else 6.0)
 
@@ -292,6 +322,8 @@ RULES: dict[str, GovernorBuilder] = {
     "skip_step": _skip_step,
     "ewm_skip": _ewm_skip,
     "plateau": _plateau,
+    **{name: _ablation(name) for name in ABLATIONS},
 }
 """The rule governors by registered name: ``adamw``, ``lbw_guard[:<yaml>]``, ``skip_step[:<gate>]``,
-``ewm_skip[:<ratio>]``, ``plateau``."""
+``ewm_skip[:<ratio>]``, ``plateau``, and the guard ablations ``lbw_guard_no_slow_start[:<yaml>]``,
+``lbw_guard_no_rollback[:<yaml>]``, ``lbw_guard_no_ceiling[:<yaml>]``."""

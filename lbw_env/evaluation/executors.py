@@ -49,16 +49,16 @@ class Runner:
         self.make_governor = make_governor
         self.executor = executor
         self._envs: dict[tuple[str, ...], Any] = {}
-        self._governors: dict[tuple[str, tuple[str, ...]], Governor] = {}
+        self._governors: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Governor] = {}
 
     def _env(self, arm: Arm) -> Any:
         # Imported on first use: lbw_env.env loads torch, which the parent of a process pool never needs.
         from ..env import LBWEnv
 
-        key = tuple(arm.trainer_overrides)
+        key = (*arm.trainer_overrides, "|env|", *arm.env_overrides)
         env = self._envs.pop(key, None)
         if env is None:
-            env = LBWEnv(self.suite.env_config(arm.trainer_overrides))
+            env = LBWEnv(self.suite.arm_env(arm))
             while len(self._envs) >= self.MAX_ENVS:
                 self._envs.pop(next(iter(self._envs))).close()
         self._envs[key] = env  # most recently used last
@@ -67,7 +67,7 @@ class Runner:
     def run(self, task: Task) -> dict[str, Any]:
         """Run one task; its record, stamped with the config hash and the host that ran it."""
         env = self._env(task.arm)
-        gkey = (task.arm.governor, tuple(task.arm.trainer_overrides))
+        gkey = (task.arm.governor, tuple(task.arm.trainer_overrides), tuple(task.arm.env_overrides))
         if gkey not in self._governors:
             self._governors[gkey] = make_arm_governor(task.arm, env.unwrapped.cfg.envelope, self.make_governor)
         record = run_episode(
@@ -80,7 +80,7 @@ class Runner:
             arm=task.arm.label,
             governor_spec=task.arm.governor,
         )
-        record["config_hash"] = task_hash(self.suite.env_config(), task.arm, env.unwrapped.scenario.trainer,
+        record["config_hash"] = task_hash(env.unwrapped.cfg, task.arm, env.unwrapped.scenario.trainer,
                                           self.suite.eval_every)  # fmt: skip
         import torch  # loaded by the env already
 

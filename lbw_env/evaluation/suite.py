@@ -35,7 +35,9 @@ from ..config import (
     to_dict,
 )
 from ..control.protocol import Governor, GovernorFactory
+from ..plant.config import hashable_trainer
 from ..scenarios import Scenario, check_scenario_data, get_scenario, load_family, resolve, with_overrides
+from .arms import named_arm
 from .records import RecordKey
 from .stats import reference_of
 
@@ -61,12 +63,19 @@ class Arm:
     trainer_overrides: list[str] = dataclasses.field(default_factory=list)
     """``key=value`` trainer overrides for this arm only, applied after ``env.trainer_overrides``. Clipping
     baselines are ``adamw`` with ``optim.clip_norm=1.0``: clipping is a trainer option, not a governor."""
+    env_overrides: list[str] = dataclasses.field(default_factory=list)
+    """``key=value`` overrides of the suite's ``env`` for this arm only (e.g. ``envelope.auto_rollback=true``:
+    AdamW with the envelope's rollback). Part of the config hash through the env config they make; none leaves
+    the hash of an arm as it was before arms had them."""
 
     def validate(self) -> None:
         """Default the label to the governor spec (bare arms in YAML), then check the spec."""
         if not self.label:
             self.label = self.governor
         check(bool(self.governor), "governor", "a non-empty governor spec", self.governor)
+        keys = set(parse_overrides(self.env_overrides))
+        for key in ("scenarios", "trainer_overrides"):
+            check(key not in keys, "env_overrides", f"no {key} (set it elsewhere: trainer_overrides)", key)
 
 
 @dataclasses.dataclass
@@ -81,7 +90,9 @@ class SuiteConfig:
     """Scenario specs for ``scenarios.resolve``: ``family/name``, ``family`` (all of it), ``family:train``,
     ``family:val`` or ``family:test``. Family specs pick up whatever scenarios the family file has."""
     arms: list[Arm] = dataclasses.field(default_factory=lambda: [Arm("adamw", "adamw"), Arm("lbw_guard", "lbw_guard")])
-    """Arms to compare. In YAML an arm may be a bare governor spec (``lbw_guard``: label = spec)."""
+    """Arms to compare. In YAML an arm may be a bare string: a named baseline arm (``adamw_warmup``, ``zclip``,
+    ``prodigy`` ...: :data:`~lbw_env.evaluation.arms.NAMED_ARMS`) or else a governor spec (``lbw_guard``: label =
+    spec)."""
     seeds: int = 3
     """Seeds per (scenario, arm): ``reset(seed=s)`` for s in 0..seeds-1. Arms share seeds, so they are paired:
     same initialisation, same batches, same faults."""
@@ -117,16 +128,21 @@ class SuiteConfig:
         check("scenarios" not in self.env, "env.scenarios", "nothing: scenarios are set at the top level", "a value")
         self.env_config([])  # raises ConfigError naming env.<key>
 
-    def env_config(self, extra_overrides: Sequence[str] = ()) -> EnvConfig:
-        """The :class:`~lbw_env.env.EnvConfig` of this suite, with an arm's trainer overrides appended."""
+    def env_config(self, extra_overrides: Sequence[str] = (), env_overrides: Sequence[str] = ()) -> EnvConfig:
+        """The :class:`~lbw_env.env.EnvConfig` of this suite, with an arm's trainer overrides appended and its
+        env overrides applied."""
         # Imported here, not at the top: lbw_env.env loads torch, and reading suites or writing a report from
         # existing records (``import lbw_env.evaluation``) should not.
         from ..env import EnvConfig
 
-        data = dict(self.env)
+        data = deep_merge(dict(self.env), parse_overrides(env_overrides)) if env_overrides else dict(self.env)
         data["scenarios"] = list(self.scenarios)
         data["trainer_overrides"] = [*(data.get("trainer_overrides") or []), *extra_overrides]
         return from_dict(EnvConfig, data, "env")
+
+    def arm_env(self, arm: Arm) -> EnvConfig:
+        """The env config ``arm`` runs in: the suite's, with the arm's trainer and env overrides."""
+        return self.env_config(arm.trainer_overrides, arm.env_overrides)
 
 
 def suites_dir() -> Path:
@@ -150,11 +166,17 @@ def suite_path(spec: str | os.PathLike[str]) -> Path:
     raise ConfigError(f"suite {str(spec)!r}: no such file or suite; expected a path or one of {available_suites()}")
 
 
+def _bare_arm(name: str) -> dict[str, Any]:
+    """A bare string in ``arms``: a named baseline arm (:data:`~.arms.NAMED_ARMS`), else a governor spec."""
+    return named_arm(name) or {"label": name, "governor": name}
+
+
 def _normalise_arms(data: dict[str, Any]) -> dict[str, Any]:
-    """Bare governor specs in ``arms`` (``[adamw, lbw_guard]``) become ``{label: spec, governor: spec}``."""
+    """Bare strings in ``arms`` (``[adamw, adamw_warmup, lbw_guard]``) become arm mappings: a named arm's, or
+    ``{label: spec, governor: spec}`` for a governor spec."""
     arms = data.get("arms")
     if isinstance(arms, list):
-        data["arms"] = [{"label": a, "governor": a} if isinstance(a, str) else a for a in arms]
+        data["arms"] = [_bare_arm(a) if isinstance(a, str) else a for a in arms]
     return data
 
 
@@ -214,9 +236,13 @@ class Plan:
 
 
 def task_hash(env_cfg: Any, arm: Arm, trainer_cfg: Any, eval_every: int) -> str:
-    """What decides a record's content: a record whose hash differs was made by another configuration."""
+    """What decides a record's content: a record whose hash differs was made by another configuration.
+
+    ``env_cfg`` is the env the arm runs in (:meth:`SuiteConfig.arm_env`). Trainer fields added after records were
+    first committed are left out while they hold the value that reproduces the old runs
+    (:data:`~lbw_env.plant.config.LATER_FIELDS`), so that adding a field leaves committed records valid."""
     env = {k: v for k, v in to_dict(env_cfg).items() if k not in ("scenarios", "trainer_overrides")}
-    return stable_hash(env, arm.governor, to_dict(trainer_cfg), eval_every)
+    return stable_hash(env, arm.governor, hashable_trainer(to_dict(trainer_cfg)), eval_every)
 
 
 def import_modules(names: Iterable[str]) -> None:
@@ -319,10 +345,9 @@ def prepare(suite: SuiteConfig, make_governor: GovernorFactory) -> Plan:
     try:
         import_modules(suite.imports)
         scenarios = list({s.name: s for s in resolve(suite.scenarios)}.values())  # deduplicated, in order
-        base_env = suite.env_config()
         hashes: dict[RecordKey, str] = {}
         for arm in suite.arms:
-            env_cfg = suite.env_config(arm.trainer_overrides)
+            env_cfg = suite.arm_env(arm)
             check_governor_fits(arm, make_arm_governor(arm, env_cfg.envelope, make_governor), env_cfg)
             for s in scenarios:
                 try:
@@ -331,7 +356,7 @@ def prepare(suite: SuiteConfig, make_governor: GovernorFactory) -> Plan:
                     raise ConfigError(
                         f"arm {arm.label!r}: trainer overrides {env_cfg.trainer_overrides}: {e}"
                     ) from None
-                h = task_hash(base_env, arm, trainer, suite.eval_every)
+                h = task_hash(env_cfg, arm, trainer, suite.eval_every)
                 for seed in range(suite.seeds):
                     hashes[(s.name, arm.label, seed)] = h
         for key, name in suite.reference.items():
