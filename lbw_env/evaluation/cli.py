@@ -14,6 +14,7 @@ from typing import Any
 
 from ..config import ConfigError
 from ..scenarios import families, load_family
+from .arms import NAMED_ARMS
 from .readme import write_suite_file
 from .records import RECORDS_FILE
 from .report import ReportFiles, write_report
@@ -23,7 +24,8 @@ from .tables import short_table
 
 
 def listing(governors: Sequence[str]) -> str:
-    """``--list``: suites (with their descriptions), governor names, scenario families with their splits."""
+    """``--list``: suites (with their descriptions), governor names, named arms, scenario families with their
+    splits."""
     out = [f"Suites ({suites_dir()}):"]
     for name in available_suites():
         try:
@@ -36,6 +38,8 @@ def listing(governors: Sequence[str]) -> str:
         "  " + ", ".join(governors) + "  (ppo/a2c/sac/recurrent_ppo take :<governor folder>, e.g. "
         "ppo:runs/<run>/best_model; an SB3 .zip only with --trust-pickle)"
     )
+    out += ["", "Named arms (a bare string in a suite's arms:, or --governors; lbw_env/evaluation/arms.py):"]
+    out.append("  " + ", ".join(NAMED_ARMS))
     out += ["", "Scenarios (spec: family, family:train, family:val, family:test or family/name):"]
     for family in families():
         try:
