@@ -222,8 +222,9 @@ def test_bases_must_be_continuous_rules() -> None:
 
 
 def test_train_policy_trains_a_residual_governor_and_saves_its_base(lbw: None, tmp_path: Path) -> None:
-    """``residual.base: lbw_guard`` through the command line: the policy acts in the correction space, the run's
-    governor files name their base and load as residual governors; without the factory, train() refuses."""
+    """``residual.base: lbw_guard`` through the command line, with the return relative to the guard and a warm
+    start: the policy acts in the correction space, the run's governor files name their base and load as
+    residual governors; without the factory, train() refuses."""
     import yaml
 
     import train_policy
@@ -233,6 +234,8 @@ def test_train_policy_trains_a_residual_governor_and_saves_its_base(lbw: None, t
         "env": {"decision_interval": 4, "trainer_overrides": ["optim.steps=16", "base_steps=8", "data.eval_blocks=4"]},
         "hyperparams": {"n_steps": 8, "batch_size": 16, "n_epochs": 2, "policy_kwargs": {"net_arch": [16]}},
         "residual": {"base": "lbw_guard"},
+        "objective": {"end_is_terminal": True, "relative_to": "lbw_guard", "seeds": 2, "correction_penalty": 0.01},
+        "warm_start": {"episodes": 1, "bc_epochs": 0, "value_epochs": 2},
         "total_timesteps": 16,
         "n_envs": 2,
         "vec_env": "dummy",
@@ -248,9 +251,30 @@ def test_train_policy_trains_a_residual_governor_and_saves_its_base(lbw: None, t
         learning.train(learning.load_config(config, [f"run_dir={tmp_path / 'other'}"]))
     assert not (tmp_path / "other").exists()
     assert train_policy.main(["--config", str(config)]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["warm_start"]["teacher"] == "the residual base (zero correction)"
+    # The warm start's policy is the base exactly: BC has nothing to do, the output layer is still zero.
+    assert summary["warm_start"]["imitation_loss_before"] == 0.0
     for name in ("best_model", "final/model"):
         governor = make_governor(f"ppo:{tmp_path / 'run' / name}")
         assert isinstance(governor, ResidualGovernor) and governor.config.base == "lbw_guard"
         assert governor.learned.action_space == lr.correction_space()  # type: ignore[union-attr]
     with pytest.raises(ConfigError, match=r"residual\.base: a residual correction needs continuous actions"):
         learning.load_config(config, ["env.envelope.action_mode=discrete"])
+
+
+def test_the_correction_penalty_is_taken_off_the_reward() -> None:
+    class Stub(gym.Env[np.ndarray, np.ndarray]):
+        observation_space = SETTINGS.observation_space()
+        action_space = SETTINGS.action_space()
+
+        def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+            return np.zeros(self.observation_space.shape, np.float32), {}
+
+        def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+            return np.zeros(self.observation_space.shape, np.float32), 1.0, False, False, {}
+
+    env = lr.ResidualActions(Stub(), lr.make_base(RESIDUAL, SETTINGS.envelope, make_governor), RESIDUAL, 0.25)
+    env.reset()
+    _, reward, _, _, info = env.step(np.array([1.0, -1.0], dtype=np.float32))
+    assert reward == 1.0 - 0.25 * 2 and info["residual"] == {"correction": [1.0, -1.0], "penalty": -0.5}

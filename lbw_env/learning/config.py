@@ -32,6 +32,7 @@ from lbw_env.scenarios import check_scenario_data, require_not_test, resolve, wi
 
 from .algos import algo_class, check_hyperparams
 from .artifacts import run_dir_of_checkpoint
+from .objective import ObjectiveConfig
 from .residual import ResidualConfig
 
 if TYPE_CHECKING:
@@ -161,6 +162,9 @@ class TrainConfig:
     """Residual governor: ``residual.base`` names the rule the policy corrects (``lbw_guard`` ...), within
     ``lr_bound`` / ``gate_bound``; the policy's output layer starts at zero, so training starts at the base.
     Empty base (the default): the policy acts alone."""
+    objective: ObjectiveConfig = dataclasses.field(default_factory=ObjectiveConfig)
+    """What the learner maximises (:mod:`.objective`): the budget's end as terminal, a terminal-only reward, a
+    return relative to a rule's run on the same scenario and seed, a cost on a residual correction."""
     warm_start: WarmStartConfig = dataclasses.field(default_factory=WarmStartConfig)
     """Behaviour cloning of a rule and a pre-fit critic before RL (``warm_start.episodes`` > 0)."""
     max_minutes: float = 0.0

@@ -46,6 +46,7 @@ from .artifacts import (
 )
 from .callbacks import HeldOutEvalCallback, SaveVecNormalizeCallback, TelemetryCallback, WallClockLimit
 from .config import TrainConfig, check_data
+from .objective import relative_base
 from .plots import plot_learning_curve
 from .policy_file import save_policy_file
 from .residual import make_base, zero_correction
@@ -93,6 +94,8 @@ def train(cfg: TrainConfig, make_governor: GovernorFactory | None = None) -> Tra
         make_base(cfg.residual, cfg.env_config().envelope, make_governor)
     if cfg.warm_start.episodes:  # ... and so does the teacher
         teacher_of(cfg, make_governor)
+    if cfg.objective.relative_to:  # ... and the rule the return is measured against
+        relative_base(cfg.objective, cfg.env_config().envelope, make_governor)
     created = not run.root.exists()
     run.root.mkdir(parents=True, exist_ok=True)
     try:

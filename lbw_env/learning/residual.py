@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import gymnasium as gym
 import numpy as np
 
 from lbw_env.config import ConfigError, check
-from lbw_env.control.envelope import EnvelopeConfig
 from lbw_env.control.protocol import GovernorFactory
+
+if TYPE_CHECKING:  # the envelope loads torch; configs are read without it
+    from lbw_env.control.envelope import EnvelopeConfig
 
 CORRECTION_SIZE = 2
 """Corrected action components: the LR move and the skip gate (a rollback stays the base's decision)."""
@@ -125,13 +127,15 @@ class ResidualActions(gym.Wrapper):
 
     The base reads the raw observation (the policy may see it normalised further up the stack); each ``step``
     asks it for its action on the last observation, composes the correction in, and sends the result.
-    ``info["residual"]`` holds the correction that was applied (after NaN -> 0 and clipping to [-1, 1]).
+    ``info["residual"]`` holds the correction that was applied (after NaN -> 0 and clipping to [-1, 1]) and its
+    cost: ``penalty * |c|^2`` is taken off the reward (``objective.correction_penalty``).
     """
 
-    def __init__(self, env: gym.Env, base: CorrectableGovernor, cfg: ResidualConfig) -> None:
+    def __init__(self, env: gym.Env, base: CorrectableGovernor, cfg: ResidualConfig, penalty: float = 0.0) -> None:
         super().__init__(env)
         self.base = base
         self.cfg = cfg
+        self.penalty = penalty
         self.action_space = correction_space()
         self._obs: np.ndarray | None = None
         self._start = True
@@ -149,8 +153,9 @@ class ResidualActions(gym.Wrapper):
         self._start = False
         obs, reward, terminated, truncated, info = self.env.step(composed)
         self._obs = obs
-        info["residual"] = {"correction": correction.tolist()}
-        return obs, float(reward), terminated, truncated, info
+        cost = -self.penalty * float(np.sum(np.square(correction)))
+        info["residual"] = {"correction": correction.tolist(), "penalty": cost}
+        return obs, float(reward) + cost, terminated, truncated, info
 
 
 def clean_correction(action: Any) -> np.ndarray:

@@ -30,6 +30,7 @@ from lbw_env.control.protocol import GovernorFactory
 from .algos import discount
 from .artifacts import own_vecnormalize
 from .config import TrainConfig
+from .objective import ObjectiveConfig, objective_env
 from .residual import ResidualActions, ResidualConfig, make_base
 
 
@@ -38,20 +39,26 @@ def make_env(
     episodes: Sequence[tuple[str, int]] | None = None,
     residual: ResidualConfig | None = None,
     make_governor: GovernorFactory | None = None,
+    objective: ObjectiveConfig | None = None,
+    training: bool = True,
     **kwargs: Any,
 ) -> gym.Env:
-    """``gymnasium.make(env_id, **kwargs)``, wrapped in :class:`FixedEpisodes` when ``episodes`` are given, and
-    in :class:`~.residual.ResidualActions` over the base ``make_governor`` builds when ``residual`` names one.
+    """``gymnasium.make(env_id, **kwargs)`` under :class:`~.objective.Objective` when ``objective`` changes the
+    reward (``training``: whether its seed cycling applies), wrapped in :class:`FixedEpisodes` when ``episodes``
+    are given, and in :class:`~.residual.ResidualActions` over the base ``make_governor`` builds when
+    ``residual`` names one.
 
     ``kwargs`` are :class:`~lbw_env.env.EnvConfig` keys; they are merged over the id's registered config, so
     the id's scenario pool stays unless ``scenarios`` is given.
     """
     env = gym.make(env_id, **kwargs)
+    if objective is not None:
+        env = objective_env(env, objective, make_governor, lambda: gym.make(env_id, **kwargs), training)
     if episodes:
         env = FixedEpisodes(env, episodes)
     if residual is not None and residual.enabled:
         base = make_base(residual, env.unwrapped.cfg.envelope, make_governor)  # type: ignore[attr-defined]
-        env = ResidualActions(env, base, residual)
+        env = ResidualActions(env, base, residual, objective.correction_penalty if objective else 0.0)
     return env
 
 
@@ -103,18 +110,21 @@ def make_vec_env(
         make_env,
         n_envs=cfg.n_envs,
         seed=seed,
-        env_kwargs={"env_id": cfg.env_id, **residual_kwargs(cfg, make_governor), **cfg.env_kwargs()},
+        env_kwargs={"env_id": cfg.env_id, **wrapper_kwargs(cfg, make_governor), **cfg.env_kwargs()},
         monitor_dir=str(monitor_dir) if monitor_dir is not None else None,
         monitor_kwargs={"override_existing": not append_monitor},
         vec_env_cls=vec_cls,
     )
 
 
-def residual_kwargs(cfg: TrainConfig, make_governor: GovernorFactory | None) -> dict[str, Any]:
-    """The :func:`make_env` arguments of a residual governor's env (none for a policy that acts alone)."""
-    if not cfg.residual.enabled:
-        return {}
-    return {"residual": cfg.residual, "make_governor": make_governor}
+def wrapper_kwargs(cfg: TrainConfig, make_governor: GovernorFactory | None, training: bool = True) -> dict[str, Any]:
+    """The :func:`make_env` arguments of the objective and of a residual governor's correction."""
+    out: dict[str, Any] = {"make_governor": make_governor, "training": training}
+    if cfg.objective.active:
+        out["objective"] = cfg.objective
+    if cfg.residual.enabled:
+        out["residual"] = cfg.residual
+    return out
 
 
 def make_training_env(
@@ -159,7 +169,7 @@ def make_eval_env(
     reported raw (``norm_reward=False``), so evaluation returns are in nats of loss.
     """
     episodes = cfg.eval_episodes()
-    kwargs = {**residual_kwargs(cfg, make_governor), **cfg.env_kwargs()}
+    kwargs = {**wrapper_kwargs(cfg, make_governor, training=False), **cfg.env_kwargs()}
     kwargs["scenarios"] = list(dict.fromkeys(name for name, _ in episodes))
     monitor_dir.mkdir(parents=True, exist_ok=True)
 

@@ -34,7 +34,7 @@ from lbw_env.control.protocol import Governor, GovernorFactory
 
 from .algos import discount
 from .config import TrainConfig, WarmStartConfig
-from .vec_env import make_env, residual_kwargs
+from .vec_env import make_env, wrapper_kwargs
 
 
 @dataclasses.dataclass
@@ -243,7 +243,7 @@ def teacher_of(cfg: TrainConfig, make_governor: GovernorFactory | None) -> Gover
 def run_warm_start(model: Any, vecnormalize: Any, cfg: TrainConfig, make_governor: GovernorFactory | None) -> dict:
     """:func:`warm_start` of a training run: the teacher on the training pool, in one in-process env."""
     teacher = teacher_of(cfg, make_governor)
-    env = make_env(cfg.env_id, None, **residual_kwargs(cfg, make_governor), **cfg.env_kwargs())
+    env = make_env(cfg.env_id, None, **wrapper_kwargs(cfg, make_governor), **cfg.env_kwargs())
     try:
         return warm_start(model, vecnormalize, env, teacher, cfg.warm_start, discount(cfg.algo, cfg.hyperparams))
     finally:
