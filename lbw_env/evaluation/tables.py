@@ -92,7 +92,9 @@ def _scenario_label(cell: Cell, with_model: bool) -> str:
 def _ordered_scenarios(cells: Sequence[Cell]) -> list[str]:
     """Scenarios that are some scenario's tuned yardstick first, then by learning rate, then in run order."""
     order = {name: i for i, name in enumerate(dict.fromkeys(c.scenario for c in cells))}
-    by_name = {c.scenario: c for c in cells}
+    by_name: dict[str, Cell] = {}
+    for c in cells:  # the first arm's cell, as the tables' LR column: later arms may set their own LR (prodigy: 1.0)
+        by_name.setdefault(c.scenario, c)
     refs = {c.tuned.scenario for c in cells if c.tuned is not None}
 
     def key(s: str) -> tuple[bool, float, int]:
