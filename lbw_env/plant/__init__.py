@@ -2,6 +2,8 @@
 
 ``config`` (what to train) -> ``data`` (WikiText -> tokens -> seeded batches) and ``models`` (presets,
 ``from_pretrained``, LoRA) -> ``trainer.Plant.step(control)``, whose optimizer step goes through
-``optimizer.GovernedOptimizer`` (telemetry, true skip, LR scale) and whose snapshots are ``state.TrainState``.
+``optimizer.GovernedOptimizer`` (telemetry, true skip, LR scale) over the optimizer ``optimizers`` builds
+(AdamW, Prodigy, D-Adaptation, Schedule-Free), with ``clipping.ZClip`` as an adaptive clipper, and whose snapshots
+are ``state.TrainState``.
 Nothing here knows about governors, observations or rewards.
 """
