@@ -32,6 +32,7 @@ from lbw_env.scenarios import check_scenario_data, require_not_test, resolve, wi
 
 from .algos import algo_class, check_hyperparams
 from .artifacts import run_dir_of_checkpoint
+from .distribution import DistributionConfig
 from .objective import ObjectiveConfig
 from .residual import ResidualConfig
 
@@ -166,6 +167,9 @@ class TrainConfig:
     """What the learner maximises (:mod:`.objective`): the budget's end as terminal, a terminal-only reward, a
     return relative to a rule's run on the same scenario and seed, a cost on a residual correction."""
     warm_start: WarmStartConfig = dataclasses.field(default_factory=WarmStartConfig)
+    distribution: DistributionConfig = dataclasses.field(default_factory=DistributionConfig)
+    """Sampled training scenarios (``distribution.scenarios`` > 0): they replace ``env.scenarios`` as the pool,
+    written to ``<run>/train_distribution.yaml``."""
     """Behaviour cloning of a rule and a pre-fit critic before RL (``warm_start.episodes`` > 0)."""
     max_minutes: float = 0.0
     """Wall-clock budget of the training loop in minutes (0: none). When it is spent, training stops early and the

@@ -46,6 +46,7 @@ from .artifacts import (
 )
 from .callbacks import HeldOutEvalCallback, SaveVecNormalizeCallback, TelemetryCallback, WallClockLimit
 from .config import TrainConfig, check_data
+from .distribution import write_family
 from .objective import relative_base
 from .plots import plot_learning_curve
 from .policy_file import save_policy_file
@@ -99,6 +100,7 @@ def train(cfg: TrainConfig, make_governor: GovernorFactory | None = None) -> Tra
     created = not run.root.exists()
     run.root.mkdir(parents=True, exist_ok=True)
     try:
+        cfg = with_distribution(cfg, run)
         episodes = cfg.eval_episodes()
         run.write_config(to_dict(cfg), to_dict(cfg.env_config()), episodes)
         # A resumed segment seeds its envs differently, so that it does not replay the first segment's episodes.
@@ -140,6 +142,14 @@ def train(cfg: TrainConfig, make_governor: GovernorFactory | None = None) -> Tra
             eval_env.close()
         if not learning:
             _remove_failed_start(run.root, created)
+
+
+def with_distribution(cfg: TrainConfig, run: RunFolder) -> TrainConfig:
+    """``cfg`` with its sampled training scenarios (written into the run folder) as the env's pool."""
+    if not cfg.distribution.enabled:
+        return cfg
+    path = write_family(cfg.distribution, (run.root / "train_distribution.yaml").resolve())
+    return dataclasses.replace(cfg, env={**cfg.env, "scenarios": [f"{path}:train"]})
 
 
 def _remove_failed_start(root: Path, created: bool) -> None:

@@ -1,0 +1,108 @@
+"""The sampled training distribution: seeded, train split only, LR multiples over 1x–100x, both regimes and every
+fault kind; an env runs its scenarios; test scenarios cannot be templates; a training run trains on it."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import yaml
+
+from lbw_env.config import ConfigError, from_dict
+from lbw_env.learning.distribution import FAULT_KINDS, DistributionConfig, sample_family, write_family
+from lbw_env.scenarios import get_scenario, resolve
+
+
+@pytest.fixture(scope="module")
+def lbw(shared_data: Path, lbw_cache: Path, torch_threads: None) -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LBW_DATA_DIR", str(shared_data))
+        yield
+
+
+def test_the_family_is_seeded_train_only_and_covers_the_ranges(tmp_path: Path) -> None:
+    cfg = DistributionConfig(scenarios=64, seed=3, family="test_sampled_a")
+    assert sample_family(cfg) == sample_family(cfg)
+    assert sample_family(cfg) != sample_family(dataclasses_replace(cfg, seed=4))
+    path = write_family(cfg, tmp_path / "family.yaml")
+    scenarios = resolve([f"{path}:train"])
+    assert len(scenarios) == 64 and {s.split for s in scenarios} == {"train"}
+    ref, ft = get_scenario("tiny/ref").trainer.optim.lr, get_scenario("tiny/ft_ref").trainer.optim.lr
+    multiples = []
+    for s in scenarios:
+        base = ft if s.trainer.regime == "finetune" else ref
+        multiples.append(s.trainer.optim.lr / base)
+    assert min(multiples) >= 1.0 and max(multiples) <= 100.0 + 1e-9
+    logs = np.log(multiples)  # log-uniform: every third of the log range is hit
+    assert all(np.any((logs >= a) & (logs < a + math.log(100) / 3)) for a in np.arange(3) * math.log(100) / 3)
+    assert {s.trainer.regime for s in scenarios} == {"scratch", "finetune"}
+    kinds = {f.kind for s in scenarios for f in s.trainer.faults}
+    assert kinds == set(FAULT_KINDS)
+    steps = scenarios[0].trainer.optim.steps
+    assert all(f.start >= 0 and f.start + f.length <= steps for s in scenarios for f in s.trainer.faults)
+
+
+def dataclasses_replace(cfg: DistributionConfig, **changes: object) -> DistributionConfig:
+    import dataclasses
+
+    return dataclasses.replace(cfg, **changes)
+
+
+def test_templates_cannot_be_test_scenarios() -> None:
+    with pytest.raises(ConfigError, match=r"distribution\.scratch: .*test"):
+        from_dict(DistributionConfig, {"scenarios": 4, "scratch": "tiny/high_lr20"}, "distribution")
+    with pytest.raises(ConfigError, match=r"lr_multiple: expected \[low, high\]"):
+        from_dict(DistributionConfig, {"lr_multiple": [10, 1]})
+
+
+def test_an_env_runs_the_sampled_scenarios(lbw: None, tmp_path: Path) -> None:
+    path = write_family(DistributionConfig(scenarios=4, family="test_sampled_b"), tmp_path / "f.yaml")
+    env = gym.make(
+        "LBW/WikiText-Tiny-v0",
+        scenarios=[f"{path}:train"],
+        decision_interval=4,
+        trainer_overrides=["optim.steps=8", "data.eval_blocks=2", "base_steps=8"],
+    )
+    seen = set()
+    for seed in range(3):
+        _, info = env.reset(seed=seed)
+        seen.add(info["scenario"])
+        done = False
+        while not done:
+            _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+            done = terminated or truncated
+    assert seen <= {f"test_sampled_b/s{i:03d}" for i in range(4)}
+    env.close()
+
+
+def test_a_training_run_trains_on_the_sampled_family(lbw: None, tmp_path: Path) -> None:
+    import train_policy
+
+    data = {
+        "env": {"decision_interval": 4, "trainer_overrides": ["optim.steps=16", "base_steps=8", "data.eval_blocks=4"]},
+        "hyperparams": {"n_steps": 8, "batch_size": 16, "n_epochs": 1, "policy_kwargs": {"net_arch": [16]}},
+        "distribution": {"scenarios": 6, "family": "test_sampled_c"},
+        "total_timesteps": 16,
+        "n_envs": 2,
+        "vec_env": "dummy",
+        "eval": {"scenarios": ["tiny/high_lr"], "seeds": 1, "eval_freq": 0},
+        "checkpoint_freq": 0,
+        "progress_bar": False,
+        "verbose": 0,
+        "run_dir": str(tmp_path / "run"),
+    }
+    config = tmp_path / "ppo.yaml"
+    config.write_text(yaml.safe_dump(data))
+    assert train_policy.main(["--config", str(config)]) == 0
+    run = tmp_path / "run"
+    family = run / "train_distribution.yaml"
+    assert family.is_file()
+    env = yaml.safe_load((run / "env.yaml").read_text())["train"]
+    assert env["scenarios"] == [f"{family.resolve()}:train"]
+    monitor = (run / "monitor" / "0.monitor.csv").read_text()
+    assert json.loads(monitor.splitlines()[0][1:])  # a monitored run happened
