@@ -87,6 +87,7 @@ def test_behaviour_cloning_lowers_the_imitation_loss_on_held_out_rule_rollouts(
     with torch.no_grad():
         bc_after = float(ws.imitation_loss(policy, norm(held_out), held_out.actions))
         v_after = float(ws.value_loss(policy, norm(held_out), targets(held_out)))
+    print(f"\nheld out: imitation loss {bc_before:.4f} -> {bc_after:.4f}, value loss {v_before:.4f} -> {v_after:.4f}")
     assert history[-1] < history[0]
     # Held out: at least a halving of the squared action error, and a better critic than a cold one.
     assert bc_after < 0.5 * bc_before, (bc_before, bc_after)
