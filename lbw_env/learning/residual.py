@@ -49,7 +49,7 @@ class ResidualConfig:
     while the base holds the scale still reaches any scale the envelope allows."""
     gate_bound: float = 0.5
     """Largest correction of the skip gate's position (its action range is 2 wide, "never" at the top): 0.5
-    moves a 6-sigma gate by about 1.6 sigma, and can switch "never skip" to a gate of about 6.8 sigma."""
+    moves a 6-sigma gate by about 1.6 sigma, and can switch "never skip" to a gate of about 6.7 sigma."""
 
     @property
     def enabled(self) -> bool:
