@@ -216,7 +216,7 @@ def test_sigkill_then_resume_continues_steps_logs_and_monitor(lbw: None, tmp_pat
         small_config(run, total_timesteps=4000, vec_env="subproc", eval={"seeds": 1, "eval_freq": 0}),
     )
     cmd = [sys.executable, str(REPO / "train_policy.py"), "--config", str(config)]
-    first = run / "checkpoints" / "model_vecnormalize_16_steps.pkl"  # written after model_16_steps.zip
+    first = run / "checkpoints" / "model_16_steps.zip"  # written last (atomically): the checkpoint is complete
     with open(tmp_path / "first.log", "wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -234,10 +234,8 @@ def test_sigkill_then_resume_continues_steps_logs_and_monitor(lbw: None, tmp_pat
     checkpoints = sorted(run.glob("checkpoints/model_*_steps.zip"), key=lambda p: int(p.stem.split("_")[1]))
     checkpoint = checkpoints[-1]
     steps = int(checkpoint.stem.split("_")[1])
-    stats = run / "checkpoints" / f"model_vecnormalize_{steps}_steps.pkl"
-    if not stats.is_file():  # killed between the zip and its statistics: the one before is complete
-        checkpoint = checkpoints[-2]
-        steps = int(checkpoint.stem.split("_")[1])
+    # Statistics are written (atomically) before their model: the newest model's are complete, whenever the kill.
+    assert (run / "checkpoints" / f"model_vecnormalize_{steps}_steps.pkl").is_file()
     monitor_before = monitor_rows(run / "monitor" / "0.monitor.csv")
 
     # Resume in this process, with the run's own config.yaml and a budget of 32 more decisions.

@@ -193,15 +193,19 @@ def save_vecnormalize(venv: Any, path: Path) -> None:
         venv.save(str(tmp))
 
 
-def save_checkpoint(model: Any, folder: Path, prefix: str = CHECKPOINT_PREFIX) -> Path:
-    """Save model (+ VecNormalize, + replay buffer) with SB3 ``CheckpointCallback``'s file names."""
+def save_checkpoint(model: Any, folder: Path, prefix: str = CHECKPOINT_PREFIX, replay_buffer: bool = True) -> Path:
+    """Save model (+ VecNormalize, + replay buffer) with SB3 ``CheckpointCallback``'s file names, every file
+    atomically and the model last: a crash while saving leaves no checkpoint whose companions are missing or
+    half-written (a resume picks the newest model file, and its statistics are then complete)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = checkpoint_path(folder, model.num_timesteps, prefix)
-    model.save(str(path))
     vn = model.get_vec_normalize_env()
     if vn is not None:
-        vn.save(str(own_vecnormalize(path)))
+        save_vecnormalize(vn, own_vecnormalize(path))
     buffer = replay_buffer_path(path)
-    if getattr(model, "replay_buffer", None) is not None and buffer is not None:
-        model.save_replay_buffer(str(buffer))
+    if replay_buffer and getattr(model, "replay_buffer", None) is not None and buffer is not None:
+        with atomic_path(buffer) as tmp:
+            model.save_replay_buffer(str(tmp))
+    with atomic_path(path) as tmp:
+        model.save(str(tmp))
     return path

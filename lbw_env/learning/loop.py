@@ -234,7 +234,7 @@ def _eval_callback(cfg: TrainConfig, eval_env: VecNormalize, n_episodes: int, se
 def _checkpoint_callbacks(cfg: TrainConfig, run: RunFolder) -> list[BaseCallback]:
     if not cfg.checkpoint_freq:
         return []
-    checkpoints = CheckpointCallback(
+    checkpoints = AtomicCheckpointCallback(
         _per_env(cfg, cfg.checkpoint_freq),
         str(run.checkpoints),
         name_prefix=CHECKPOINT_PREFIX,
@@ -242,6 +242,19 @@ def _checkpoint_callbacks(cfg: TrainConfig, run: RunFolder) -> list[BaseCallback
         save_vecnormalize=True,
     )
     return [checkpoints]
+
+
+class AtomicCheckpointCallback(CheckpointCallback):
+    """SB3's ``CheckpointCallback`` (same frequency, same file names) saving through :func:`save_checkpoint`:
+    SB3 writes the model, then its statistics, each in place, so a crash in between (or mid-file) left a newest
+    checkpoint whose ``vecnormalize.pkl`` was missing or truncated, and resuming from it failed."""
+
+    def _on_step(self) -> bool:
+        if self.n_calls % self.save_freq == 0:
+            path = save_checkpoint(self.model, Path(self.save_path), self.name_prefix, self.save_replay_buffer)
+            if self.verbose >= 2:
+                print(f"Saving model checkpoint to {path}")
+        return True
 
 
 def _learn(
