@@ -103,7 +103,7 @@ class NormPlan:
             torch.stack(_flat_norms([tensors[i] for i in self.flat]), out=flat_out)
             return
         # On the CPU the multi-tensor norm is this loop in C++ plus a 0-d tensor per norm and their stack; each norm
-        # straight into its element is the same kernel call without those (-65 us a step on qwen2-tiny, caches cold).
+        # straight into its element is the same kernel call without those (qwen2-tiny's 25, caches cold: 225 -> 160 us).
         dtype = self.dtype
         for i, out in zip(self.flat, flat_items):
             torch.linalg.vector_norm(tensors[i], dtype=dtype, out=out)
@@ -193,7 +193,7 @@ class UpdateBuffer:
                 run = buffer[run_offset:offset].view(-1, n)
                 chunk.blocks[-1] = (run, self.norms[0, run_row:row], self.norms[1, run_row:row])
         # Optimizers update the parameters in list order, so the last ones are still in cache after the step:
-        # measure their chunks first (-50 us a step on qwen2-tiny, where the first chunk is the embedding).
+        # measure their chunks first (about -50 us a step on qwen2-tiny, whose first chunk is the embedding).
         self.chunks.sort(key=lambda c: -c.last)
         self.params = [params[i] for i in layout]
         self.views = [buffer[start[i] : start[i] + params[i].numel()].view(params[i].shape) for i in layout]
