@@ -20,6 +20,16 @@ GovernorBuilder = Callable[[EnvelopeConfig, str], Governor]
 """A registry entry: ``(envelope, argument) -> Governor``; the argument is what follows ``name:`` in a spec."""
 
 
+def one_environment(observation: np.ndarray, who: str) -> tuple[np.ndarray, bool]:
+    """The one observation of a ``predict`` call and whether it came batched (SB3's ``(n_envs, dim)``): governors
+    that keep per-episode memory refuse several environments at once, with one line naming ``who``."""
+    obs = np.asarray(observation)
+    batched = obs.ndim == 2
+    if batched and obs.shape[0] != 1:
+        raise ValueError(f"{who} keep per-episode memory: give them one environment at a time")
+    return (obs[0] if batched else obs), batched
+
+
 class ActionCodec:
     """Turns a rule governor's intent (target LR scale, skip gate) into an action of the env's space.
 
@@ -113,12 +123,8 @@ class RuleGovernor:
         episode_start: np.ndarray | None = None,
         deterministic: bool = False,
     ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
-        obs = np.asarray(observation)
-        batched = obs.ndim == 2
-        rows = obs if batched else obs[None]
-        if batched and rows.shape[0] != 1:
-            raise ValueError("rule governors keep per-episode memory: give them one environment at a time")
-        action = self.respond(rows[0], episode_start)
+        row, batched = one_environment(observation, "rule governors")
+        action = self.respond(row, episode_start)
         return (action[None] if batched else action), state
 
     def respond(

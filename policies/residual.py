@@ -25,7 +25,7 @@ from lbw_env.control.envelope import Envelope, EnvelopeConfig
 from lbw_env.control.protocol import Governor, GovernorFactory
 from lbw_env.learning.residual import ResidualConfig, clean_correction, make_base
 
-from .base import RuleGovernor
+from .base import RuleGovernor, one_environment
 
 
 class ResidualGovernor:
@@ -82,13 +82,9 @@ class ResidualGovernor:
         episode_start: np.ndarray | None = None,
         deterministic: bool = False,
     ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
-        obs = np.asarray(observation)
-        batched = obs.ndim == 2
-        rows = obs if batched else obs[None]
-        if batched and rows.shape[0] != 1:
-            raise ValueError("residual governors keep per-episode memory: give them one environment at a time")
-        c, state = self.correction(rows[0], state, episode_start, deterministic)
-        action = self.base.respond(rows[0], episode_start, c, self.config.bounds)
+        row, batched = one_environment(observation, "residual governors")
+        c, state = self.correction(row, state, episode_start, deterministic)
+        action = self.base.respond(row, episode_start, c, self.config.bounds)
         return (action[None] if batched else action), state
 
 

@@ -55,6 +55,16 @@ def torch_threads() -> None:
     torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="module")
+def lbw(shared_data: Path, lbw_cache: Path, torch_threads: None) -> Iterator[None]:
+    """The data root as ``$LBW_DATA_DIR`` (scenario configs leave ``data.root`` empty), the session cache and one
+    torch thread, for tests that make envs from ids or scenarios. Set in ``os.environ``, so that vector-env worker
+    and trainer subprocesses inherit them."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LBW_DATA_DIR", str(shared_data))
+        yield
+
+
 @pytest.fixture(scope="session")
 def corpus(shared_data: Path, lbw_cache: Path) -> Any:
     """WikiText-2 train / WikiText-103 valid+test, tokenized with a BPE of ``SMALL_VOCAB``, once per session."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import gymnasium as gym
@@ -16,13 +15,6 @@ import yaml
 from lbw_env.config import ConfigError, from_dict
 from lbw_env.learning.distribution import FAULT_KINDS, DistributionConfig, sample_family, write_family
 from lbw_env.scenarios import get_scenario, resolve
-
-
-@pytest.fixture(scope="module")
-def lbw(shared_data: Path, lbw_cache: Path, torch_threads: None) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LBW_DATA_DIR", str(shared_data))
-        yield
 
 
 def test_the_family_is_seeded_train_only_and_covers_the_ranges(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import re
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,17 +59,6 @@ def shock(start: int, magnitude: float, length: int = 8) -> str:
 # ----------------------------------------------------------------------------------------------------------
 # Fixtures and helpers
 # ----------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def lbw(shared_data: Path, lbw_cache: Path, torch_threads: None) -> Iterator[None]:
-    """The data root as ``$LBW_DATA_DIR`` (scenario configs leave ``data.root`` empty) and the session cache.
-
-    Set in ``os.environ``, so that vector-env worker processes inherit both.
-    """
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LBW_DATA_DIR", str(shared_data))
-        yield
 
 
 def make_env(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,14 +68,6 @@ class Scripted:
         action = self.actions[min(self.i, len(self.actions) - 1)]
         self.i += 1
         return action, state
-
-
-@pytest.fixture(scope="module")
-def lbw(shared_data: Path, lbw_cache: Path, torch_threads: None) -> Iterator[None]:
-    """The data root as ``$LBW_DATA_DIR`` (scenario configs leave ``data.root`` empty) and the session cache."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LBW_DATA_DIR", str(shared_data))
-        yield
 
 
 def compared(records: list[StepRecord]) -> list[dict[str, Any]]:

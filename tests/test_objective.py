@@ -12,8 +12,6 @@ base runs are cached, and the budget's end can be reported as terminal.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,13 +32,6 @@ ENV: dict[str, Any] = {
 }
 ENVELOPE = EnvelopeConfig()
 SEED = 7
-
-
-@pytest.fixture(scope="module")
-def lbw(shared_data: Path, lbw_cache: Path, torch_threads: None) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LBW_DATA_DIR", str(shared_data))
-        yield
 
 
 def governors() -> dict[str, Any]:

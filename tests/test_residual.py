@@ -7,7 +7,6 @@ scale the envelope really applies; files record their base; bad input fails in o
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +32,6 @@ OVERRIDES = ["optim.steps=48", "data.eval_blocks=4", "base_steps=16"]
 ENV: dict[str, Any] = {"decision_interval": 4, "trainer_overrides": OVERRIDES}
 SETTINGS = GovernanceSettings.of(GovernanceConfig(decision_interval=4))
 RESIDUAL = lr.ResidualConfig(base="lbw_guard")
-
-
-@pytest.fixture(scope="module")
-def lbw(shared_data: Path, lbw_cache: Path, torch_threads: None) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LBW_DATA_DIR", str(shared_data))
-        yield
 
 
 class CorrectionSpaces(gym.Env[np.ndarray, np.ndarray]):

@@ -15,7 +15,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +25,6 @@ import lbw_env  # noqa: F401  (registers the ids, as a user script does)
 from lbw_env.render import FRAME_HEIGHT, FRAME_WIDTH
 
 TINY_ID = "LBW/WikiText-Tiny-v0"
-
-
-@pytest.fixture(scope="module")
-def lbw(shared_data: Path, lbw_cache: Path, torch_threads: None) -> Iterator[None]:
-    """The data root as ``$LBW_DATA_DIR``: SB3 makes the env from the id alone, with the id's defaults."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LBW_DATA_DIR", str(shared_data))
-        yield
 
 
 def test_ppo_from_the_id_with_a_short_rollout(lbw: None) -> None:

@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,14 +80,6 @@ def tb_scalars(run_tb: Path) -> dict[str, list[int]]:
 
 def monitor_rows(path: Path) -> list[str]:
     return [line for line in path.read_text().splitlines()[2:] if line.strip()]
-
-
-@pytest.fixture(scope="module")
-def lbw(shared_data: Path, lbw_cache: Path, torch_threads: None) -> Iterator[None]:
-    """``$LBW_DATA_DIR`` for the scenarios (in ``os.environ``, so env worker processes inherit it)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LBW_DATA_DIR", str(shared_data))
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ rollouts in seconds.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +32,6 @@ from policies import make_governor
 TINY_ID = "LBW/WikiText-Tiny-v0"
 ENV: dict[str, Any] = {"decision_interval": 4, "trainer_overrides": ["optim.steps=48", "data.eval_blocks=4"]}
 SETTINGS = GovernanceSettings.of(GovernanceConfig(decision_interval=4))
-
-
-@pytest.fixture(scope="module")
-def lbw(shared_data: Path, lbw_cache: Path, torch_threads: None) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LBW_DATA_DIR", str(shared_data))
-        yield
 
 
 class Spaces(gym.Env[np.ndarray, np.ndarray]):
