@@ -4,8 +4,11 @@ intervals, start / tuned-AdamW yardsticks (a do-nothing governor scores 0), time
 from __future__ import annotations
 
 import csv
+import importlib.util
+import json
 import math
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,8 @@ import pytest
 
 from lbw_env.evaluation import summarize, write_report
 from lbw_env.evaluation.stats import aggregate, scenario_targets, time_to_target, tuned_references, verdict
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def make_record(
@@ -293,3 +298,25 @@ def test_perplexity_intervals_stay_positive_when_one_seed_blows_up() -> None:
     cell = summarize(records)[0]
     assert 0 < cell.test_ppl.lo < cell.test_ppl.mean < cell.test_ppl.hi
     assert cell.test_ppl.mean == pytest.approx(float(np.exp(np.mean(np.log(blown)))) * 1.01, rel=1e-9)
+
+
+def test_paired_arms_script_per_scenario_and_pooled(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """scripts/paired_arms.py: arm-vs-arm paired differences, per scenario and pooled over one split."""
+    spec = importlib.util.spec_from_file_location("paired_arms", REPO / "scripts" / "paired_arms.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    records = []
+    for seed, p in enumerate((100.0, 160.0, 220.0)):
+        records += [make_record("a/x", "guard", seed, p), make_record("a/x", "learned", seed, p * 0.98)]
+        records += [make_record("a/y", "guard", seed, p), make_record("a/y", "learned", seed, p * 1.04)]
+    for r in records:
+        r["split"] = "train" if r["scenario"] == "a/y" else "test"
+    path = tmp_path / "records.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert module.main([str(path), "learned", "guard", "--split", "test"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("a/x [test]: -2.00 [-2.00, -2.00] %") and out[1].startswith("a/y [train]: +4.00")
+    assert out[2].startswith("pooled over test scenarios: -2.00") and "n = 3" in out[2]
+    assert module.main([str(path), "learned", "nobody"]) == 1

@@ -1,0 +1,60 @@
+"""Paired comparison of two arms of a records file: per scenario, and pooled over chosen scenarios.
+
+The report compares every arm with the reference arm (plain AdamW); this answers "arm A vs arm B" (a learned
+governor vs the guard) from the same committed records, with the report's own statistics: the per-seed
+difference of final test log perplexities, its Student-t 95 % interval and the paired t-test
+(:func:`lbw_env.evaluation.intervals.paired`). The pooled line treats every (scenario, seed) pair alike, a
+rough summary next to the per-scenario rows, not a replacement for them.
+
+    python scripts/paired_arms.py benchmarks/results/tiny_test ppo_residual lbw_guard --split test
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+from lbw_env.evaluation.intervals import paired
+from lbw_env.evaluation.stats import log_ppl
+from lbw_env.evaluation.verify import read_records
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("records", help="a records.jsonl or its folder")
+    ap.add_argument("arm", help="the arm compared (Δ = arm - other)")
+    ap.add_argument("other", help="the arm it is compared with")
+    ap.add_argument("--split", default="", help="pool only scenarios of this split (train, val, test)")
+    args = ap.parse_args(argv)
+    path = Path(args.records)
+    records = read_records(path / "records.jsonl" if path.is_dir() else path)
+    losses: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+    split_of: dict[str, str] = {}
+    for r in records:
+        losses[(r["scenario"], r["arm"])][int(r["seed"])] = log_ppl(r, "test")
+        split_of[r["scenario"]] = str(r.get("split", ""))
+    pooled: list[float] = []
+    for scenario in dict.fromkeys(r["scenario"] for r in records):
+        mine, theirs = losses.get((scenario, args.arm), {}), losses.get((scenario, args.other), {})
+        diffs = [mine[s] - theirs[s] for s in sorted(mine) if s in theirs and math.isfinite(mine[s] - theirs[s])]
+        if not diffs:
+            continue
+        p = paired(diffs)
+        print(f"{scenario} [{split_of[scenario]}]: {p.pct.fmt('{:+.2f}')} % (n = {len(diffs)}, paired t p = {p.p:.3g})")
+        if not args.split or split_of[scenario] == args.split:
+            pooled += diffs
+    if not pooled:
+        print(f"no paired runs of {args.arm} and {args.other}", file=sys.stderr)
+        return 1
+    p = paired(pooled)
+    where = f"{args.split} scenarios" if args.split else "all scenarios"
+    print(f"pooled over {where}: {p.pct.fmt('{:+.2f}')} % (n = {len(pooled)}, paired t p = {p.p:.3g})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
