@@ -65,6 +65,37 @@ def lbw(shared_data: Path, lbw_cache: Path, torch_threads: None) -> Iterator[Non
         yield
 
 
+@pytest.fixture
+def short_training(tmp_path: Path) -> Callable[..., Path]:
+    """Write a training config and return its path: 16 decisions of 4 steps on 2 dummy envs, a one-layer PPO, no
+    evaluations during training or checkpoints, the run folder ``tmp_path / "run"``; keyword ``changes``
+    replace whole top-level keys (``hyperparams=...``) or add sections (``warm_start=...``)."""
+    import yaml
+
+    def write(**changes: Any) -> Path:
+        data: dict[str, Any] = {
+            "env": {
+                "decision_interval": 4,
+                "trainer_overrides": ["optim.steps=16", "base_steps=8", "data.eval_blocks=4"],
+            },
+            "hyperparams": {"n_steps": 8, "batch_size": 16, "n_epochs": 1, "policy_kwargs": {"net_arch": [16]}},
+            "total_timesteps": 16,
+            "n_envs": 2,
+            "vec_env": "dummy",
+            "eval": {"scenarios": ["tiny/high_lr"], "seeds": 1, "eval_freq": 0},
+            "checkpoint_freq": 0,
+            "progress_bar": False,
+            "verbose": 0,
+            "run_dir": str(tmp_path / "run"),
+            **changes,
+        }
+        path = tmp_path / "ppo.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    return write
+
+
 @pytest.fixture(scope="session")
 def corpus(shared_data: Path, lbw_cache: Path) -> Any:
     """WikiText-2 train / WikiText-103 valid+test, tokenized with a BPE of ``SMALL_VOCAB``, once per session."""

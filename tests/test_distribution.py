@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import gymnasium as gym
@@ -72,24 +73,12 @@ def test_an_env_runs_the_sampled_scenarios(lbw: None, tmp_path: Path) -> None:
     env.close()
 
 
-def test_a_training_run_trains_on_the_sampled_family(lbw: None, tmp_path: Path) -> None:
+def test_a_training_run_trains_on_the_sampled_family(
+    lbw: None, tmp_path: Path, short_training: Callable[..., Path]
+) -> None:
     import train_policy
 
-    data = {
-        "env": {"decision_interval": 4, "trainer_overrides": ["optim.steps=16", "base_steps=8", "data.eval_blocks=4"]},
-        "hyperparams": {"n_steps": 8, "batch_size": 16, "n_epochs": 1, "policy_kwargs": {"net_arch": [16]}},
-        "distribution": {"scenarios": 6, "family": "test_sampled_c"},
-        "total_timesteps": 16,
-        "n_envs": 2,
-        "vec_env": "dummy",
-        "eval": {"scenarios": ["tiny/high_lr"], "seeds": 1, "eval_freq": 0},
-        "checkpoint_freq": 0,
-        "progress_bar": False,
-        "verbose": 0,
-        "run_dir": str(tmp_path / "run"),
-    }
-    config = tmp_path / "ppo.yaml"
-    config.write_text(yaml.safe_dump(data))
+    config = short_training(distribution={"scenarios": 6, "family": "test_sampled_c"})
     assert train_policy.main(["--config", str(config)]) == 0
     run = tmp_path / "run"
     family = run / "train_distribution.yaml"

@@ -7,6 +7,7 @@ scale the envelope really applies; files record their base; bad input fails in o
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -213,32 +214,21 @@ def test_bases_must_be_continuous_rules() -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def test_train_policy_trains_a_residual_governor_and_saves_its_base(lbw: None, tmp_path: Path) -> None:
+def test_train_policy_trains_a_residual_governor_and_saves_its_base(
+    lbw: None, tmp_path: Path, short_training: Callable[..., Path]
+) -> None:
     """``residual.base: lbw_guard`` through the command line, with the return relative to the guard and a warm
     start: the policy acts in the correction space, the run's governor files name their base and load as
     residual governors; without the factory, train() refuses."""
-    import yaml
-
     import train_policy
     from lbw_env import learning
 
-    data = {
-        "env": {"decision_interval": 4, "trainer_overrides": ["optim.steps=16", "base_steps=8", "data.eval_blocks=4"]},
-        "hyperparams": {"n_steps": 8, "batch_size": 16, "n_epochs": 2, "policy_kwargs": {"net_arch": [16]}},
-        "residual": {"base": "lbw_guard"},
-        "objective": {"end_is_terminal": True, "relative_to": "lbw_guard", "seeds": 2, "correction_penalty": 0.01},
-        "warm_start": {"episodes": 1, "bc_epochs": 0, "value_epochs": 2},
-        "total_timesteps": 16,
-        "n_envs": 2,
-        "vec_env": "dummy",
-        "eval": {"scenarios": ["tiny/high_lr"], "seeds": 1, "eval_freq": 0},
-        "checkpoint_freq": 0,
-        "progress_bar": False,
-        "verbose": 0,
-        "run_dir": str(tmp_path / "run"),
-    }
-    config = tmp_path / "ppo.yaml"
-    config.write_text(yaml.safe_dump(data))
+    config = short_training(
+        hyperparams={"n_steps": 8, "batch_size": 16, "n_epochs": 2, "policy_kwargs": {"net_arch": [16]}},
+        residual={"base": "lbw_guard"},
+        objective={"end_is_terminal": True, "relative_to": "lbw_guard", "seeds": 2, "correction_penalty": 0.01},
+        warm_start={"episodes": 1, "bc_epochs": 0, "value_epochs": 2},
+    )
     with pytest.raises(ConfigError, match="needs a governor factory"):
         learning.train(learning.load_config(config, [f"run_dir={tmp_path / 'other'}"]))
     assert not (tmp_path / "other").exists()

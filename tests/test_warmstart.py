@@ -9,6 +9,7 @@ rollouts in seconds.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-import yaml
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
@@ -92,24 +92,12 @@ def test_returns_to_go_restart_at_each_episode() -> None:
     assert r.returns(0.5).tolist() == [1 + 0.5 * (2 + 0.5 * 3), 2 + 1.5, 3.0, 4 + 2.5, 5.0]
 
 
-def test_warm_start_runs_before_rl_and_leaves_the_bc_governor(lbw: None, tmp_path: Path) -> None:
+def test_warm_start_runs_before_rl_and_leaves_the_bc_governor(
+    lbw: None, tmp_path: Path, short_training: Callable[..., Path]
+) -> None:
     import train_policy
 
-    data = {
-        "env": {"decision_interval": 4, "trainer_overrides": ["optim.steps=16", "base_steps=8", "data.eval_blocks=4"]},
-        "hyperparams": {"n_steps": 8, "batch_size": 16, "n_epochs": 1, "policy_kwargs": {"net_arch": [16]}},
-        "warm_start": {"episodes": 2, "teacher": "lbw_guard", "bc_epochs": 5, "value_epochs": 5},
-        "total_timesteps": 16,
-        "n_envs": 2,
-        "vec_env": "dummy",
-        "eval": {"scenarios": ["tiny/high_lr"], "seeds": 1, "eval_freq": 0},
-        "checkpoint_freq": 0,
-        "progress_bar": False,
-        "verbose": 0,
-        "run_dir": str(tmp_path / "run"),
-    }
-    config = tmp_path / "ppo.yaml"
-    config.write_text(yaml.safe_dump(data))
+    config = short_training(warm_start={"episodes": 2, "teacher": "lbw_guard", "bc_epochs": 5, "value_epochs": 5})
     assert train_policy.main(["--config", str(config)]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     warm = summary["warm_start"]
