@@ -84,16 +84,24 @@ class Param:
         return (value - self.low) / (self.high - self.low)
 
 
-PARAMS: tuple[Param, ...] = (
-    Param("start_scale", 0.03, 1.0, log=True),
-    Param("backoff", 0.1, 0.7, log=True),
-    Param("ceiling_margin", 0.25, 1.0),
-    Param("unstable_vs_best", 0.03, 0.3, log=True),
-    Param("rollback_vs_best", 0.03, 0.5, log=True),
-    Param("damage_update_ratio", 0.03, 0.5, log=True),
-)
-"""The thresholds searched: those the hand calibration found to matter (slow start, back-off, ceiling, when
-to call damage and roll back). The rest keep the start file's values."""
+SEARCHABLE: dict[str, Param] = {
+    p.name: p
+    for p in (
+        Param("start_scale", 0.03, 1.0, log=True),
+        Param("backoff", 0.1, 0.7, log=True),
+        Param("ceiling_margin", 0.25, 1.0),
+        Param("unstable_vs_best", 0.03, 0.3, log=True),
+        Param("rollback_vs_best", 0.03, 0.5, log=True),
+        Param("damage_update_ratio", 0.03, 0.5, log=True),
+        Param("target_update_ratio", 0.01, 0.05, log=True),
+    )
+}
+"""Every threshold ``--params`` may name, with its bounds."""
+
+PARAMS: tuple[Param, ...] = tuple(SEARCHABLE[name] for name in list(SEARCHABLE)[:6])
+"""The default search: the thresholds the hand calibration found to matter (slow start, back-off, ceiling, when
+to call damage and roll back). The rest keep the start file's values. ``target_update_ratio`` (the LR cap of
+``lbw_guard_ratio``) is searched on its own: ``--params target_update_ratio``."""
 
 
 @dataclasses.dataclass
@@ -196,22 +204,40 @@ def make_candidate(folder: Path, thresholds: dict[str, Any]) -> Candidate:
     return Candidate(f"guard-{digest}", checked, path)
 
 
-def search(setup: Setup, start: Candidate, budget: int, popsize: int, sigma: float, seed: int) -> list[Candidate]:
-    """CMA-ES over :data:`PARAMS` from the start point; ``budget`` candidates, evaluated a generation at a time."""
-    x0 = [p.encode(start.thresholds[p.name]) for p in PARAMS]
+def search(
+    setup: Setup,
+    start: Candidate,
+    params: Sequence[Param],
+    budget: int,
+    popsize: int,
+    sigma: float,
+    seed: int,
+) -> list[Candidate]:
+    """CMA-ES over ``params`` from the start point; ``budget`` candidates, evaluated a generation at a time.
+    One parameter (CMA-ES needs two dimensions): ``budget`` points evenly spaced over its bounds instead."""
+    folder = setup.out / "candidates"
+    if len(params) == 1:
+        (p,) = params
+        grid = [
+            make_candidate(folder, consistent({**start.thresholds, p.name: p.decode(u)})) for u in unit_grid(budget)
+        ]
+        setup.evaluate(grid)
+        for c in grid:
+            print(f"  {c.label}: score {c.score:+.4f} {fmt_split(c.by_split)}  {fmt_params(c.thresholds, params)}")
+        return grid
+    x0 = [p.encode(start.thresholds[p.name]) for p in params]
     options = {"bounds": [0.0, 1.0], "popsize": popsize, "seed": seed, "verbose": -9}
     es = cma.CMAEvolutionStrategy(x0, sigma, options)
-    folder = setup.out / "candidates"
     done: list[Candidate] = []
     while len(done) < budget:
         xs = es.ask()[: budget - len(done)]
         generation = []
         for x in xs:
-            values = {p.name: p.decode(u) for p, u in zip(PARAMS, x)}
+            values = {p.name: p.decode(u) for p, u in zip(params, x)}
             generation.append(make_candidate(folder, consistent({**start.thresholds, **values})))
         setup.evaluate(generation)
         for c in generation:
-            print(f"  {c.label}: score {c.score:+.4f} {fmt_split(c.by_split)}  {fmt_params(c.thresholds)}", flush=True)
+            print(f"  {c.label}: score {c.score:+.4f} {fmt_split(c.by_split)}  {fmt_params(c.thresholds, params)}")
         if len(xs) == popsize:
             es.tell(xs, [c.score for c in generation])
         done += generation
@@ -222,8 +248,13 @@ def fmt_split(by_split: Mapping[str, float]) -> str:
     return "(" + ", ".join(f"{k} {v:+.4f}" for k, v in by_split.items()) + ")"
 
 
-def fmt_params(thresholds: Mapping[str, Any]) -> str:
-    return " ".join(f"{p.name}={thresholds[p.name]:g}" for p in PARAMS)
+def unit_grid(n: int) -> list[float]:
+    """``n`` evenly spaced points of the unit interval, its ends included (the middle for ``n = 1``)."""
+    return [0.5] if n == 1 else [i / (n - 1) for i in range(n)]
+
+
+def fmt_params(thresholds: Mapping[str, Any], params: Sequence[Param] = PARAMS) -> str:
+    return " ".join(f"{p.name}={thresholds[p.name]:g}" for p in params)
 
 
 def git_version() -> tuple[str, bool]:
@@ -252,18 +283,21 @@ def provenance(
     """The ``provenance:`` section: enough to rerun the calibration and to see what it was scored on."""
     commit, dirty = version  # taken at the start: the code that ran, not what the checkout holds by the end
     families = {s.family: s.source_hash for s in setup.scenarios}
+    params: Sequence[Param] = args.params
+    method = (
+        f"CMA-ES (cma {cma.__version__}): popsize {args.popsize}, sigma0 {args.sigma} in the unit cube of the "
+        f"searched bounds (log scale where marked), seed {args.seed}, starting from the previous thresholds"
+    )
+    if len(params) == 1:
+        method = f"grid of {args.budget} points evenly spaced over the searched bounds (log scale where marked)"
     return {
         "tool": "benchmarks/calibrate_guard.py",
-        "method": (
-            f"CMA-ES (cma {cma.__version__}): popsize {args.popsize}, sigma0 {args.sigma} in the unit cube of the "
-            f"searched bounds (log scale where marked), seed {args.seed}, starting from the previous thresholds; "
-            "the best of start and candidates is kept (ties to the search)"
-        ),
+        "method": method + "; the best of start and candidates is kept (ties to the search)",
         "score": (
             "mean over scenarios x seeds of log(final valid ppl / plain AdamW's final valid ppl), paired by seed "
             "(the report's paired delta on validation); a run worse than uniform counts as log(vocab); lower is better"
         ),
-        "searched": {p.name: [p.low, p.high, "log" if p.log else "linear"] for p in PARAMS},
+        "searched": {p.name: [p.low, p.high, "log" if p.log else "linear"] for p in params},
         "scenario_specs": list(args.scenarios),
         "scenarios": {s.name: s.split for s in setup.scenarios},
         "seeds": setup.seeds,
@@ -281,7 +315,7 @@ def provenance(
             "file": display_path(args.start),
             "score": round(start.score, 5),
             "score_by_split": {k: round(v, 5) for k, v in start.by_split.items()},
-            "thresholds": {p.name: start.thresholds[p.name] for p in PARAMS},
+            "thresholds": {p.name: start.thresholds[p.name] for p in params},
         },
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "code_version": commit,
@@ -333,6 +367,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--output", default=str(GUARD_YAML), help="where the chosen thresholds are written")
     ap.add_argument("--out", default="results/calibrate_guard", help="records and candidate files (resumable)")
     ap.add_argument("--env-suite", default="smoke", help="suite whose env settings the guard is reported under")
+    ap.add_argument(
+        "--params",
+        nargs="+",
+        default=[p.name for p in PARAMS],
+        help=f"thresholds to search (default: the first six of {', '.join(SEARCHABLE)}; one alone: a grid)",
+    )
     ap.add_argument("overrides", nargs="*", help="trainer key=value overrides for every run")
     args = ap.parse_args(argv)
     for name in ("seeds", "budget", "popsize", "workers", "seed"):
@@ -340,6 +380,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             ap.error(f"--{name}: expected an int >= 1, got {getattr(args, name)}")
     if not 0 < args.sigma <= 1:
         ap.error(f"--sigma: expected a float in (0, 1], got {args.sigma}")
+    unknown = [name for name in args.params if name not in SEARCHABLE]
+    if unknown:
+        ap.error(f"--params: expected names among {', '.join(SEARCHABLE)}, got {', '.join(unknown)}")
+    args.params = tuple(SEARCHABLE[name] for name in dict.fromkeys(args.params))
     return args
 
 
@@ -355,8 +399,9 @@ def run(args: argparse.Namespace) -> Candidate:
     start = make_candidate(setup.out / "candidates", thresholds_of(load_guard_config(args.start)))
     print(f"calibrate_guard: {len(setup.scenarios)} scenarios x {args.seeds} seeds; start + {args.budget}", flush=True)
     setup.evaluate([start], with_reference=True)
-    print(f"  start: score {start.score:+.4f} {fmt_split(start.by_split)}  {fmt_params(start.thresholds)}", flush=True)
-    found = search(setup, start, args.budget, args.popsize, args.sigma, args.seed)
+    shown = fmt_params(start.thresholds, args.params)
+    print(f"  start: score {start.score:+.4f} {fmt_split(start.by_split)}  {shown}", flush=True)
+    found = search(setup, start, args.params, args.budget, args.popsize, args.sigma, args.seed)
     best = min(found, key=lambda c: c.score)
     chosen = best if best.score <= start.score else start
     prov = provenance(args, setup, start, chosen, time.perf_counter() - t0, version)
@@ -365,7 +410,10 @@ def run(args: argparse.Namespace) -> Candidate:
     if thresholds_of(load_guard_config(output)) != chosen.thresholds:  # what is shipped is what was scored
         raise ConfigError(f"{output}: the written thresholds do not read back as the chosen ones")
     print(f"chosen ({prov['chosen']['from']}): score {chosen.score:+.4f} {fmt_split(chosen.by_split)}", flush=True)
-    print(f"  {fmt_params(chosen.thresholds)}\nwritten to {output} in {prov['duration_seconds']:.0f} s", flush=True)
+    print(
+        f"  {fmt_params(chosen.thresholds, args.params)}\nwritten to {output} in {prov['duration_seconds']:.0f} s",
+        flush=True,
+    )
     return chosen
 
 

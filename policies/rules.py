@@ -2,6 +2,9 @@
 
 * ``adamw`` — the constant governor: scale 1, never skip. Plain AdamW under the same envelope.
 * ``lbw_guard`` — our rule-based guard (thresholds in ``configs/governors/lbw_guard.yaml``).
+* ``lbw_guard_ratio`` — the guard with an LR cap read from the first interval's update ratio
+  (:attr:`GuardConfig.target_update_ratio`; ``configs/governors/lbw_guard_ratio.yaml``): a configured LR far
+  above the useful one is cut to it, not merely survived.
 * ``skip_step`` — OLMo-core / Levanter style: skip a step whose loss or gradient norm is more than 6σ above
   its rolling mean; LR untouched.
 * ``ewm_skip`` — metaseq style: skip a step whose loss exceeds ``ratio`` x its exponentially weighted mean.
@@ -143,6 +146,15 @@ class GuardConfig:
     """Skip gate in the warning, unstable and recovering regimes."""
     recover_decisions: int = 2
     """Healthy decisions in ``recovering`` before growth resumes."""
+    target_update_ratio: float = math.inf
+    """LR cap from the first interval's update ratio (``inf``: no cap; the shipped ``lbw_guard``). After the first
+    interval, the guard caps its LR scale at the one under which that interval's mean ‖Δθ‖/‖θ‖ would have been
+    this value: ``cap = scale x target / ratio``. Why it can: in the first steps of AdamW every coordinate moves by
+    about the LR (m/√v is ±1 at step 1), so the update ratio is the LR over the weights' RMS, proportional to
+    the LR whatever the configured one (measured in the first 8 steps, ratio/LR: 8.6, 8.3, 7.2 and 6.5 for the
+    qwen2-s, llama-tiny and qwen2-tiny fine-tunes and a qwen2-tiny from scratch, at LRs 1e-3 to 1e-2). The cap is
+    a scale, so the configured schedule keeps its shape under it. Used by ``lbw_guard_ratio``
+    (``configs/governors/lbw_guard_ratio.yaml``, whose value ``benchmarks/calibrate_guard.py`` chose)."""
     rollback: bool = True
     """Ask for rollbacks at all. False only for the ``lbw_guard_no_rollback`` ablation (what rollback adds)."""
     ceiling: bool = True
@@ -165,6 +177,9 @@ class GuardConfig:
             self.warn_vs_best,
         )
         check(self.recover_decisions >= 0, "recover_decisions", "an int >= 0", self.recover_decisions)
+        check(
+            self.target_update_ratio > 0, "target_update_ratio", "a float > 0 (.inf: no cap)", self.target_update_ratio
+        )
 
 
 class LBWGuard(RuleGovernor):
@@ -199,6 +214,8 @@ class LBWGuard(RuleGovernor):
         self.last_good_lr = math.inf  # effective LR of the most recent healthy interval
         self.regime: Regime = "stable"
         self.healthy_run = 0
+        self.ratio_cap = math.inf  # LR-scale cap from the first measured update ratio (target_update_ratio)
+        self.ratio_measured = not math.isfinite(self.gcfg.target_update_ratio)
 
     def assess(self, obs: ObservationView) -> tuple[Regime, bool]:
         """The regime of the newest interval, and whether the damage warrants a rollback."""
@@ -225,7 +242,7 @@ class LBWGuard(RuleGovernor):
         """Keep the next interval's effective LR under the remembered ceiling."""
         if scheduled_lr and math.isfinite(self.ceiling_lr):
             target = min(target, self.ceiling_lr / scheduled_lr)
-        return max(min(target, self.gcfg.max_scale), self.envelope.lr_scale_min)
+        return max(min(target, self.gcfg.max_scale, self.ratio_cap), self.envelope.lr_scale_min)
 
     def decide(self, obs: ObservationView) -> tuple[float, float, bool]:
         g = self.gcfg
@@ -235,6 +252,11 @@ class LBWGuard(RuleGovernor):
         # ceilings are kept on the effective LR, so that a shock or a schedule change is seen through the scale.
         effective_lr = obs.physical("log_lr")  # None: no step was applied in the interval
         scheduled_lr = effective_lr / self.scale if effective_lr else None
+        if not self.ratio_measured:
+            update_ratio = obs.physical("log_update_ratio")
+            if effective_lr and update_ratio:  # the first interval with applied steps
+                self.ratio_cap = self.scale * g.target_update_ratio / update_ratio
+                self.ratio_measured = True
         regime, rollback = self.assess(obs)
         if regime == "unstable":
             if effective_lr and g.ceiling:
@@ -304,6 +326,10 @@ def _ablation(name: str) -> GovernorBuilder:
     return build
 
 
+def _lbw_guard_ratio(envelope: EnvelopeConfig, arg: str) -> Governor:
+    return LBWGuard(envelope, load_guard_config(arg or config_dir() / "governors" / "lbw_guard_ratio.yaml"))
+
+
 def _skip_step(envelope: EnvelopeConfig, arg: str) -> Governor:
     return ConstantGovernor(envelope, gate=float(arg) if arg else 6.0)
 
@@ -319,11 +345,13 @@ def _plateau(envelope: EnvelopeConfig, arg: str) -> Governor:
 RULES: dict[str, GovernorBuilder] = {
     "adamw": _adamw,
     "lbw_guard": _lbw_guard,
+    "lbw_guard_ratio": _lbw_guard_ratio,
     "skip_step": _skip_step,
     "ewm_skip": _ewm_skip,
     "plateau": _plateau,
     **{name: _ablation(name) for name in ABLATIONS},
 }
 """The rule governors by registered name: ``adamw``, ``lbw_guard[:<yaml>]``, ``skip_step[:<gate>]``,
-``ewm_skip[:<ratio>]``, ``plateau``, and the guard ablations ``lbw_guard_no_slow_start[:<yaml>]``,
+``ewm_skip[:<ratio>]``, ``plateau``, ``lbw_guard_ratio[:<yaml>]`` (the guard with an LR cap from the update
+ratio), and the guard ablations ``lbw_guard_no_slow_start[:<yaml>]``,
 ``lbw_guard_no_rollback[:<yaml>]``, ``lbw_guard_no_ceiling[:<yaml>]``."""

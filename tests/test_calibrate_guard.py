@@ -60,6 +60,17 @@ def test_params_round_trip_and_cover_the_shipped_thresholds(calibrate: ModuleTyp
     ] == pytest.approx(0.05)
 
 
+def test_one_searched_threshold_is_a_grid_and_unknown_names_are_refused(calibrate: ModuleType) -> None:
+    """CMA-ES needs two dimensions: ``--params`` with one name evaluates an even grid over its bounds instead."""
+    assert calibrate.unit_grid(5) == [0.0, 0.25, 0.5, 0.75, 1.0] and calibrate.unit_grid(1) == [0.5]
+    args = calibrate.parse_args(["--params", "target_update_ratio", "--budget", "5"])
+    (p,) = args.params
+    assert [p.decode(u) for u in calibrate.unit_grid(5)] == [0.01, 0.015, 0.0224, 0.0334, 0.05]
+    assert "target_update_ratio" in GuardConfig.__dataclass_fields__
+    with pytest.raises(SystemExit):
+        calibrate.parse_args(["--params", "start_scale", "nope"])
+
+
 def test_render_keeps_comments_and_replaces_the_provenance(calibrate: ModuleType) -> None:
     template = (config_dir() / "governors" / "lbw_guard.yaml").read_text(encoding="utf-8")
     thresholds = {**calibrate.thresholds_of(load_guard_config()), "backoff": 0.333}

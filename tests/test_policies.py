@@ -34,7 +34,7 @@ def reset_obs() -> np.ndarray:
     return np.zeros(WINDOW * len(FEATURE_NAMES), dtype=np.float32)
 
 
-@pytest.mark.parametrize("name", ["adamw", "lbw_guard", "skip_step", "ewm_skip", "plateau"])
+@pytest.mark.parametrize("name", ["adamw", "lbw_guard", "lbw_guard_ratio", "skip_step", "ewm_skip", "plateau"])
 @pytest.mark.parametrize("mode", ["continuous", "discrete"])
 def test_rule_governors_follow_the_protocol_and_the_action_space(name: str, mode: str) -> None:
     cfg = EnvelopeConfig(action_mode=mode, rollback_action=True)
@@ -187,6 +187,27 @@ def test_guard_treats_a_huge_update_as_damage() -> None:
     rewrite = obs_with(loss=0.8, log_update_ratio=math.log10(0.3) + 3.0)  # ‖Δθ‖/‖θ‖ = 0.3 per step
     steps = run_guard(guard(), [reset_obs(), *[healthy] * 4, rewrite])
     assert steps[-1][0] < steps[-2][0] and steps[-1][2]
+
+
+def test_the_update_ratio_cap_follows_the_first_interval_and_keeps_the_rest_of_the_guard() -> None:
+    """``target_update_ratio``: the scale is capped where the first interval's update ratio says the target lies,
+    whatever comes later; off (``inf``, the shipped guard), the same telemetry grows to the full schedule."""
+    first = obs_with(loss=0.8, loss_trend=-0.2, log_update_ratio=math.log10(0.01) + 3.0)  # ratio 1e-2
+    healthy = obs_with(loss=0.8, loss_trend=-0.2, log_update_ratio=0.5)
+    capped = LBWGuard(EnvelopeConfig(rollback_action=True), GuardConfig(target_update_ratio=0.02))
+    steps = run_guard(capped, [reset_obs(), first, *[healthy] * 8])
+    start = steps[0][0]  # the scale of the first interval: 2 x that gives a ratio of 0.02
+    assert capped.ratio_cap == pytest.approx(2 * start, rel=1e-5)
+    assert max(s for s, _, _ in steps) == pytest.approx(2 * start, rel=1e-5) and steps[-1][0] < 1.0
+    assert [s for s, _, _ in run_guard(guard(), [reset_obs(), first, *[healthy] * 8])][-1] == 1.0
+    # An unstable interval still backs off below the cap, and a new episode measures again.
+    damaged = obs_with(loss=0.9, loss_vs_best=0.15, loss_trend=0.5, log_update_ratio=0.5)
+    after = run_guard_continue(capped, [damaged])[0][0]
+    assert after < 2 * start * GuardConfig().backoff * 1.01
+    capped.reset()
+    assert capped.ratio_cap == math.inf and not capped.ratio_measured
+    with pytest.raises(ConfigError, match="target_update_ratio"):
+        GuardConfig(target_update_ratio=0.0).validate()
 
 
 def test_observation_view_reads_the_newest_row() -> None:
