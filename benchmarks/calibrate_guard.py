@@ -93,7 +93,7 @@ SEARCHABLE: dict[str, Param] = {
         Param("unstable_vs_best", 0.03, 0.3, log=True),
         Param("rollback_vs_best", 0.03, 0.5, log=True),
         Param("damage_update_ratio", 0.03, 0.5, log=True),
-        Param("target_update_ratio", 0.01, 0.05, log=True),
+        Param("target_update_ratio", 0.01, 0.1, log=True),
     )
 }
 """Every threshold ``--params`` may name, with its bounds."""

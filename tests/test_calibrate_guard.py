@@ -65,7 +65,7 @@ def test_one_searched_threshold_is_a_grid_and_unknown_names_are_refused(calibrat
     assert calibrate.unit_grid(5) == [0.0, 0.25, 0.5, 0.75, 1.0] and calibrate.unit_grid(1) == [0.5]
     args = calibrate.parse_args(["--params", "target_update_ratio", "--budget", "5"])
     (p,) = args.params
-    assert [p.decode(u) for u in calibrate.unit_grid(5)] == [0.01, 0.015, 0.0224, 0.0334, 0.05]
+    assert [p.decode(u) for u in calibrate.unit_grid(5)] == [0.01, 0.0178, 0.0316, 0.0562, 0.1]
     assert "target_update_ratio" in GuardConfig.__dataclass_fields__
     with pytest.raises(SystemExit):
         calibrate.parse_args(["--params", "start_scale", "nope"])
