@@ -98,7 +98,17 @@ SEARCHABLE: dict[str, Param] = {
 }
 """Every threshold ``--params`` may name, with its bounds."""
 
-PARAMS: tuple[Param, ...] = tuple(SEARCHABLE[name] for name in list(SEARCHABLE)[:6])
+PARAMS: tuple[Param, ...] = tuple(
+    SEARCHABLE[name]
+    for name in (
+        "start_scale",
+        "backoff",
+        "ceiling_margin",
+        "unstable_vs_best",
+        "rollback_vs_best",
+        "damage_update_ratio",
+    )
+)
 """The default search: the thresholds the hand calibration found to matter (slow start, back-off, ceiling, when
 to call damage and roll back). The rest keep the start file's values. ``target_update_ratio`` (the LR cap of
 ``lbw_guard_ratio``) is searched on its own: ``--params target_update_ratio``."""
@@ -222,8 +232,7 @@ def search(
             make_candidate(folder, consistent({**start.thresholds, p.name: p.decode(u)})) for u in unit_grid(budget)
         ]
         setup.evaluate(grid)
-        for c in grid:
-            print(f"  {c.label}: score {c.score:+.4f} {fmt_split(c.by_split)}  {fmt_params(c.thresholds, params)}")
+        show(grid, params)
         return grid
     x0 = [p.encode(start.thresholds[p.name]) for p in params]
     options = {"bounds": [0.0, 1.0], "popsize": popsize, "seed": seed, "verbose": -9}
@@ -236,12 +245,19 @@ def search(
             values = {p.name: p.decode(u) for p, u in zip(params, x)}
             generation.append(make_candidate(folder, consistent({**start.thresholds, **values})))
         setup.evaluate(generation)
-        for c in generation:
-            print(f"  {c.label}: score {c.score:+.4f} {fmt_split(c.by_split)}  {fmt_params(c.thresholds, params)}")
+        show(generation, params)
         if len(xs) == popsize:
             es.tell(xs, [c.score for c in generation])
         done += generation
     return done
+
+
+def show(candidates: Sequence[Candidate], params: Sequence[Param]) -> None:
+    """One line per evaluated candidate: its score, by split, and the searched values."""
+    for c in candidates:
+        print(
+            f"  {c.label}: score {c.score:+.4f} {fmt_split(c.by_split)}  {fmt_params(c.thresholds, params)}", flush=True
+        )
 
 
 def fmt_split(by_split: Mapping[str, float]) -> str:
@@ -284,12 +300,13 @@ def provenance(
     commit, dirty = version  # taken at the start: the code that ran, not what the checkout holds by the end
     families = {s.family: s.source_hash for s in setup.scenarios}
     params: Sequence[Param] = args.params
-    method = (
-        f"CMA-ES (cma {cma.__version__}): popsize {args.popsize}, sigma0 {args.sigma} in the unit cube of the "
-        f"searched bounds (log scale where marked), seed {args.seed}, starting from the previous thresholds"
-    )
     if len(params) == 1:
         method = f"grid of {args.budget} points evenly spaced over the searched bounds (log scale where marked)"
+    else:
+        method = (
+            f"CMA-ES (cma {cma.__version__}): popsize {args.popsize}, sigma0 {args.sigma} in the unit cube of the "
+            f"searched bounds (log scale where marked), seed {args.seed}, starting from the previous thresholds"
+        )
     return {
         "tool": "benchmarks/calibrate_guard.py",
         "method": method + "; the best of start and candidates is kept (ties to the search)",
@@ -371,7 +388,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--params",
         nargs="+",
         default=[p.name for p in PARAMS],
-        help=f"thresholds to search (default: the first six of {', '.join(SEARCHABLE)}; one alone: a grid)",
+        help=f"thresholds to search among {', '.join(SEARCHABLE)} (default: {' '.join(p.name for p in PARAMS)}; "
+        "one alone: a grid)",
     )
     ap.add_argument("overrides", nargs="*", help="trainer key=value overrides for every run")
     args = ap.parse_args(argv)
