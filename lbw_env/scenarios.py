@@ -233,7 +233,10 @@ def resolve(specs: Sequence[str]) -> list[Scenario]:
 
 
 def with_overrides(scenario: Scenario, overrides: Sequence[str] | dict[str, Any]) -> Scenario:
-    """A copy of ``scenario`` with trainer ``key=value`` overrides (e.g. ``runtime.threads=1``) applied."""
+    """A copy of ``scenario`` with trainer ``key=value`` overrides (e.g. ``runtime.threads=1``) applied.
+
+    ``optim.lr=tuned`` sets the LR that the committed train/val sweep chose for the scenario's family and model
+    (:func:`tuned_lr`): one arm is then the tuned AdamW of every scenario of a suite, whatever its model."""
     if not overrides:
         return scenario
     update = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
@@ -241,8 +244,42 @@ def with_overrides(scenario: Scenario, overrides: Sequence[str] | dict[str, Any]
     if "preset" in (update.get("model") or {}):
         # A new preset brings its own architecture; keep only the placement keys of the old model section.
         base["model"] = {k: v for k, v in base["model"].items() if k in ("device", "dtype", "lora")}
-    trainer = from_dict(TrainerConfig, expand_presets(deep_merge(base, update)))
+    merged = deep_merge(base, update)
+    if (merged.get("optim") or {}).get("lr") == TUNED:
+        preset = "" if merged["model"].get("pretrained") else str(merged["model"].get("preset", ""))
+        merged["optim"]["lr"] = tuned_lr(scenario.family, preset)
+    trainer = from_dict(TrainerConfig, expand_presets(merged))
     return dataclasses.replace(scenario, trainer=trainer)
+
+
+TUNED = "tuned"
+"""The value of ``optim.lr`` that stands for the family's tuned LR (:func:`tuned_lr`)."""
+
+
+def tuned_lrs_path() -> Path:
+    """``configs/baselines/adamw_tuned.yaml``: the tuned-AdamW LR per family, written by
+    ``benchmarks/tune_adamw.py`` from a train/val sweep (never by hand)."""
+    return config_dir() / "baselines" / "adamw_tuned.yaml"
+
+
+def tuned_lr(family: str, preset: str = "") -> float:
+    """The tuned AdamW LR of ``family`` on model ``preset``: the entry ``<family>/<preset>`` of
+    :func:`tuned_lrs_path` (for a family whose models want their own LR, e.g. ``lora_stress/qwen2-m``), else
+    the entry ``<family>``. Raises ConfigError naming the missing entry and the command that makes it."""
+    path = tuned_lrs_path()
+    try:
+        table = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    for key in (f"{family}/{preset}" if preset else "", family):
+        entry = table.get(key) if key else None
+        if isinstance(entry, dict) and isinstance(entry.get("lr"), (int, float)):
+            return float(entry["lr"])
+    names = f"{family}/{preset} or {family}" if preset else family
+    raise ConfigError(
+        f"optim.lr=tuned: no tuned LR for {names} in {path}; expected an entry with an lr, written by "
+        f"benchmarks/tune_adamw.py from the family's train/val scenarios"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------

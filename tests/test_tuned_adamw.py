@@ -2,8 +2,9 @@
 
 The sweep refuses the test split before anything runs; LR-stress scenarios that differ only by their LR are
 one run once the LR is replaced; a real (smallest) sweep writes an entry with its provenance; and every
-suite's ``adamw_tuned`` arm uses the LR that the committed sweep chose for its scenarios' family, so a suite
-cannot drift from the sweep that justifies it.
+suite's yardstick (its ``adamw_tuned`` arm, ``optim.lr=tuned``, or AdamW on its reference scenario) runs at the LR
+that the committed sweep chose for the scenario's family and model, so a suite cannot drift from the sweep that
+justifies it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import yaml
 
 from lbw_env.config import config_dir
 from lbw_env.evaluation.suite import load_suite
-from lbw_env.scenarios import resolve
+from lbw_env.scenarios import resolve, tuned_lrs_path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,21 +70,45 @@ def test_a_sweep_writes_the_best_lr_with_provenance(tune: ModuleType, tmp_path: 
     assert prov["at_grid_edge"] is True and prov["tool"] == "benchmarks/tune_adamw.py"
 
 
-def test_every_adamw_tuned_arm_uses_its_family_s_tuned_lr() -> None:
-    path = config_dir() / "baselines" / "adamw_tuned.yaml"
-    tuned = yaml.safe_load(path.read_text()) if path.is_file() else {}
-    checked = 0  # suites gain adamw_tuned arms as their sweeps are committed
+def test_every_suite_s_yardstick_runs_at_the_tuned_lr() -> None:
+    """Gain captured and time-to-target measure against tuned AdamW: the suite's ``adamw_tuned`` arm (the LR
+    resolved per scenario from the committed sweep), else AdamW on the reference scenario, which must then
+    configure the tuned LR itself. A suite whose yardstick is AdamW at an untuned LR fails here."""
+    from lbw_env.evaluation.stats import reference_of
+    from lbw_env.scenarios import get_scenario, tuned_lr, with_overrides
+
+    tuned = yaml.safe_load(tuned_lrs_path().read_text())
+    checked = 0
     for suite_file in sorted((config_dir() / "suites").glob("*.yaml")):
         suite = load_suite(str(suite_file))
-        for arm in suite.arms:
-            if arm.label != "adamw_tuned":
-                continue
-            families = {s.family for s in resolve(suite.scenarios)}
-            assert len(families) == 1, f"{suite_file.name}: adamw_tuned over several families {families}"
-            family = families.pop()
-            assert family in tuned, f"{suite_file.name}: no tuned LR for {family} in {path.name}"
-            assert arm.governor == "adamw"
-            assert f"optim.lr={tuned[family]['lr']}" in arm.trainer_overrides, suite_file.name
+        arms = {a.label: a for a in suite.arms}
+        scenarios = resolve(suite.scenarios)
+        names = [s.name for s in scenarios]
+        for s in scenarios:
+            preset = s.trainer.model.preset
+            if f"{s.family}/{preset}" not in tuned and s.family not in tuned:
+                continue  # no sweep committed for this family: the report says which yardstick it used
+            lr = tuned_lr(s.family, preset)
+            if "adamw_tuned" in arms:
+                arm = arms["adamw_tuned"]
+                assert arm.governor == "adamw" and arm.trainer_overrides == ["optim.lr=tuned"], suite_file.name
+                trainer = with_overrides(s, suite.arm_env(arm).trainer_overrides).trainer
+            else:
+                ref = reference_of(s.name, suite.reference, names)
+                assert ref is not None, f"{suite_file.name}: {s.name} has neither adamw_tuned nor a reference"
+                trainer = get_scenario(ref).trainer
+            assert trainer.optim.lr == lr, f"{suite_file.name}: {s.name}'s yardstick at {trainer.optim.lr}, not {lr}"
             checked += 1
+    assert checked >= 10  # lr_stress, full_param, lora_stress (qwen2-s, and qwen2-m once swept)
     for family, entry in tuned.items():  # each committed entry was tuned on train/val only
         assert set(entry["provenance"]["scenarios"].values()) <= {"train", "val"}, family
+
+
+def test_optim_lr_tuned_resolves_per_family_and_model() -> None:
+    from lbw_env.config import ConfigError
+    from lbw_env.scenarios import get_scenario, with_overrides
+
+    assert with_overrides(get_scenario("lr_stress/lr1.5e-1_b1"), ["optim.lr=tuned"]).trainer.optim.lr == 3e-3
+    assert with_overrides(get_scenario("lora_stress/s_lr6e-2_b1"), ["optim.lr=tuned"]).trainer.optim.lr == 1e-2
+    with pytest.raises(ConfigError, match=r"^optim\.lr=tuned: no tuned LR for tiny/qwen2-tiny or tiny in .*tuned"):
+        with_overrides(get_scenario("tiny/ref"), ["optim.lr=tuned"])

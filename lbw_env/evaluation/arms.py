@@ -52,6 +52,13 @@ NAMED_ARMS: dict[str, NamedArm] = {
         "guard's slow start, which this arm isolates. Resolved per scenario into optim.warmup_steps, so it equals "
         "the explicit {governor: adamw, trainer_overrides: [optim.warmup_steps=20]} of the 200-step suites",
     ),
+    "adamw_tuned": NamedArm(
+        "adamw",
+        ("optim.lr=tuned",),
+        why="the careful practitioner's AdamW: the LR that a train/val sweep chose for the scenario's family and "
+        "model (configs/baselines/adamw_tuned.yaml, written by benchmarks/tune_adamw.py), whatever LR the "
+        "scenario configures; the yardstick of gain captured and time-to-target",
+    ),
     "adamw_rollback": NamedArm(
         "adamw",
         env_overrides=("envelope.auto_rollback=true",),
