@@ -10,7 +10,7 @@ a unit cube (log scale for the multiplicative ones), starting from the current t
 written to a YAML file and evaluated as a ``lbw_guard:<yaml>`` arm by the evaluation engine
 (:func:`lbw_env.evaluation.run_suite`, with ``policies.make_governor``), paired with plain AdamW on the same
 scenarios and seeds. The score is the report's paired difference on validation: the mean over scenarios and
-seeds of ``log(final valid ppl / AdamW's final valid ppl)`` (:func:`lbw_env.evaluation.stats.log_ppl`); lower
+seeds of ``log(final valid ppl / AdamW's final valid ppl)`` (:func:`lbw_env.evaluation.stats.capped_loss`); lower
 is better, 0 is AdamW. A run worse than the uniform predictor (or diverged) counts as the uniform predictor,
 ``log(vocab)``, so that one divergence cannot swamp the mean with infinities. The best of the start point and
 the candidates is written (ties go to the search) to ``--output`` with a ``provenance:`` section (scenarios,
@@ -47,7 +47,7 @@ from lbw_env.cache import atomic_write_text
 from lbw_env.config import ConfigError, config_dir, read_yaml
 from lbw_env.evaluation import load_suite, run_suite
 from lbw_env.evaluation.records import get_path
-from lbw_env.evaluation.stats import log_ppl
+from lbw_env.evaluation.stats import capped_loss
 from lbw_env.evaluation.suite import suite_path
 from lbw_env.scenarios import Scenario, require_not_test
 from policies import make_governor
@@ -174,15 +174,6 @@ class Setup:
                 deltas.setdefault(s.split, []).append(capped_loss(guard) - capped_loss(ref))
         every = [d for ds in deltas.values() for d in ds]
         return float(np.mean(every)), {split: float(np.mean(ds)) for split, ds in sorted(deltas.items())}
-
-
-def capped_loss(record: Mapping[str, Any]) -> float:
-    """Final validation loss (log ppl), capped at the uniform predictor's ``log(vocab)``: worse, or diverged,
-    counts as no better than uniform (a finite penalty the search can compare)."""
-    vocab = get_path(record, "trainer", "data", "vocab_size", default=None)
-    cap = math.log(vocab) if isinstance(vocab, int) and vocab > 1 else 20.0
-    loss = log_ppl(record, "valid")
-    return min(loss, cap) if math.isfinite(loss) else cap
 
 
 def thresholds_of(config: GuardConfig) -> dict[str, Any]:

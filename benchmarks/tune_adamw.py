@@ -40,12 +40,13 @@ import yaml
 from lbw_env.cache import atomic_write_text
 from lbw_env.config import ConfigError, config_dir, read_yaml, to_dict
 from lbw_env.evaluation import load_suite, run_suite
+from lbw_env.evaluation.stats import capped_loss
 from lbw_env.evaluation.suite import suite_path, with_overrides
 from lbw_env.scenarios import Scenario, require_not_test
 from policies import make_governor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from calibrate_guard import capped_loss, display_path, git_version  # one definition of each
+from calibrate_guard import display_path, git_version  # one definition of each
 
 TUNED_YAML = config_dir() / "baselines" / "adamw_tuned.yaml"
 PURPOSE = "AdamW LR tuning (benchmarks/tune_adamw.py)"

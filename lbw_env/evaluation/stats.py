@@ -67,6 +67,16 @@ def log_ppl(record: Record, split: str) -> float:
     return math.log(p) if p > 0 else math.nan
 
 
+def capped_loss(record: Record) -> float:
+    """Final validation loss (log ppl), capped at the uniform predictor's ``log(vocab)``: a run that ends worse, or
+    diverged, counts as no better than uniform (a finite penalty that a search or a selection can average). The
+    score of every selection on val: the guard's calibration, the tuned-AdamW sweep, the LR-free choice."""
+    vocab = get_path(record, "trainer", "data", "vocab_size", default=None)
+    cap = math.log(vocab) if isinstance(vocab, int) and vocab > 1 else 20.0
+    loss = log_ppl(record, "valid")
+    return min(loss, cap) if math.isfinite(loss) else cap
+
+
 def start_ppl(record: Record, split: str) -> float:
     """The untouched starting model's perplexity on ``split`` (NaN where an older record lacks it)."""
     return as_float(record.get(f"initial_{split}_ppl"))
