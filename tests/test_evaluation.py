@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
+import evaluate
 from lbw_env.config import ConfigError
 from lbw_env.evaluation import Arm, RecordStore, load_suite, prepare, record_key, run_suite, strip_volatile
 from lbw_env.evaluation.episode import MAX_CURVE_POINTS, downsample_intervals, thin_indices
@@ -227,6 +228,36 @@ def test_process_pool_gives_the_same_records_as_in_process(tmp_path: Path, eval_
     with pytest.raises(ConfigError, match="different configuration"):
         changed = load_suite(small_suite(scenarios=["tiny/high_lr"], eval_every=2))
         run_suite(changed, tmp_path / "pool", make_governor=make_governor)
+
+
+def test_identical_runs_are_computed_once_and_their_copies_are_what_a_run_gives(
+    tmp_path: Path, eval_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An arm that overrides what two test scenarios differ in (LR, schedule, faults) makes them one run: it runs
+    once, the other task gets a copy, the copy equals a real run of its scenario, and it replays as itself."""
+    same = ["optim.lr=3e-3", "optim.warmup_steps=0", "optim.schedule=constant", "faults=[]"]
+    arms = ["adamw", {"label": "same", "governor": "adamw", "trainer_overrides": same}]
+    suite = load_suite(small_suite(scenarios=["tiny/high_lr20", "tiny/shock100"], arms=arms, seeds=1))
+    out = tmp_path / "suite"
+    summary = run_suite(suite, out, make_governor=make_governor)
+    assert summary.ran == 4 and summary.copied == 1
+    records = {record_key(r): r for r in summary.records}
+    copied = records[("tiny/shock100", "same", 0)]
+    assert copied["copy_of"] == {"scenario": "tiny/high_lr20", "arm": "same"}
+    assert copied["replay"]["reset_options"] == {"scenario": "tiny/shock100"} and copied["family"] == "tiny"
+    # What a real run of that task gives, bit for bit (a pool of the same size: the run seed depends on it); and
+    # the adamw arm (no override) really differs.
+    other = load_suite(small_suite(scenarios=["tiny/shock100", "tiny/bad_batches"], arms=arms[1:], seeds=1))
+    real = {record_key(r): r for r in run_suite(other, tmp_path / "other", make_governor=make_governor).records}
+    assert "copy_of" not in real[("tiny/shock100", "same", 0)]
+    assert strip_volatile(real[("tiny/shock100", "same", 0)]) == strip_volatile(copied)
+    assert records[("tiny/shock100", "adamw", 0)]["final_valid_ppl"] != copied["final_valid_ppl"]
+    assert evaluate.main(["--verify", str(out)]) == 0, capsys.readouterr().out
+    # Resuming: a lost copy is made again from the stored run, without running anything.
+    lines = (out / "records.jsonl").read_text().splitlines(keepends=True)
+    (out / "records.jsonl").write_text("".join(x for x in lines if '"copy_of"' not in x))
+    again = run_suite(suite, out, make_governor=make_governor)
+    assert (again.ran, again.copied, again.skipped) == (1, 1, 3)
 
 
 @pytest.mark.slow

@@ -96,7 +96,12 @@ def finish(summary: RunSummary, suite: SuiteConfig, argv: Sequence[str], plots: 
 
 def outcome(summary: RunSummary, files: ReportFiles) -> str:
     """The closing lines: the short table, what ran, and where everything is."""
-    lines = [short_table(files.cells), "", f"ran {summary.ran}, skipped {summary.skipped} (already recorded)"]
+    lines = [
+        short_table(files.cells),
+        "",
+        f"ran {summary.ran} ({summary.copied} copies of an identical run), "
+        f"skipped {summary.skipped} (already recorded)",
+    ]
     lines += [f"records: {Path(summary.out) / RECORDS_FILE}", f"report:  {files.report_md}"]
     lines.append(f"summary: {files.summary_csv}")
     if files.plots:

@@ -25,8 +25,9 @@ from ..cache import json_safe
 from ..config import ConfigError
 
 RECORDS_FILE = "records.jsonl"
-VOLATILE_KEYS = ("timing", "host")
-"""Record keys that differ between identical runs (wall-clock times, which process ran it)."""
+VOLATILE_KEYS = ("timing", "host", "copy_of")
+"""Record keys that differ between identical runs (wall-clock times, which process ran it, and which identical
+run's record a copy was made from: :mod:`~lbw_env.evaluation.run`)."""
 
 RecordKey = tuple[str, str, int]
 """``(scenario, arm label, seed)``: what identifies a record, in a store and across executors."""

@@ -5,21 +5,29 @@ checked to be writable, and the data of the tasks to run is loaded and checked (
 before the output folder is touched; stored records made by another configuration are refused before anything
 runs; finished tasks are skipped; and each record is appended the moment it arrives, so that an interruption
 loses at most the episodes in flight.
+
+Identical runs are computed once. A run's bits are decided by its configuration hash (env, governor, the
+scenario's trainer config after the arm's overrides), its split (the block of reset seeds) and its seed, not by
+the scenario's name: an arm that overrides the very thing the scenarios differ in (``adamw_tuned`` sets the LR
+that tells LR-stress scenarios apart) makes every scenario of a model the same run. Its other tasks get a copy of
+the record under their own key, marked ``copy_of``, with the replay's scenario renamed, so ``--verify`` replays
+each copy as its own scenario (and gets the same bits).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError
 from ..control.protocol import GovernorFactory
 from .executors import EXECUTORS, Executor
-from .records import RECORDS_FILE, RecordStore, record_key
-from .suite import Plan, SuiteConfig, check_data, prepare
+from .records import RECORDS_FILE, RecordKey, RecordStore, record_key
+from .suite import Plan, SuiteConfig, Task, check_data, prepare
 
 
 @dataclasses.dataclass
@@ -31,7 +39,9 @@ class RunSummary:
     records: list[dict[str, Any]]
     """All complete records in the store after the run (earlier runs' included)."""
     ran: int
-    """Tasks run now."""
+    """Tasks run now (copies of an identical run included)."""
+    copied: int
+    """Of those, tasks whose record is a copy of an identical run's (see the module docstring)."""
     skipped: int
     """Tasks skipped because their records already existed."""
     notes: list[str]
@@ -73,20 +83,73 @@ def run_suite(
     check_data(plan, todo)
     if on_start is not None:
         on_start(len(plan.tasks), len(todo), notes)
-    ran = 0
+    ran = copied = 0
     if todo:
+        runs, copies = identical_runs(plan, todo, store.records)
         with store:
             store.open()
-            for record in EXECUTORS[executor](suite, todo, workers, make_governor):
+            for record in _with_copies(EXECUTORS[executor](suite, runs, workers, make_governor), copies, store):
                 if store.append(record):
                     ran += 1
+                    copied += "copy_of" in record
                 if on_record is not None:
                     on_record(record)
     # Plan order (scenario, seed, arm), whatever order the executor delivered them in; records of tasks
     # outside this plan (earlier runs into the same folder) follow in file order.
     order = {t.key: i for i, t in enumerate(plan.tasks)}
     records = sorted(store.records, key=lambda r: order.get(record_key(r), len(order)))
-    return RunSummary(folder, plan, records, ran, len(plan.tasks) - len(todo), notes)
+    return RunSummary(folder, plan, records, ran, copied, len(plan.tasks) - len(todo), notes)
+
+
+RunIdentity = tuple[str, str, int]
+"""``(config hash, split, seed)``: what decides a run's bits (see the module docstring)."""
+
+
+def identical_runs(
+    plan: Plan, todo: list[Task], stored: list[dict[str, Any]]
+) -> tuple[list[Task], dict[RunIdentity, list[Task]]]:
+    """The tasks to run (one per identity not yet stored) and, per identity, the tasks that get a copy."""
+    split = {s.name: s.split for s in plan.scenarios}
+
+    def identity(key: RecordKey) -> RunIdentity:
+        return (plan.hashes[key], split[key[0]], key[2])
+
+    have = {identity(record_key(r)) for r in stored if record_key(r) in plan.hashes}
+    runs: list[Task] = []
+    copies: dict[RunIdentity, list[Task]] = {}
+    for task in todo:
+        i = identity(task.key)
+        if i in have or i in copies:
+            copies.setdefault(i, []).append(task)
+        else:
+            copies[i] = []
+            runs.append(task)
+    return runs, copies
+
+
+def _with_copies(
+    records: Iterator[dict[str, Any]], copies: dict[RunIdentity, list[Task]], store: RecordStore
+) -> Iterator[dict[str, Any]]:
+    """The executor's records, each followed by its copies; first the copies of runs stored already."""
+
+    def copies_of(record: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+        for task in copies.pop((str(record.get("config_hash")), str(record.get("split")), int(record["seed"])), []):
+            yield copy_record(record, task)
+
+    for record in list(store.records):
+        yield from copies_of(record)
+    for record in records:
+        yield record
+        yield from copies_of(record)
+
+
+def copy_record(record: Mapping[str, Any], task: Task) -> dict[str, Any]:
+    """``record`` (an identical run's) under ``task``'s key: scenario and family renamed, in the replay too."""
+    out = copy.deepcopy(dict(record))
+    out["copy_of"] = record.get("copy_of") or {"scenario": record["scenario"], "arm": record["arm"]}
+    out["scenario"], out["family"], out["arm"] = task.scenario, task.scenario.split("/", 1)[0], task.arm.label
+    out["replay"]["reset_options"]["scenario"] = task.scenario
+    return out
 
 
 def check_output_folder(folder: Path) -> None:
