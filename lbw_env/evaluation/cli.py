@@ -99,8 +99,8 @@ def outcome(summary: RunSummary, files: ReportFiles) -> str:
     lines = [
         short_table(files.cells),
         "",
-        f"ran {summary.ran} ({summary.copied} copies of an identical run), "
-        f"skipped {summary.skipped} (already recorded)",
+        f"ran {summary.ran}, skipped {summary.skipped} (already recorded)"
+        + (f"; {summary.copied} of those runs are copies of an identical run" if summary.copied else ""),
     ]
     lines += [f"records: {Path(summary.out) / RECORDS_FILE}", f"report:  {files.report_md}"]
     lines.append(f"summary: {files.summary_csv}")
