@@ -185,8 +185,10 @@ def provenance(res: Results, base: Path) -> str:
         shown = sorted({c.removesuffix("-dirty")[:12] for c in commits})
         code += f", commit {', '.join(shown)}" + (" (with uncommitted changes)" if dirty else "")
     configs = stable_hash(sorted({str(r.get("config_hash", "")) for r in res.records}), length=12)
+    copies = sum("copy_of" in r for r in res.records)
+    runs = f"{len(res.records)} runs" + (f", {copies} of them copies of an identical run" if copies else "")
     return (
-        f"_From [`{rel}/{RECORDS_FILE}`]({rel}/{RECORDS_FILE}) ({len(res.records)} runs), made by "
+        f"_From [`{rel}/{RECORDS_FILE}`]({rel}/{RECORDS_FILE}) ({runs}), made by "
         f"`{res.command}` with {code}; config hash {configs}. Replay: `python evaluate.py --verify {rel}`; "
         f"re-render: `{WRITE_COMMAND}`._"
     )
