@@ -94,6 +94,7 @@ SEARCHABLE: dict[str, Param] = {
         Param("rollback_vs_best", 0.03, 0.5, log=True),
         Param("damage_update_ratio", 0.03, 0.5, log=True),
         Param("target_update_ratio", 0.01, 0.1, log=True),
+        Param("probe_rollback", 1.0, 4.0, log=True),
     )
 }
 """Every threshold ``--params`` may name, with its bounds."""

@@ -5,6 +5,8 @@
 * ``lbw_guard_ratio`` — the guard with an LR cap read from the first interval's update ratio
   (:attr:`GuardConfig.target_update_ratio`; ``configs/governors/lbw_guard_ratio.yaml``): a configured LR far
   above the useful one is cut to it, not merely survived.
+* ``lbw_guard_probe`` — that, and a first interval whose update ratio ran far above the target is rolled back
+  (:attr:`GuardConfig.probe_rollback`; ``configs/governors/lbw_guard_probe.yaml``).
 * ``skip_step`` — OLMo-core / Levanter style: skip a step whose loss or gradient norm is more than 6σ above
   its rolling mean; LR untouched.
 * ``ewm_skip`` — metaseq style: skip a step whose loss exceeds ``ratio`` x its exponentially weighted mean.
@@ -155,6 +157,13 @@ class GuardConfig:
     qwen2-s, llama-tiny and qwen2-tiny fine-tunes and a qwen2-tiny from scratch, at LRs 1e-3 to 1e-2). The cap is
     a scale, so the configured schedule keeps its shape under it. Used by ``lbw_guard_ratio``
     (``configs/governors/lbw_guard_ratio.yaml``, whose value ``benchmarks/calibrate_guard.py`` chose)."""
+    probe_rollback: float = math.inf
+    """With ``target_update_ratio``: when the first interval's update ratio was more than this multiple of the
+    target, also ask for a rollback at the next decision (``inf``: never; ``lbw_guard_ratio``). The first interval
+    is then a probe that ran too hot: its damage outlasts it (llama-tiny at 20x the reference LR: validation ppl
+    215 -> 383 in those 8 steps, still 199 against tuned AdamW's 188 after 200), below the damage threshold that
+    already rolls back at 100x. The rollback lands after the next interval (run at the cap), on the starting
+    weights, so it costs two intervals of steps. Not when a rollback already happened."""
     rollback: bool = True
     """Ask for rollbacks at all. False only for the ``lbw_guard_no_rollback`` ablation (what rollback adds)."""
     ceiling: bool = True
@@ -180,6 +189,7 @@ class GuardConfig:
         check(
             self.target_update_ratio > 0, "target_update_ratio", "a float > 0 (.inf: no cap)", self.target_update_ratio
         )
+        check(self.probe_rollback >= 1, "probe_rollback", "a float >= 1 (.inf: never)", self.probe_rollback)
 
 
 class LBWGuard(RuleGovernor):
@@ -252,11 +262,21 @@ class LBWGuard(RuleGovernor):
         # ceilings are kept on the effective LR, so that a shock or a schedule change is seen through the scale.
         effective_lr = obs.physical("log_lr")  # None: no step was applied in the interval
         scheduled_lr = effective_lr / self.scale if effective_lr else None
+        probe_hot = False
         if not self.ratio_measured:
             update_ratio = obs.physical("log_update_ratio")
             if effective_lr and update_ratio:  # the first interval with applied steps
                 self.ratio_cap = self.scale * g.target_update_ratio / update_ratio
                 self.ratio_measured = True
+                probe_hot = update_ratio > g.probe_rollback * g.target_update_ratio and obs["rollbacks"] == 0
+        target, gate, rollback = self._react(obs, effective_lr, scheduled_lr)
+        return target, gate, rollback or (probe_hot and g.rollback)
+
+    def _react(
+        self, obs: ObservationView, effective_lr: float | None, scheduled_lr: float | None
+    ) -> tuple[float, float, bool]:
+        """The regime's answer: back off, hold or grow the scale, the gate, and whether to roll back."""
+        g = self.gcfg
         regime, rollback = self.assess(obs)
         if regime == "unstable":
             if effective_lr and g.ceiling:
@@ -330,6 +350,10 @@ def _lbw_guard_ratio(envelope: EnvelopeConfig, arg: str) -> Governor:
     return LBWGuard(envelope, load_guard_config(arg or config_dir() / "governors" / "lbw_guard_ratio.yaml"))
 
 
+def _lbw_guard_probe(envelope: EnvelopeConfig, arg: str) -> Governor:
+    return LBWGuard(envelope, load_guard_config(arg or config_dir() / "governors" / "lbw_guard_probe.yaml"))
+
+
 def _skip_step(envelope: EnvelopeConfig, arg: str) -> Governor:
     return ConstantGovernor(envelope, gate=float(arg) if arg else 6.0)
 
@@ -346,6 +370,7 @@ RULES: dict[str, GovernorBuilder] = {
     "adamw": _adamw,
     "lbw_guard": _lbw_guard,
     "lbw_guard_ratio": _lbw_guard_ratio,
+    "lbw_guard_probe": _lbw_guard_probe,
     "skip_step": _skip_step,
     "ewm_skip": _ewm_skip,
     "plateau": _plateau,
@@ -353,5 +378,6 @@ RULES: dict[str, GovernorBuilder] = {
 }
 """The rule governors by registered name: ``adamw``, ``lbw_guard[:<yaml>]``, ``skip_step[:<gate>]``,
 ``ewm_skip[:<ratio>]``, ``plateau``, ``lbw_guard_ratio[:<yaml>]`` (the guard with an LR cap from the update
-ratio), and the guard ablations ``lbw_guard_no_slow_start[:<yaml>]``,
-``lbw_guard_no_rollback[:<yaml>]``, ``lbw_guard_no_ceiling[:<yaml>]``."""
+ratio), ``lbw_guard_probe[:<yaml>]`` (that, rolling back a first interval that ran hot), and the guard
+ablations ``lbw_guard_no_slow_start[:<yaml>]``, ``lbw_guard_no_rollback[:<yaml>]``,
+``lbw_guard_no_ceiling[:<yaml>]``."""

@@ -34,7 +34,9 @@ def reset_obs() -> np.ndarray:
     return np.zeros(WINDOW * len(FEATURE_NAMES), dtype=np.float32)
 
 
-@pytest.mark.parametrize("name", ["adamw", "lbw_guard", "lbw_guard_ratio", "skip_step", "ewm_skip", "plateau"])
+@pytest.mark.parametrize(
+    "name", ["adamw", "lbw_guard", "lbw_guard_ratio", "lbw_guard_probe", "skip_step", "ewm_skip", "plateau"]
+)
 @pytest.mark.parametrize("mode", ["continuous", "discrete"])
 def test_rule_governors_follow_the_protocol_and_the_action_space(name: str, mode: str) -> None:
     cfg = EnvelopeConfig(action_mode=mode, rollback_action=True)
@@ -208,6 +210,28 @@ def test_the_update_ratio_cap_follows_the_first_interval_and_keeps_the_rest_of_t
     assert capped.ratio_cap == math.inf and not capped.ratio_measured
     with pytest.raises(ConfigError, match="target_update_ratio"):
         GuardConfig(target_update_ratio=0.0).validate()
+
+
+def test_a_hot_probe_interval_asks_for_one_rollback() -> None:
+    """``probe_rollback``: a first interval whose update ratio was more than that multiple of the target asks for a
+    rollback with the next action (and only then); a cooler one, a run that already rolled back, or the default
+    (``inf``) does not."""
+    healthy = obs_with(loss=0.8, loss_trend=-0.2, log_update_ratio=0.5)
+
+    def first(ratio: float, rollbacks: float = 0.0) -> np.ndarray:
+        return obs_with(loss=0.8, loss_trend=-0.2, log_update_ratio=math.log10(ratio) + 3.0, rollbacks=rollbacks)
+
+    cfg = GuardConfig(target_update_ratio=0.02, probe_rollback=1.5)
+    env = EnvelopeConfig(rollback_action=True)
+    hot = run_guard(LBWGuard(env, cfg), [reset_obs(), first(0.04), *[healthy] * 3])
+    assert [r for _, _, r in hot] == [False, True, False, False, False]
+    assert hot[1][0] == pytest.approx(hot[0][0] / 2, rel=1e-5)  # the next interval already runs at the cap
+    assert not any(r for _, _, r in run_guard(LBWGuard(env, cfg), [reset_obs(), first(0.025), healthy]))
+    assert not any(r for _, _, r in run_guard(LBWGuard(env, cfg), [reset_obs(), first(0.04, 1 / 3), healthy]))
+    off = GuardConfig(target_update_ratio=0.02)
+    assert not any(r for _, _, r in run_guard(LBWGuard(env, off), [reset_obs(), first(0.04), healthy]))
+    with pytest.raises(ConfigError, match="probe_rollback"):
+        GuardConfig(probe_rollback=0.5).validate()
 
 
 def test_observation_view_reads_the_newest_row() -> None:
