@@ -5,8 +5,6 @@
 * ``lbw_guard_ratio`` — the guard with an LR cap read from the first interval's update ratio
   (:attr:`GuardConfig.target_update_ratio`; ``configs/governors/lbw_guard_ratio.yaml``): a configured LR far
   above the useful one is cut to it, not merely survived.
-* ``lbw_guard_probe`` — that, and a first interval whose update ratio ran far above the target is rolled back
-  (:attr:`GuardConfig.probe_rollback`; ``configs/governors/lbw_guard_probe.yaml``).
 * ``skip_step`` — OLMo-core / Levanter style: skip a step whose loss or gradient norm is more than 6σ above
   its rolling mean; LR untouched.
 * ``ewm_skip`` — metaseq style: skip a step whose loss exceeds ``ratio`` x its exponentially weighted mean.
@@ -163,7 +161,11 @@ class GuardConfig:
     is then a probe that ran too hot: its damage outlasts it (llama-tiny at 20x the reference LR: validation ppl
     215 -> 383 in those 8 steps, still 199 against tuned AdamW's 188 after 200), below the damage threshold that
     already rolls back at 100x. The rollback lands after the next interval (run at the cap), on the starting
-    weights, so it costs two intervals of steps. Not when a rollback already happened."""
+    weights, so it costs two intervals of steps. Not when a rollback already happened. Shipped in no governor
+    yet: a 5-point grid over 1-4 on lr_stress and full_param train+val (``calibrate_guard.py --params
+    probe_rollback``) scored every value exactly like ``inf``, because those splits hold no LR multiple between
+    10x (whose first interval stays under the target) and 33x (whose first interval already crosses the damage
+    threshold and rolls back): train/val cannot calibrate it until they cover that range."""
     rollback: bool = True
     """Ask for rollbacks at all. False only for the ``lbw_guard_no_rollback`` ablation (what rollback adds)."""
     ceiling: bool = True
@@ -350,10 +352,6 @@ def _lbw_guard_ratio(envelope: EnvelopeConfig, arg: str) -> Governor:
     return LBWGuard(envelope, load_guard_config(arg or config_dir() / "governors" / "lbw_guard_ratio.yaml"))
 
 
-def _lbw_guard_probe(envelope: EnvelopeConfig, arg: str) -> Governor:
-    return LBWGuard(envelope, load_guard_config(arg or config_dir() / "governors" / "lbw_guard_probe.yaml"))
-
-
 def _skip_step(envelope: EnvelopeConfig, arg: str) -> Governor:
     return ConstantGovernor(envelope, gate=float(arg) if arg else 6.0)
 
@@ -370,7 +368,6 @@ RULES: dict[str, GovernorBuilder] = {
     "adamw": _adamw,
     "lbw_guard": _lbw_guard,
     "lbw_guard_ratio": _lbw_guard_ratio,
-    "lbw_guard_probe": _lbw_guard_probe,
     "skip_step": _skip_step,
     "ewm_skip": _ewm_skip,
     "plateau": _plateau,
@@ -378,6 +375,5 @@ RULES: dict[str, GovernorBuilder] = {
 }
 """The rule governors by registered name: ``adamw``, ``lbw_guard[:<yaml>]``, ``skip_step[:<gate>]``,
 ``ewm_skip[:<ratio>]``, ``plateau``, ``lbw_guard_ratio[:<yaml>]`` (the guard with an LR cap from the update
-ratio), ``lbw_guard_probe[:<yaml>]`` (that, rolling back a first interval that ran hot), and the guard
-ablations ``lbw_guard_no_slow_start[:<yaml>]``, ``lbw_guard_no_rollback[:<yaml>]``,
+ratio), and the guard ablations ``lbw_guard_no_slow_start[:<yaml>]``, ``lbw_guard_no_rollback[:<yaml>]``,
 ``lbw_guard_no_ceiling[:<yaml>]``."""
