@@ -157,6 +157,30 @@ def test_tuned_arm_is_preferred_and_targets_are_its_worst_seed() -> None:
     assert cells[("f/hot", "adamw_tuned")].reached == 2  # tuned AdamW reaches its worst seed's final by definition
 
 
+def test_ranking_orders_every_arm_of_a_scenario_by_test_perplexity() -> None:
+    from lbw_env.evaluation.tables import ranking_table
+
+    records = []
+    for seed in range(3):
+        records += [
+            make_record("f/ref", "adamw", seed, 300.0 + seed),
+            make_record("f/hot", "adamw", seed, 900.0, diverged=seed == 0),
+            make_record("f/hot", "adamw_tuned", seed, 240.0 + seed),
+            make_record("f/hot", "lbw_guard", seed, 250.0 + seed),
+        ]
+    table = ranking_table(summarize(records), "f")
+    assert table is not None
+    rows = [[x.strip() for x in line.split("|")[1:-1]] for line in table.splitlines()[2:]]
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        ("f/ref", "1", "adamw"),
+        ("f/hot", "1", "adamw_tuned"),
+        ("", "2", "lbw_guard"),
+        ("", "3", "adamw"),
+    ]
+    assert rows[3][3].endswith("(1/3 div.)")
+    assert rows[2][4].endswith("(ratio to tuned)") and rows[1][5] == "10.0 s"
+
+
 def test_time_to_target() -> None:
     # adamw on the reference scenario ends at 200 and 300: the target is its worst seed, 300.
     ref0 = make_record("f/ref", "adamw", 0, 200.0, valid=([0, 10, 20, 30], [1000.0, 400.0, 240.0, 200.0], [0, 1, 2, 3]))

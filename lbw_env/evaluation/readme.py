@@ -18,8 +18,8 @@ a block between two marker lines, whose content the command replaces::
     <!-- table: <suite>/<table>[:<family>] -->
     <!-- /table -->
 
-Tables (:data:`TABLES`): ``headline:<family>``, ``arms:<family>``, ``yardstick:<family>``, ``full`` or
-``full:<family>``, ``governors``, ``aggregate``, and the bullet lists ``summary`` and ``not-helping``. Each
+Tables (:data:`TABLES`): ``headline:<family>``, ``arms:<family>``, ``ranking:<family>``, ``yardstick:<family>``,
+``full`` or ``full:<family>``, ``governors``, ``aggregate``, and the bullet lists ``summary`` and ``not-helping``. Each
 block ends with a line naming the records, the command that made them, and the code version (the git commit
 the records carry, the lbw-env version, and a hash of the records' config hashes).
 """
@@ -50,6 +50,7 @@ from .tables import (
     governors_table,
     guard_findings,
     headline_table,
+    ranking_table,
     summary_csv,
     yardstick_table,
 )
@@ -147,6 +148,7 @@ def _findings(which: int) -> Callable[[Results, str], str | None]:
 TABLES: dict[str, tuple[bool | None, Callable[[Results, str], str | None]]] = {
     "headline": (True, _family_table(headline_table, True)),
     "arms": (True, _family_table(arms_table, False)),
+    "ranking": (True, _family_table(ranking_table, False)),
     "yardstick": (True, _family_table(yardstick_table, True)),
     "full": (None, _full),
     "governors": (False, lambda res, _: governors_table(res.stats[0])),

@@ -27,6 +27,7 @@ from .tables import (
     governors_table,
     guard_findings,
     headline_table,
+    ranking_table,
     summary_csv,
     yardstick_table,
 )
@@ -124,6 +125,8 @@ def _family_section(
     table = arms_table(cells, family) if family == "clipping" or head is None or n_arms > 2 else None
     blocks = [table, head] if family == "clipping" else [head, table]
     blocks.append(yardstick_table(cells, family, reference_arm, guard_arm))
+    if n_arms > 2:  # every arm ranked per scenario, with its score and cost
+        blocks.append(ranking_table(cells, family))
     return out + [x for b in blocks if b for x in (b, "")]
 
 

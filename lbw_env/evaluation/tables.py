@@ -215,6 +215,25 @@ def arms_table(cells: Sequence[Cell], family: str) -> str | None:
     return _md_table(header, rows) if rows else None
 
 
+def ranking_table(cells: Sequence[Cell], family: str) -> str | None:
+    """Per scenario, every arm ranked by its geometric-mean final test perplexity (best first; a diverged run
+    counts in its arm's mean), with its yardstick score and its mean wall time per run. A rank is an ordering of
+    means, not a finding: the arms' intervals, in the same row, say which differences are real."""
+    fam, index, with_model, arms = _family(cells, family)
+    rows = []
+    for scenario in _ordered_scenarios(fam):
+        ranked = sorted(
+            (index[(scenario, a)] for a in arms if (scenario, a) in index),
+            key=lambda c: (not math.isfinite(c.test_ppl.mean), c.test_ppl.mean),
+        )
+        for rank, c in enumerate(ranked, 1):
+            label = _scenario_label(c, with_model) if rank == 1 else ""
+            score = "—" if c.score is None else f"{_score(c.score)} ({c.score_kind})"
+            rows.append([label, str(rank), c.arm, _ppl(c.test_ppl) + _div(c), score, f"{c.wall_seconds:.1f} s"])
+    header = ["Scenario", "rank", "arm", "test ppl [95% t CI]", "score [95% t CI]", "wall time / run"]
+    return _md_table(header, rows) if rows else None
+
+
 def aggregate_table(agg: Mapping[str, tuple[Estimate, Mapping[str, Sequence[float]]]]) -> str | None:
     """Per arm: IQM of final test ppl / tuned AdamW over all runs, stratified bootstrap CI."""
     rows = [[arm, est.fmt("{:.3f}"), str(est.n), str(len(by_s))] for arm, (est, by_s) in agg.items() if est.n]
