@@ -1,6 +1,6 @@
 """The stress suites' one LR-free arm is the one the committed validation records choose.
 
-``configs/suites/select_lr_free.yaml`` runs the LR-free (and schedule-free) optimizers on validation scenarios
+``configs/selection/select_lr_free.yaml`` runs the LR-free (and schedule-free) optimizers on validation scenarios
 only; the choice is the lowest mean capped final validation log-perplexity (:func:`capped_loss`, the score of
 every selection on val). This test recomputes it from the committed records and fails if they touch the test
 split, are incomplete, or if a suite that runs one LR-free arm runs another.
@@ -28,7 +28,7 @@ SUITES_WITH_ONE = ("full_param", "lora_stress", "runtime_faults")
 
 def scores() -> dict[str, float]:
     """Mean capped final validation log-ppl per LR-free arm, over every scenario and seed of the selection."""
-    suite = load_suite(str(config_dir() / "suites" / "select_lr_free.yaml"))
+    suite = load_suite(str(config_dir() / "selection" / "select_lr_free.yaml"))
     records = [json.loads(line) for line in RECORDS.read_text().splitlines()]
     assert {r["split"] for r in records} <= {"train", "val"}  # chosen without the test split
     expected = {(s.name, seed) for s in resolve(suite.scenarios) for seed in range(suite.seeds)}
