@@ -38,17 +38,16 @@ import numpy as np
 import yaml
 
 from lbw_env.cache import atomic_write_text
-from lbw_env.config import ConfigError, config_dir, read_yaml, to_dict
+from lbw_env.config import ConfigError, read_yaml, to_dict
 from lbw_env.evaluation import load_suite, run_suite
 from lbw_env.evaluation.stats import capped_loss
 from lbw_env.evaluation.suite import suite_path, with_overrides
-from lbw_env.scenarios import Scenario, require_not_test
+from lbw_env.scenarios import Scenario, require_not_test, tuned_lrs_path
 from policies import make_governor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from calibrate_guard import display_path, git_version  # one definition of each
 
-TUNED_YAML = config_dir() / "baselines" / "adamw_tuned.yaml"
 PURPOSE = "AdamW LR tuning (benchmarks/tune_adamw.py)"
 HEADER = "# The tuned-AdamW baseline's LR per family: written by benchmarks/tune_adamw.py (not by hand).\n"
 
@@ -138,7 +137,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--lrs", type=float, nargs="+", required=True, help="the LR grid")
     ap.add_argument("--seeds", type=int, default=3, help="evaluation seeds per run (0..n-1)")
     ap.add_argument("--workers", type=int, default=1, help="episodes in parallel (a process pool if > 1)")
-    ap.add_argument("--output", default=str(TUNED_YAML), help="the tuned-LR file (one entry per family)")
+    ap.add_argument("--output", default=str(tuned_lrs_path()), help="the tuned-LR file (one entry per family)")
     ap.add_argument("--out", default="", help="records folder (default results/tune_adamw/<first spec>)")
     ap.add_argument("--env-suite", default="smoke", help="suite whose env settings the runs use")
     ap.add_argument("--name", default="", help="entry name in --output (default: the family; e.g. lora_stress/qwen2-m)")

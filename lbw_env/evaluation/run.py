@@ -105,6 +105,11 @@ RunIdentity = tuple[str, str, int]
 """``(config hash, split, seed)``: what decides a run's bits (see the module docstring)."""
 
 
+def record_identity(record: Mapping[str, Any]) -> RunIdentity:
+    """A stored or fresh record's :data:`RunIdentity`, from its own fields."""
+    return (str(record.get("config_hash")), str(record.get("split")), int(record["seed"]))
+
+
 def identical_runs(
     plan: Plan, todo: list[Task], stored: list[dict[str, Any]]
 ) -> tuple[list[Task], dict[RunIdentity, list[Task]]]:
@@ -114,7 +119,7 @@ def identical_runs(
     def identity(key: RecordKey) -> RunIdentity:
         return (plan.hashes[key], split[key[0]], key[2])
 
-    have = {identity(record_key(r)) for r in stored if record_key(r) in plan.hashes}
+    have = {record_identity(r) for r in stored if record_key(r) in plan.hashes}  # stored hash = plan's (checked)
     runs: list[Task] = []
     copies: dict[RunIdentity, list[Task]] = {}
     for task in todo:
@@ -133,7 +138,7 @@ def _with_copies(
     """The executor's records, each followed by its copies; first the copies of runs stored already."""
 
     def copies_of(record: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
-        for task in copies.pop((str(record.get("config_hash")), str(record.get("split")), int(record["seed"])), []):
+        for task in copies.pop(record_identity(record), []):
             yield copy_record(record, task)
 
     for record in list(store.records):
