@@ -247,7 +247,7 @@ def with_overrides(scenario: Scenario, overrides: Sequence[str] | dict[str, Any]
     merged = deep_merge(base, update)
     if (merged.get("optim") or {}).get("lr") == TUNED:
         preset = "" if merged["model"].get("pretrained") else str(merged["model"].get("preset", ""))
-        merged["optim"]["lr"] = tuned_lr(scenario.family, preset)
+        merged["optim"]["lr"] = tuned_lr(scenario.family, preset, str(merged.get("regime", "")))
     trainer = from_dict(TrainerConfig, expand_presets(merged))
     return dataclasses.replace(scenario, trainer=trainer)
 
@@ -262,22 +262,24 @@ def tuned_lrs_path() -> Path:
     return config_dir() / "baselines" / "adamw_tuned.yaml"
 
 
-def tuned_lr(family: str, preset: str = "") -> float:
-    """The tuned AdamW LR of ``family`` on model ``preset``: the entry ``<family>/<preset>`` of
-    :func:`tuned_lrs_path` (for a family whose models want their own LR, e.g. ``lora_stress/qwen2-m``), else
-    the entry ``<family>``. Raises ConfigError naming the missing entry and the command that makes it."""
+def tuned_lr(family: str, preset: str = "", regime: str = "") -> float:
+    """The tuned AdamW LR of ``family`` on model ``preset`` in ``regime``: the first entry of
+    :func:`tuned_lrs_path` among ``<family>/<preset>`` (a family whose models want their own LR, e.g.
+    ``lora_stress/qwen2-m``), ``<family>/<regime>`` (a family that trains from scratch and fine-tunes, e.g.
+    ``tiny/finetune``: a careful user tunes each) and ``<family>``. Raises ConfigError naming the missing entries
+    and the command that makes them."""
     path = tuned_lrs_path()
     try:
         table = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
-    for key in (f"{family}/{preset}" if preset else "", family):
-        entry = table.get(key) if key else None
+    keys = [f"{family}/{part}" for part in (preset, regime) if part] + [family]
+    for key in keys:
+        entry = table.get(key)
         if isinstance(entry, dict) and isinstance(entry.get("lr"), (int, float)):
             return float(entry["lr"])
-    names = f"{family}/{preset} or {family}" if preset else family
     raise ConfigError(
-        f"optim.lr=tuned: no tuned LR for {names} in {path}; expected an entry with an lr, written by "
+        f"optim.lr=tuned: no tuned LR for {' or '.join(keys)} in {path}; expected an entry with an lr, written by "
         f"benchmarks/tune_adamw.py from the family's train/val scenarios"
     )
 

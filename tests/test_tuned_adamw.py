@@ -89,7 +89,7 @@ def test_every_suite_s_yardstick_runs_at_the_tuned_lr() -> None:
             if s.split != "test":
                 continue  # a selection suite on val (select_lr_free) reports nothing
             try:
-                lr = tuned_lr(s.family, s.trainer.model.preset)
+                lr = tuned_lr(s.family, s.trainer.model.preset, s.trainer.regime)
             except ConfigError:
                 continue  # no sweep committed for this family: the report says which yardstick it used
             if "adamw_tuned" in arms:
@@ -113,5 +113,18 @@ def test_optim_lr_tuned_resolves_per_family_and_model() -> None:
 
     assert with_overrides(get_scenario("lr_stress/lr1.5e-1_b1"), ["optim.lr=tuned"]).trainer.optim.lr == 3e-3
     assert with_overrides(get_scenario("lora_stress/s_lr6e-2_b1"), ["optim.lr=tuned"]).trainer.optim.lr == 1e-2
-    with pytest.raises(ConfigError, match=r"^optim\.lr=tuned: no tuned LR for tiny/qwen2-tiny or tiny in .*tuned"):
-        with_overrides(get_scenario("tiny/ref"), ["optim.lr=tuned"])
+    missing = r"^optim\.lr=tuned: no tuned LR for model_size/qwen2-m or model_size/finetune or model_size in .*tuned"
+    with pytest.raises(ConfigError, match=missing):
+        with_overrides(get_scenario("model_size/m_ref"), ["optim.lr=tuned"])
+
+
+def test_optim_lr_tuned_reads_the_regime_entry_of_a_family_that_trains_both_ways(tmp_path, monkeypatch) -> None:
+    """A family that trains from scratch and fine-tunes (tiny) keeps one tuned LR per regime: a careful user
+    would not fine-tune at the LR that suits training from scratch."""
+    import lbw_env.scenarios as scen
+
+    table = tmp_path / "adamw_tuned.yaml"
+    table.write_text("tiny/scratch: {lr: 0.01}\ntiny/finetune: {lr: 0.001}\n")
+    monkeypatch.setattr(scen, "tuned_lrs_path", lambda: table)
+    assert scen.with_overrides(scen.get_scenario("tiny/high_lr20"), ["optim.lr=tuned"]).trainer.optim.lr == 0.01
+    assert scen.with_overrides(scen.get_scenario("tiny/ft_lr3e-1_b1"), ["optim.lr=tuned"]).trainer.optim.lr == 0.001
