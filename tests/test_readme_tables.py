@@ -1,7 +1,8 @@
-"""README tables are regenerated from committed records: ``python -m lbw_env.evaluation.readme README.md --check``.
+"""README tables are regenerated from committed records (``python -m lbw_env.evaluation.readme README.md
+docs/results.md --check``).
 
-The first test is the guard on the repository itself: it fails when a marked table in README.md (or a committed
-``benchmarks/results/<suite>/summary.csv``) differs from what the committed records render. The others test the
+The first test is the guard on the repository itself: it fails when a marked table in README.md or
+docs/results.md (or a committed ``benchmarks/results/<suite>/summary.csv``) differs from what the committed records render. The others test the
 machinery on a temporary README and a results folder written by evaluate.py as documented (4 short runs of the
 tiny family, as in tests/test_verify.py).
 """
@@ -36,7 +37,7 @@ TABLES = [
 
 
 def test_repository_readme_tables_match_the_committed_records(capsys: pytest.CaptureFixture[str]) -> None:
-    status = readme.main([str(REPO / "README.md"), "--check"])
+    status = readme.main([str(REPO / "README.md"), str(REPO / "docs" / "results.md"), "--check"])
     out = capsys.readouterr().out
     assert status == 0, out + f"\nregenerate with: {readme.WRITE_COMMAND}"
 
@@ -169,3 +170,35 @@ def test_a_readme_without_tables_is_current(tmp_path: Path, capsys: pytest.Captu
     with pytest.raises(SystemExit) as exit_:  # --check or --write is required
         readme.main([str(tmp_path / "README.md")])
     assert exit_.value.code == 2 and "one of the arguments --check --write is required" in capsys.readouterr().err
+
+
+def test_arms_after_the_family_select_and_order_the_columns(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``arms:tiny@lbw_guard,adamw``: those arms, in that order; an arm without records is a one-line error."""
+    repo.write_text("<!-- table: t/arms:tiny@lbw_guard -->\n<!-- /table -->\n")
+    assert run(capsys, str(repo), "--write")[0] == 0
+    header = next(line for line in repo.read_text().splitlines() if line.startswith("| Scenario"))
+    assert "lbw_guard test ppl" in header and "adamw test ppl" not in header
+    repo.write_text("<!-- table: t/arms:tiny@lbw_guard,adamw -->\n<!-- /table -->\n")
+    assert run(capsys, str(repo), "--write")[0] == 0
+    header = next(line for line in repo.read_text().splitlines() if line.startswith("| Scenario"))
+    assert header.index("lbw_guard test ppl") < header.index("adamw test ppl")
+    repo.write_text("<!-- table: t/arms:tiny@lbw_gaurd -->\n<!-- /table -->\n")
+    status, _, err = run(capsys, str(repo), "--write")
+    assert status == 2 and "lbw_gaurd have no records" in err and len(err.strip().splitlines()) == 1
+
+
+def test_several_files_render_from_one_results_root(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """README.md and docs/results.md in one command: the results root is beside the first file, links are
+    relative to each file, and bad input in the second file writes neither."""
+    docs = repo.parent / "docs"
+    docs.mkdir(exist_ok=True)
+    (docs / "results.md").write_text("<!-- table: t/ranking:tiny -->\n<!-- /table -->\n")
+    status, out, _ = run(capsys, str(repo), str(docs / "results.md"), "--write")
+    assert status == 0 and "results.md: 1 tables, 1 re-rendered" in out, out
+    assert "(../benchmarks/results/t/records.jsonl)" in (docs / "results.md").read_text()
+    assert run(capsys, str(repo), str(docs / "results.md"), "--check")[0] == 0
+    before = repo.read_text()
+    (docs / "results.md").write_text("<!-- table: t/fancy -->\n<!-- /table -->\n")
+    repo.write_text(before.replace("| tiny/high_lr |", "| edited |", 1))
+    assert run(capsys, str(repo), str(docs / "results.md"), "--write")[0] == 2
+    assert "| edited |" in repo.read_text()  # nothing written

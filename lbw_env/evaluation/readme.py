@@ -1,4 +1,4 @@
-"""README tables from committed results: ``python -m lbw_env.evaluation.readme README.md --check | --write``.
+"""README tables from committed results: ``python -m lbw_env.evaluation.readme README.md docs/results.md --check``.
 
 Why: a number in the README that nothing regenerates is a claim without evidence. Every table in it is rendered
 from the records committed under ``benchmarks/results/<suite>/`` by the report's own code (:mod:`.stats`,
@@ -15,11 +15,13 @@ A results folder, written by ``python evaluate.py --suite <suite> --out benchmar
 ``report.md`` and ``plots/`` are left out of git (regenerable, and the plots are bulky). In the README a table is
 a block between two marker lines, whose content the command replaces::
 
-    <!-- table: <suite>/<table>[:<family>] -->
+    <!-- table: <suite>/<table>[:<family>[@<arm>,<arm>...]] -->
     <!-- /table -->
 
 Tables (:data:`TABLES`): ``headline:<family>``, ``arms:<family>``, ``ranking:<family>``, ``yardstick:<family>``,
-``full`` or ``full:<family>``, ``governors``, ``aggregate``, and the bullet lists ``summary`` and ``not-helping``. Each
+``full`` or ``full:<family>``, ``governors``, ``aggregate``, and the bullet lists ``summary`` and ``not-helping``;
+``@arm,arm`` after a family shows only those arms, in that order (the README shows a few; ``docs/results.md``, which
+the same command renders from the same records, ranks every arm). Each
 block ends with a line naming the records, the command that made them, and the code version (the git commit
 the records carry, the lbw-env version, and a hash of the records' config hashes).
 """
@@ -60,7 +62,7 @@ SUITE_FILE = "suite.yaml"
 SUMMARY_FILE = "summary.csv"
 RESULTS_DIR = Path("benchmarks") / "results"
 """Committed results, relative to the README's folder (the repository root)."""
-WRITE_COMMAND = "python -m lbw_env.evaluation.readme README.md --write"
+WRITE_COMMAND = "python -m lbw_env.evaluation.readme README.md docs/results.md --write"
 
 OPEN = re.compile(r"^<!-- table: (?P<name>\S+) -->\s*$")
 CLOSE = re.compile(r"^<!-- /table -->\s*$")
@@ -126,10 +128,27 @@ def load_results(root: Path, name: str) -> Results:
 
 def _family_table(fn: Callable[..., str | None], with_arms: bool) -> Callable[[Results, str], str | None]:
     def render(res: Results, family: str) -> str | None:
+        family, arms = select_arms(res, family)
         cells = res.stats[0]
+        if arms:  # these arms, in this order (a suite with twenty arms is unreadable in one README table)
+            cells = sorted((c for c in cells if c.arm in arms), key=lambda c: arms.index(c.arm))
         return fn(cells, family, res.reference_arm, res.guard_arm) if with_arms else fn(cells, family)
 
     return render
+
+
+def select_arms(res: Results, family: str) -> tuple[str, list[str]]:
+    """``family@arm,arm,...`` -> the family and the arms to show ([]: all); an arm the records lack is a
+    ConfigError naming it (a typo must not silently drop a column)."""
+    family, _, wanted = family.partition("@")
+    arms = [a for a in wanted.split(",") if a]
+    known = {c.arm for c in res.stats[0]}
+    missing = [a for a in arms if a not in known]
+    if missing:
+        raise ConfigError(
+            f"table {res.name}: arms {', '.join(missing)} have no records; expected some of {', '.join(sorted(known))}"
+        )
+    return family, arms
 
 
 def _full(res: Results, family: str) -> str | None:
@@ -160,7 +179,8 @@ TABLES: dict[str, tuple[bool | None, Callable[[Results, str], str | None]]] = {
 
 
 def render_table(res: Results, table: str) -> str:
-    """One table (``headline:lr_stress``, ``full``, ...) of a results folder, as the report renders it."""
+    """One table (``headline:lr_stress``, ``full``, ``ranking:tiny@adamw,lbw_guard`` ...) of a results folder, as
+    the report renders it; ``@arm,arm`` after a family shows only those arms, in that order."""
     kind, _, family = table.partition(":")
     if kind not in TABLES:
         raise ConfigError(f"table {res.name}/{table}: unknown table {kind!r}; expected one of {', '.join(TABLES)}")
@@ -272,37 +292,45 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit status: 0 every table current (``--check``) or written (``--write``), 1 stale, 2 bad input."""
     p = _Parser(prog="python -m lbw_env.evaluation.readme", description=__doc__.split("\n")[0])
-    p.add_argument("readme", nargs="?", default="README.md", help="the Markdown file (default README.md)")
+    p.add_argument("files", nargs="*", default=["README.md"], help="the Markdown files (default README.md)")
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--check", action="store_true", help="exit 1 if a table or summary.csv is out of date")
     mode.add_argument("--write", action="store_true", help="re-render every table (and summary.csv) in place")
-    p.add_argument("--results", help=f"results root (default: {RESULTS_DIR} beside the README)")
+    p.add_argument("--results", help=f"results root (default: {RESULTS_DIR} beside the first file)")
     args = p.parse_args(argv)
-    readme = Path(args.readme)
-    root = Path(args.results) if args.results else readme.parent / RESULTS_DIR
+    files = [Path(f) for f in args.files]
+    root = Path(args.results) if args.results else files[0].parent / RESULTS_DIR
+    changed: list[str] = []
+    rendered: list[tuple[Path, str, str, int, int]] = []  # file, old text, new text, tables, re-rendered
     try:
-        text = readme.read_text(encoding="utf-8")
-        new, names, changed = render_readme(text, root, readme.parent, str(readme))
+        for file in files:  # every file renders before any is written: bad input in one writes none
+            text = file.read_text(encoding="utf-8")
+            new, names, stale_tables = render_readme(text, root, file.parent, str(file))
+            changed += [f"{file}: table {name}" for name in stale_tables]
+            rendered.append((file, text, new, len(names), len(stale_tables)))
         stale = stale_summaries(root)
         if args.write:
-            if new != text:
-                atomic_write_text(readme, new)
+            for file, text, new, n_tables, n_stale in rendered:
+                if new != text:
+                    atomic_write_text(file, new)
+                print(f"{file}: {n_tables} tables, {n_stale} re-rendered")
             for csv in stale:
                 atomic_write_text(csv, summary_csv(load_results(root, csv.parent.name).stats[0]))
     except (ConfigError, OSError, UnicodeDecodeError) as e:
         print(f"{p.prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     if args.write:
-        print(f"{readme}: {len(names)} tables, {len(changed)} re-rendered; {len(stale)} summary.csv rewritten")
+        print(f"{root}: {len(stale)} summary.csv rewritten")
         return 0
     for name in changed:
-        print(f"{readme}: table {name} differs from what its records render")
+        print(f"{name} differs from what its records render")
     for csv in stale:
         print(f"{csv}: differs from what its records render")
     if changed or stale:
         print(f"to regenerate: {WRITE_COMMAND}")
         return 1
-    print(f"{readme}: {len(names)} tables current; {root}: summary files current")
+    tables = sum(r[3] for r in rendered)
+    print(f"{', '.join(map(str, files))}: {tables} tables current; {root}: summary files current")
     return 0
 
 
