@@ -2,9 +2,9 @@
 docs/results.md --check``).
 
 The first test is the guard on the repository itself: it fails when a marked table in README.md or
-docs/results.md (or a committed ``benchmarks/results/<suite>/summary.csv``) differs from what the committed records render. The others test the
-machinery on a temporary README and a results folder written by evaluate.py as documented (4 short runs of the
-tiny family, as in tests/test_verify.py).
+docs/results.md (or a committed ``benchmarks/results/<suite>/summary.csv``) differs from what the committed
+records render. The others test the machinery on a temporary README and a results folder written by evaluate.py
+as documented (4 short runs of the tiny family, as in tests/test_verify.py).
 """
 
 from __future__ import annotations
