@@ -7,6 +7,9 @@ difference of final test log perplexities, its Student-t 95 % interval and the p
 rough summary next to the per-scenario rows, not a replacement for them.
 
     python scripts/paired_arms.py benchmarks/results/tiny_test ppo_residual lbw_guard --split test
+
+``--at-step N`` compares the validation log perplexity at step ``N`` of the runs' curves instead (where a gap
+opens: e.g. before a fault starts), a diagnostic beside the headline, not a replacement for it.
 """
 
 from __future__ import annotations
@@ -23,19 +26,35 @@ from lbw_env.evaluation.stats import log_ppl
 from lbw_env.evaluation.verify import read_records
 
 
+def valid_log_ppl_at(record: dict, step: int) -> float | None:
+    """The validation log perplexity of ``record``'s curve at ``step`` (None: no evaluation at that step)."""
+    curve = record["curves"]["valid"]
+    if step not in curve["step"]:
+        return None
+    return math.log(curve["ppl"][curve["step"].index(step)])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("records", help="a records.jsonl or its folder")
     ap.add_argument("arm", help="the arm compared (Δ = arm - other)")
     ap.add_argument("other", help="the arm it is compared with")
     ap.add_argument("--split", default="", help="pool only scenarios of this split (train, val, test)")
+    ap.add_argument("--at-step", type=int, help="compare the validation log-ppl at this step of the curves instead")
     args = ap.parse_args(argv)
     path = Path(args.records)
     records = read_records(path / "records.jsonl" if path.is_dir() else path)
     losses: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
     split_of: dict[str, str] = {}
     for r in records:
-        losses[(r["scenario"], r["arm"])][int(r["seed"])] = log_ppl(r, "test")
+        value = log_ppl(r, "test") if args.at_step is None else valid_log_ppl_at(r, args.at_step)
+        if value is None:
+            steps = r["curves"]["valid"]["step"]
+            print(
+                f"--at-step {args.at_step}: not a validation step of the records (they have {steps})", file=sys.stderr
+            )
+            return 2
+        losses[(r["scenario"], r["arm"])][int(r["seed"])] = value
         split_of[r["scenario"]] = str(r.get("split", ""))
     pooled: list[float] = []
     for scenario in dict.fromkeys(r["scenario"] for r in records):
@@ -52,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     p = paired(pooled)
     where = f"{args.split} scenarios" if args.split else "all scenarios"
+    if args.at_step is not None:
+        where += f", validation at step {args.at_step}"
     print(f"pooled over {where}: {p.pct.fmt('{:+.2f}')} % (n = {len(pooled)}, paired t p = {p.p:.3g})")
     return 0
 

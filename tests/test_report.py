@@ -344,3 +344,13 @@ def test_paired_arms_script_per_scenario_and_pooled(tmp_path: Path, capsys: pyte
     assert out[0].startswith("a/x [test]: -2.00 [-2.00, -2.00] %") and out[1].startswith("a/y [train]: +4.00")
     assert out[2].startswith("pooled over test scenarios: -2.00") and "n = 3" in out[2]
     assert module.main([str(path), "learned", "nobody"]) == 1
+    # --at-step: the validation curves at one step instead of the final test perplexity.
+    for r in records:
+        r["curves"] = {"valid": {"step": [0, 8], "ppl": [500.0, r["test_ppl"] * (1.5 if r["arm"] == "learned" else 1)]}}
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert module.main([str(path), "learned", "guard", "--split", "test", "--at-step", "8"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("a/x [test]: +47.00 [+47.00, +47.00] %"), out  # 0.98 x 1.5
+    assert out[2].startswith("pooled over test scenarios, validation at step 8: +47.00"), out
+    assert module.main([str(path), "learned", "guard", "--at-step", "4"]) == 2
+    assert "--at-step 4: not a validation step of the records (they have [0, 8])" in capsys.readouterr().err
