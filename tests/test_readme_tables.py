@@ -195,7 +195,9 @@ def test_several_files_render_from_one_results_root(repo: Path, capsys: pytest.C
     (docs / "results.md").write_text("<!-- table: t/ranking:tiny -->\n<!-- /table -->\n")
     status, out, _ = run(capsys, str(repo), str(docs / "results.md"), "--write")
     assert status == 0 and "results.md: 1 tables, 1 re-rendered" in out, out
-    assert "(../benchmarks/results/t/records.jsonl)" in (docs / "results.md").read_text()
+    rendered = (docs / "results.md").read_text()
+    assert "(../benchmarks/results/t/records.jsonl)" in rendered  # the link, from docs/
+    assert "`python evaluate.py --verify benchmarks/results/t`" in rendered  # the command, from the root
     assert run(capsys, str(repo), str(docs / "results.md"), "--check")[0] == 0
     before = repo.read_text()
     (docs / "results.md").write_text("<!-- table: t/fancy -->\n<!-- /table -->\n")

@@ -196,9 +196,12 @@ def render_table(res: Results, table: str) -> str:
     return out
 
 
-def provenance(res: Results, base: Path) -> str:
-    """The line under a table: which records, the command that made them, the code version, how to check."""
+def provenance(res: Results, base: Path, home: Path | None = None) -> str:
+    """The line under a table: which records, the command that made them, the code version, how to check. The
+    link is relative to ``base`` (the Markdown file's folder), the commands to ``home`` (where they are run: the
+    first file's folder, the repository root; default ``base``)."""
     rel = Path(os.path.relpath(res.folder, base)).as_posix()
+    here = Path(os.path.relpath(res.folder, base if home is None else home)).as_posix()
     versions = sorted({str(get_path(r, "versions", "lbw_env", default="?")) for r in res.records})
     commits = sorted({str(get_path(r, "versions", "git", default="")) for r in res.records} - {""})
     code = f"lbw-env {', '.join(versions)}"
@@ -211,7 +214,7 @@ def provenance(res: Results, base: Path) -> str:
     runs = f"{len(res.records)} runs" + (f", {copies} of them copies of an identical run" if copies else "")
     return (
         f"_From [`{rel}/{RECORDS_FILE}`]({rel}/{RECORDS_FILE}) ({runs}), made by "
-        f"`{res.command}` with {code}; config hash {configs}. Replay: `python evaluate.py --verify {rel}`; "
+        f"`{res.command}` with {code}; config hash {configs}. Replay: `python evaluate.py --verify {here}`; "
         f"re-render: `{WRITE_COMMAND}`._"
     )
 
@@ -250,9 +253,11 @@ def find_blocks(lines: Sequence[str], where: str = "README") -> list[Block]:
     return blocks
 
 
-def render_readme(text: str, root: Path, base: Path, where: str = "README") -> tuple[str, list[str], list[str]]:
+def render_readme(
+    text: str, root: Path, base: Path, where: str = "README", home: Path | None = None
+) -> tuple[str, list[str], list[str]]:
     """``(new text, names of all blocks, names of the blocks that changed)``; results from ``root``, links
-    relative to ``base`` (the README's folder)."""
+    relative to ``base`` (the file's folder), commands relative to ``home`` (default ``base``)."""
     lines = text.split("\n")
     blocks = find_blocks(lines, where)
     cache: dict[str, Results] = {}
@@ -264,7 +269,7 @@ def render_readme(text: str, root: Path, base: Path, where: str = "README") -> t
         if suite not in cache:
             cache[suite] = load_results(root, suite)
         res = cache[suite]
-        content = ["", render_table(res, table), "", provenance(res, base), ""]
+        content = ["", render_table(res, table), "", provenance(res, base, home), ""]
         new = "\n".join(content).split("\n")
         if lines[b.start : b.end] != new:
             changed.append(b.name)
@@ -305,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for file in files:  # every file renders before any is written: bad input in one writes none
             text = file.read_text(encoding="utf-8")
-            new, names, stale_tables = render_readme(text, root, file.parent, str(file))
+            new, names, stale_tables = render_readme(text, root, file.parent, str(file), files[0].parent)
             changed += [f"{file}: table {name}" for name in stale_tables]
             rendered.append((file, text, new, len(names), len(stale_tables)))
         stale = stale_summaries(root)
