@@ -112,3 +112,42 @@ def test_a_tiny_calibration_writes_a_guard_with_its_provenance(
     chosen = calibrate.thresholds_of(guard.gcfg)  # type: ignore[attr-defined]
     candidates = [yaml.safe_load(p.read_text()) for p in (out / "candidates").glob("*.yaml")]
     assert chosen in candidates
+
+
+def test_the_shipped_guard_is_the_best_candidate_of_its_committed_calibration_records(calibrate: ModuleType) -> None:
+    """The shipped thresholds come from committed records: every episode the calibration behind
+    ``configs/governors/lbw_guard.yaml`` ran (``benchmarks/results/calibrate_guard_runs/lbw_guard/``, including
+    those of earlier, resumed invocations of the same search) reproduces the provenance's chosen and start scores,
+    and no candidate evaluated on every (scenario, seed) of it scores better than the shipped thresholds."""
+    import numpy as np
+
+    from lbw_env.evaluation.stats import capped_loss
+    from lbw_env.evaluation.verify import read_records
+
+    folder = REPO / "benchmarks" / "results" / "calibrate_guard_runs" / "lbw_guard"
+    shipped = load_guard_config()
+    prov = shipped.provenance
+    runs = {(r["scenario"], r["arm"], int(r["seed"])): r for r in read_records(folder / "records.jsonl")}
+    pairs = [(s, seed) for s in prov["scenarios"] for seed in range(prov["seeds"])]
+    assert {r["split"] for r in runs.values()} <= {"train", "val"}
+
+    def score(arm: str) -> float | None:
+        if not all((s, arm, seed) in runs for s, seed in pairs):
+            return None
+        deltas = [capped_loss(runs[(s, arm, seed)]) - capped_loss(runs[(s, "adamw", seed)]) for s, seed in pairs]
+        return float(np.mean(deltas))
+
+    def arm_of(thresholds: dict[str, object]) -> str:
+        for path in (folder / "candidates").glob("*.yaml"):  # thresholds added since keep their defaults
+            candidate = yaml.safe_load(path.read_text())
+            if all(thresholds.get(k) == v for k, v in candidate.items()):
+                return f"guard-{path.stem}"
+        raise AssertionError(f"no committed candidate has the thresholds {thresholds}")
+
+    chosen = score(arm_of(calibrate.thresholds_of(shipped)))
+    start = score(arm_of({**calibrate.thresholds_of(shipped), **prov["start"]["thresholds"]}))
+    assert chosen == pytest.approx(prov["chosen"]["score"], abs=5e-6)
+    assert start == pytest.approx(prov["start"]["score"], abs=5e-6)
+    scores = {arm: score(arm) for arm in {a for _, a, _ in runs} - {"adamw"}}
+    full = {arm: v for arm, v in scores.items() if v is not None}
+    assert len(full) >= prov["evaluated"] and min(full.values()) == pytest.approx(chosen, abs=1e-12)
