@@ -119,23 +119,22 @@ def test_the_shipped_guard_is_the_best_candidate_of_its_committed_calibration_re
     ``configs/governors/lbw_guard.yaml`` ran (``benchmarks/results/calibrate_guard_runs/lbw_guard/``, including
     those of earlier, resumed invocations of the same search) reproduces the provenance's chosen and start scores,
     and no candidate evaluated on every (scenario, seed) of it scores better than the shipped thresholds."""
-    import numpy as np
-
-    from lbw_env.evaluation.stats import capped_loss
     from lbw_env.evaluation.verify import read_records
+    from lbw_env.scenarios import resolve
 
     folder = REPO / "benchmarks" / "results" / "calibrate_guard_runs" / "lbw_guard"
     shipped = load_guard_config()
     prov = shipped.provenance
     runs = {(r["scenario"], r["arm"], int(r["seed"])): r for r in read_records(folder / "records.jsonl")}
-    pairs = [(s, seed) for s in prov["scenarios"] for seed in range(prov["seeds"])]
     assert {r["split"] for r in runs.values()} <= {"train", "val"}
+    # The script's own scoring (mean paired capped log-ppl difference to AdamW, overall and per split).
+    setup = calibrate.Setup(resolve(list(prov["scenarios"])), prov["seeds"], {}, folder, 1)
 
-    def score(arm: str) -> float | None:
-        if not all((s, arm, seed) in runs for s, seed in pairs):
+    def score(arm: str) -> tuple[float, dict[str, float]] | None:
+        try:
+            return setup.score(runs, arm)
+        except KeyError:  # not evaluated on every (scenario, seed)
             return None
-        deltas = [capped_loss(runs[(s, arm, seed)]) - capped_loss(runs[(s, "adamw", seed)]) for s, seed in pairs]
-        return float(np.mean(deltas))
 
     def arm_of(thresholds: dict[str, object]) -> str:
         for path in (folder / "candidates").glob("*.yaml"):  # thresholds added since keep their defaults
@@ -146,8 +145,10 @@ def test_the_shipped_guard_is_the_best_candidate_of_its_committed_calibration_re
 
     chosen = score(arm_of(calibrate.thresholds_of(shipped)))
     start = score(arm_of({**calibrate.thresholds_of(shipped), **prov["start"]["thresholds"]}))
-    assert chosen == pytest.approx(prov["chosen"]["score"], abs=5e-6)
-    assert start == pytest.approx(prov["start"]["score"], abs=5e-6)
+    assert chosen is not None and start is not None
+    assert chosen[0] == pytest.approx(prov["chosen"]["score"], abs=5e-6)
+    assert chosen[1] == pytest.approx(prov["chosen"]["score_by_split"], abs=5e-6)
+    assert start[0] == pytest.approx(prov["start"]["score"], abs=5e-6)
     scores = {arm: score(arm) for arm in {a for _, a, _ in runs} - {"adamw"}}
-    full = {arm: v for arm, v in scores.items() if v is not None}
-    assert len(full) >= prov["evaluated"] and min(full.values()) == pytest.approx(chosen, abs=1e-12)
+    full = {arm: v[0] for arm, v in scores.items() if v is not None}
+    assert len(full) >= prov["evaluated"] and min(full.values()) == pytest.approx(chosen[0], abs=1e-12)
