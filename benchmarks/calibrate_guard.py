@@ -95,6 +95,7 @@ SEARCHABLE: dict[str, Param] = {
         Param("damage_update_ratio", 0.03, 0.5, log=True),
         Param("target_update_ratio", 0.01, 0.1, log=True),
         Param("probe_rollback", 1.0, 4.0, log=True),
+        Param("max_scale", 1.0, 2.0),
     )
 }
 """Every threshold ``--params`` may name, with its bounds."""
@@ -112,7 +113,9 @@ PARAMS: tuple[Param, ...] = tuple(
 )
 """The default search: the thresholds the hand calibration found to matter (slow start, back-off, ceiling, when
 to call damage and roll back). The rest keep the start file's values. ``target_update_ratio`` (the LR cap of
-``lbw_guard_ratio``) is searched on its own: ``--params target_update_ratio``."""
+``lbw_guard_ratio``) is searched on its own: ``--params target_update_ratio``. ``max_scale`` (up to the envelope's
+default ``lr_scale_max``, 2) lets a search find that the configured LR is too low, as the tuned-AdamW sweeps did
+on the tiny family (6e-3, twice its reference LR)."""
 
 
 @dataclasses.dataclass
