@@ -233,7 +233,8 @@ class Cell:
     """The untouched starting model's perplexity on :attr:`score_split` (None: records lack it)."""
     tuned: Tuned | None = None
     score: Estimate | None = None
-    """Gain captured (fine-tune) or final / tuned (scratch), mean with t interval (None: no tuned AdamW)."""
+    """Gain captured (fine-tune: mean with t interval) or final / tuned (scratch: geometric mean with the t interval
+    of the logs); None without a tuned AdamW."""
     score_kind: str = ""
     """``gain captured`` or ``ratio to tuned``."""
     score_split: str = HEADLINE
@@ -301,7 +302,10 @@ def _add_tuned(cell: Cell, rs: Sequence[Record], tuned: Tuned | None, split: str
     if tuned is None:
         return
     cell.score_kind = "gain captured" if cell.regime == "finetune" else "ratio to tuned"
-    cell.score = t_interval(run_score(r, tuned, split) for r in rs)
+    # A ratio of perplexities averages as they do (geometric mean, t interval of the logs): an arithmetic mean is
+    # one blown-up seed's and its interval goes negative. Gain captured is a difference and can be negative.
+    interval = t_interval if cell.regime == "finetune" else geometric_t_interval
+    cell.score = interval(run_score(r, tuned, split) for r in rs)
     if tuned.target is not None:
         cell.target_ppl = tuned.target
         hits = [h for h in (time_to_target(r, tuned.target) for r in rs) if h is not None]
