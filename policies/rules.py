@@ -5,6 +5,9 @@
 * ``lbw_guard_ratio`` — the guard with an LR cap read from the first interval's update ratio
   (:attr:`GuardConfig.target_update_ratio`; ``configs/governors/lbw_guard_ratio.yaml``): a configured LR far
   above the useful one is cut to it, not merely survived.
+* ``lbw_guard_tuned`` — the guard with thresholds from a larger CMA-ES search on the tiny family's train and val
+  scenarios (``configs/governors/lbw_guard_tuned.yaml``, written by ``benchmarks/calibrate_guard.py``): the bar a
+  learned governor must clear, next to the shipped guard (a 12-candidate search that tied its hand-set start).
 * ``skip_step`` — OLMo-core / Levanter style: skip a step whose loss or gradient norm is more than 6σ above
   its rolling mean; LR untouched.
 * ``ewm_skip`` — metaseq style: skip a step whose loss exceeds ``ratio`` x its exponentially weighted mean.
@@ -352,6 +355,10 @@ def _lbw_guard_ratio(envelope: EnvelopeConfig, arg: str) -> Governor:
     return LBWGuard(envelope, load_guard_config(arg or config_dir() / "governors" / "lbw_guard_ratio.yaml"))
 
 
+def _lbw_guard_tuned(envelope: EnvelopeConfig, arg: str) -> Governor:
+    return LBWGuard(envelope, load_guard_config(arg or config_dir() / "governors" / "lbw_guard_tuned.yaml"))
+
+
 def _skip_step(envelope: EnvelopeConfig, arg: str) -> Governor:
     return ConstantGovernor(envelope, gate=float(arg) if arg else 6.0)
 
@@ -368,6 +375,7 @@ RULES: dict[str, GovernorBuilder] = {
     "adamw": _adamw,
     "lbw_guard": _lbw_guard,
     "lbw_guard_ratio": _lbw_guard_ratio,
+    "lbw_guard_tuned": _lbw_guard_tuned,
     "skip_step": _skip_step,
     "ewm_skip": _ewm_skip,
     "plateau": _plateau,
@@ -375,5 +383,6 @@ RULES: dict[str, GovernorBuilder] = {
 }
 """The rule governors by registered name: ``adamw``, ``lbw_guard[:<yaml>]``, ``skip_step[:<gate>]``,
 ``ewm_skip[:<ratio>]``, ``plateau``, ``lbw_guard_ratio[:<yaml>]`` (the guard with an LR cap from the update
-ratio), and the guard ablations ``lbw_guard_no_slow_start[:<yaml>]``, ``lbw_guard_no_rollback[:<yaml>]``,
+ratio), ``lbw_guard_tuned[:<yaml>]`` (the guard's thresholds from a larger black-box search), and the guard
+ablations ``lbw_guard_no_slow_start[:<yaml>]``, ``lbw_guard_no_rollback[:<yaml>]``,
 ``lbw_guard_no_ceiling[:<yaml>]``."""

@@ -114,16 +114,19 @@ def test_a_tiny_calibration_writes_a_guard_with_its_provenance(
     assert chosen in candidates
 
 
-def test_the_shipped_guard_is_the_best_candidate_of_its_committed_calibration_records(calibrate: ModuleType) -> None:
+@pytest.mark.parametrize("name", ["lbw_guard", "lbw_guard_tuned"])
+def test_a_shipped_guard_is_the_best_candidate_of_its_committed_calibration_records(
+    calibrate: ModuleType, name: str
+) -> None:
     """The shipped thresholds come from committed records: every episode the calibration behind
-    ``configs/governors/lbw_guard.yaml`` ran (``benchmarks/results/calibrate_guard_runs/lbw_guard/``, including
-    those of earlier, resumed invocations of the same search) reproduces the provenance's chosen and start scores,
-    and no candidate evaluated on every (scenario, seed) of it scores better than the shipped thresholds."""
+    ``configs/governors/<name>.yaml`` ran (``benchmarks/results/calibrate_guard_runs/<name>/``, including those of
+    earlier, resumed invocations of the same search) reproduces the provenance's chosen and start scores, and no
+    candidate evaluated on every (scenario, seed) of it scores better than the shipped thresholds."""
     from lbw_env.evaluation.verify import read_records
     from lbw_env.scenarios import resolve
 
-    folder = REPO / "benchmarks" / "results" / "calibrate_guard_runs" / "lbw_guard"
-    shipped = load_guard_config()
+    folder = REPO / "benchmarks" / "results" / "calibrate_guard_runs" / name
+    shipped = load_guard_config(config_dir() / "governors" / f"{name}.yaml")
     prov = shipped.provenance
     runs = {(r["scenario"], r["arm"], int(r["seed"])): r for r in read_records(folder / "records.jsonl")}
     assert {r["split"] for r in runs.values()} <= {"train", "val"}
@@ -152,3 +155,13 @@ def test_the_shipped_guard_is_the_best_candidate_of_its_committed_calibration_re
     scores = {arm: score(arm) for arm in {a for _, a, _ in runs} - {"adamw"}}
     full = {arm: v[0] for arm, v in scores.items() if v is not None}
     assert len(full) >= prov["evaluated"] and min(full.values()) == pytest.approx(chosen[0], abs=1e-12)
+
+
+@pytest.mark.parametrize("name", ["lbw_guard", "lbw_guard_ratio", "lbw_guard_tuned"])
+def test_shipped_guard_thresholds_were_calibrated_on_train_and_val_only(name: str) -> None:
+    """Every shipped guard file is the output of this script on train/val scenarios: a reported guard whose
+    thresholds saw a test scenario measures its tuning, not its generalisation."""
+    prov = load_guard_config(config_dir() / "governors" / f"{name}.yaml").provenance
+    assert prov["tool"] == "benchmarks/calibrate_guard.py" and prov["code_version"] and not prov["code_dirty"]
+    assert prov["method"].startswith(("CMA-ES", "grid"))
+    assert set(prov["scenarios"].values()) <= {"train", "val"}

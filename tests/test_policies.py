@@ -34,7 +34,9 @@ def reset_obs() -> np.ndarray:
     return np.zeros(WINDOW * len(FEATURE_NAMES), dtype=np.float32)
 
 
-@pytest.mark.parametrize("name", ["adamw", "lbw_guard", "lbw_guard_ratio", "skip_step", "ewm_skip", "plateau"])
+@pytest.mark.parametrize(
+    "name", ["adamw", "lbw_guard", "lbw_guard_ratio", "lbw_guard_tuned", "skip_step", "ewm_skip", "plateau"]
+)
 @pytest.mark.parametrize("mode", ["continuous", "discrete"])
 def test_rule_governors_follow_the_protocol_and_the_action_space(name: str, mode: str) -> None:
     cfg = EnvelopeConfig(action_mode=mode, rollback_action=True)
