@@ -351,12 +351,13 @@ def _ablation(name: str) -> GovernorBuilder:
     return build
 
 
-def _lbw_guard_ratio(envelope: EnvelopeConfig, arg: str) -> Governor:
-    return LBWGuard(envelope, load_guard_config(arg or config_dir() / "governors" / "lbw_guard_ratio.yaml"))
+def _guard_file(name: str) -> GovernorBuilder:
+    """The guard with the thresholds of ``configs/governors/<name>.yaml``, or of the file the spec names."""
 
+    def build(envelope: EnvelopeConfig, arg: str) -> Governor:
+        return LBWGuard(envelope, load_guard_config(arg or config_dir() / "governors" / f"{name}.yaml"))
 
-def _lbw_guard_tuned(envelope: EnvelopeConfig, arg: str) -> Governor:
-    return LBWGuard(envelope, load_guard_config(arg or config_dir() / "governors" / "lbw_guard_tuned.yaml"))
+    return build
 
 
 def _skip_step(envelope: EnvelopeConfig, arg: str) -> Governor:
@@ -374,8 +375,8 @@ def _plateau(envelope: EnvelopeConfig, arg: str) -> Governor:
 RULES: dict[str, GovernorBuilder] = {
     "adamw": _adamw,
     "lbw_guard": _lbw_guard,
-    "lbw_guard_ratio": _lbw_guard_ratio,
-    "lbw_guard_tuned": _lbw_guard_tuned,
+    "lbw_guard_ratio": _guard_file("lbw_guard_ratio"),
+    "lbw_guard_tuned": _guard_file("lbw_guard_tuned"),
     "skip_step": _skip_step,
     "ewm_skip": _ewm_skip,
     "plateau": _plateau,
