@@ -5,6 +5,9 @@
 * ``lbw_guard_ratio`` — the guard with an LR cap read from the first interval's update ratio
   (:attr:`GuardConfig.target_update_ratio`; ``configs/governors/lbw_guard_ratio.yaml``): a configured LR far
   above the useful one is cut to it, not merely survived.
+* ``lbw_guard_probe`` — ``lbw_guard_ratio`` that also rolls back to the starting weights when the first interval
+  (the probe of the LR, at 1/8 of the configured one) ran hotter than the cap's target by a calibrated multiple
+  (:attr:`GuardConfig.probe_rollback`; ``configs/governors/lbw_guard_probe.yaml``).
 * ``lbw_guard_tuned`` — the guard with thresholds from a larger CMA-ES search on the tiny family's train and val
   scenarios (``configs/governors/lbw_guard_tuned.yaml``, written by ``benchmarks/calibrate_guard.py``): the bar a
   learned governor must clear, next to the shipped guard (a 12-candidate search that tied its hand-set start).
@@ -160,15 +163,15 @@ class GuardConfig:
     (``configs/governors/lbw_guard_ratio.yaml``, whose value ``benchmarks/calibrate_guard.py`` chose)."""
     probe_rollback: float = math.inf
     """With ``target_update_ratio``: when the first interval's update ratio was more than this multiple of the
-    target, also ask for a rollback at the next decision (``inf``: never; ``lbw_guard_ratio``). The first interval
-    is then a probe that ran too hot: its damage outlasts it (llama-tiny at 20x the reference LR: validation ppl
-    215 -> 383 in those 8 steps, still 199 against tuned AdamW's 188 after 200), below the damage threshold that
-    already rolls back at 100x. The rollback lands after the next interval (run at the cap), on the starting
-    weights, so it costs two intervals of steps. Not when a rollback already happened. Shipped in no governor
-    yet: a 5-point grid over 1-4 on lr_stress and full_param train+val (``calibrate_guard.py --params
-    probe_rollback``) scored every value exactly like ``inf``, because those splits hold no LR multiple between
-    10x (whose first interval stays under the target) and 33x (whose first interval already crosses the damage
-    threshold and rolls back): train/val cannot calibrate it until they cover that range."""
+    target, also ask for a rollback at the next decision (``inf``: never, as ``lbw_guard_ratio``). The first
+    interval is then a probe that ran too hot: its damage outlasts it (llama-tiny at 20x the reference LR:
+    validation ppl 215 -> 383 in those 8 steps, still 199 against tuned AdamW's 188 after 200), below the damage
+    threshold that already rolls back at 100x. The rollback lands after the next interval (run at the cap), on
+    the starting weights, so it costs two intervals of steps. Not when a rollback already happened. A first
+    5-point grid over 1-4 on lr_stress and full_param train+val scored every value exactly like ``inf``: those
+    splits then held no LR multiple between 10x (whose first interval stays under the target) and 33x (whose
+    first interval already crosses the damage threshold and rolls back). Both families' val splits now hold 17x
+    (``lr5e-2``), on which ``lbw_guard_probe`` (``configs/governors/lbw_guard_probe.yaml``) calibrated it."""
     rollback: bool = True
     """Ask for rollbacks at all. False only for the ``lbw_guard_no_rollback`` ablation (what rollback adds)."""
     ceiling: bool = True
@@ -377,6 +380,7 @@ RULES: dict[str, GovernorBuilder] = {
     "lbw_guard": _lbw_guard,
     "lbw_guard_ratio": _guard_file("lbw_guard_ratio"),
     "lbw_guard_tuned": _guard_file("lbw_guard_tuned"),
+    "lbw_guard_probe": _guard_file("lbw_guard_probe"),
     "skip_step": _skip_step,
     "ewm_skip": _ewm_skip,
     "plateau": _plateau,
@@ -384,6 +388,6 @@ RULES: dict[str, GovernorBuilder] = {
 }
 """The rule governors by registered name: ``adamw``, ``lbw_guard[:<yaml>]``, ``skip_step[:<gate>]``,
 ``ewm_skip[:<ratio>]``, ``plateau``, ``lbw_guard_ratio[:<yaml>]`` (the guard with an LR cap from the update
-ratio), ``lbw_guard_tuned[:<yaml>]`` (the guard's thresholds from a larger black-box search), and the guard
-ablations ``lbw_guard_no_slow_start[:<yaml>]``, ``lbw_guard_no_rollback[:<yaml>]``,
-``lbw_guard_no_ceiling[:<yaml>]``."""
+ratio), ``lbw_guard_probe[:<yaml>]`` (that cap plus a rollback after a first interval that ran too hot),
+``lbw_guard_tuned[:<yaml>]`` (the guard's thresholds from a larger black-box search), and the guard ablations
+``lbw_guard_no_slow_start[:<yaml>]``, ``lbw_guard_no_rollback[:<yaml>]``, ``lbw_guard_no_ceiling[:<yaml>]``."""

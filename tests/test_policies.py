@@ -35,7 +35,8 @@ def reset_obs() -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    "name", ["adamw", "lbw_guard", "lbw_guard_ratio", "lbw_guard_tuned", "skip_step", "ewm_skip", "plateau"]
+    "name",
+    ["adamw", "lbw_guard", "lbw_guard_ratio", "lbw_guard_tuned", "lbw_guard_probe", "skip_step", "ewm_skip", "plateau"],
 )
 @pytest.mark.parametrize("mode", ["continuous", "discrete"])
 def test_rule_governors_follow_the_protocol_and_the_action_space(name: str, mode: str) -> None:
