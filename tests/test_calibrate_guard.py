@@ -114,7 +114,7 @@ def test_a_tiny_calibration_writes_a_guard_with_its_provenance(
     assert chosen in candidates
 
 
-@pytest.mark.parametrize("name", ["lbw_guard", "lbw_guard_tuned"])
+@pytest.mark.parametrize("name", ["lbw_guard", "lbw_guard_tuned", "lbw_guard_probe"])
 def test_a_shipped_guard_is_the_best_candidate_of_its_committed_calibration_records(
     calibrate: ModuleType, name: str
 ) -> None:
@@ -157,7 +157,7 @@ def test_a_shipped_guard_is_the_best_candidate_of_its_committed_calibration_reco
     assert len(full) >= prov["evaluated"] and min(full.values()) == pytest.approx(chosen[0], abs=1e-12)
 
 
-@pytest.mark.parametrize("name", ["lbw_guard", "lbw_guard_ratio", "lbw_guard_tuned"])
+@pytest.mark.parametrize("name", ["lbw_guard", "lbw_guard_ratio", "lbw_guard_tuned", "lbw_guard_probe"])
 def test_shipped_guard_thresholds_were_calibrated_on_train_and_val_only(name: str) -> None:
     """Every shipped guard file is the output of this script on train/val scenarios: a reported guard whose
     thresholds saw a test scenario measures its tuning, not its generalisation."""
