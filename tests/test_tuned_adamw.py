@@ -48,7 +48,7 @@ def test_refuses_the_test_split_in_one_line(tune: ModuleType, tmp_path: Path, sp
 
 def test_lr_stress_multiples_are_one_run_once_the_lr_is_replaced(tune: ModuleType) -> None:
     train_val = [*resolve(["lr_stress:train"]), *resolve(["lr_stress:val"])]
-    assert len(train_val) == 5
+    assert len(train_val) == 6  # 1x, 3.3x, 10x, 17x, 33x, 100x
     assert [s.name for s in tune.distinct(train_val, 3e-3, [])] == ["lr_stress/ref"]
     faults = [*resolve(["runtime_faults:train"])]
     assert len(tune.distinct(faults, 3e-3, [])) == len(faults)  # faults keep runs apart
