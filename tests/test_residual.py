@@ -23,6 +23,7 @@ from lbw_env.control.envelope import Envelope, EnvelopeConfig
 from lbw_env.control.governance import GovernanceConfig
 from lbw_env.learning import residual as lr
 from lbw_env.learning.policy_file import MANIFEST, load_policy_file, save_policy_file
+from lbw_env.learning.vec_env import make_env, wrapper_kwargs
 from policies import make_governor
 from policies.base import ActionCodec
 from policies.residual import ResidualGovernor, residual_governor
@@ -228,6 +229,7 @@ def test_train_policy_trains_a_residual_governor_and_saves_its_base(
         residual={"base": "lbw_guard"},
         objective={"end_is_terminal": True, "relative_to": "lbw_guard", "seeds": 2, "correction_penalty": 0.01},
         warm_start={"episodes": 1, "bc_epochs": 0, "value_epochs": 2},
+        eval={"scenarios": ["tiny/high_lr"], "seeds": 1, "eval_freq": 0, "at_start": True},
     )
     with pytest.raises(ConfigError, match="needs a governor factory"):
         learning.train(learning.load_config(config, [f"run_dir={tmp_path / 'other'}"]))
@@ -237,6 +239,20 @@ def test_train_policy_trains_a_residual_governor_and_saves_its_base(
     assert summary["warm_start"]["teacher"] == "the residual base (zero correction)"
     # The warm start's policy is the base exactly: BC has nothing to do, the output layer is still zero.
     assert summary["warm_start"]["imitation_loss_before"] == 0.0
+    # eval.at_start: the starting policy (the base exactly) is scored first, on the held-out episode with the
+    # training objective, and competes for best_model: its score is the base's own, rollout by rollout.
+    evaluations = np.load(tmp_path / "run" / "evaluations.npz")
+    assert evaluations["timesteps"].tolist() == [0, 16]
+    cfg = learning.load_config(config)
+    kwargs = {**wrapper_kwargs(cfg, make_governor, training=False), **cfg.env_kwargs(), "scenarios": ["tiny/high_lr"]}
+    base_env = make_env(cfg.env_id, cfg.eval_episodes(), **kwargs)
+    base_env.reset()
+    base_return, done = 0.0, False
+    while not done:
+        _, reward, terminated, truncated, _ = base_env.step(np.zeros(2, dtype=np.float32))
+        base_return, done = base_return + float(reward), terminated or truncated
+    assert evaluations["results"][0].tolist() == pytest.approx([base_return], abs=1e-6)
+    assert summary["best_eval_mean_reward"] >= base_return - 1e-6
     for name in ("best_model", "final/model"):
         governor = make_governor(f"ppo:{tmp_path / 'run' / name}")
         assert isinstance(governor, ResidualGovernor) and governor.config.base == "lbw_guard"

@@ -138,14 +138,22 @@ class HeldOutEvalCallback(EvalCallback):
     Before every evaluation the episode list is rewound, so that all evaluations run the same episodes and
     ``best_model.zip`` is chosen by a paired comparison. Each evaluation also logs ``eval/final_valid_ppl``
     (mean over the episodes that stayed finite) and ``eval/diverged``. :meth:`evaluate_now` runs an evaluation
-    outside the schedule (at the end of training); :meth:`load_history` continues ``evaluations.npz`` and the
-    best reward of an earlier run segment after a resume.
+    outside the schedule (at the end of training, and with ``at_start`` before the first update);
+    :meth:`load_history` continues ``evaluations.npz`` and the best reward of an earlier run segment after a
+    resume.
     """
 
-    def __init__(self, eval_env: VecEnv, **kwargs: Any) -> None:
+    def __init__(self, eval_env: VecEnv, at_start: bool = False, **kwargs: Any) -> None:
         super().__init__(eval_env, **kwargs)
+        self.at_start = at_start
+        """Evaluate the starting policy when training starts at step 0 (not on a resume)."""
         self.last_eval_timesteps = -1
         """``num_timesteps`` of the last evaluation (-1: none yet in this process)."""
+
+    def _on_training_start(self) -> None:
+        super()._on_training_start()
+        if self.at_start and self.model.num_timesteps == 0:
+            self.evaluate_now()
 
     def _rewind(self) -> None:
         self.eval_env.env_method("rewind")

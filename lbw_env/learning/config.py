@@ -79,8 +79,13 @@ class EvalConfig:
     """Timesteps (decisions summed over envs) between evaluations; 0: only once, at the end of training."""
     deterministic: bool = True
     """Evaluate the deterministic policy (mean action)."""
+    at_start: bool = False
+    """Also evaluate the starting policy, before any update (after the warm start), as a candidate for
+    ``best_model``: a residual policy starts exactly at its base, so training must beat the base's own score on
+    the held-out episodes (which counts the base's own skip and rollback costs) to replace it."""
 
     def validate(self) -> None:
+        check(isinstance(self.at_start, bool), "at_start", "true or false", self.at_start)
         check(self.seeds >= 1, "seeds", "an int >= 1", self.seeds)
         check(self.seed_offset >= 0, "seed_offset", "an int >= 0", self.seed_offset)
         check(self.eval_freq >= 0, "eval_freq", "an int >= 0 (0: only at the end)", self.eval_freq)

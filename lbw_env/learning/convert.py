@@ -3,9 +3,10 @@ governor file that is safe to share and load (:mod:`.policy_file`).
 
 Reading the legacy files runs pickle, so the conversion needs the explicit ``--trust-pickle``: do it once, on
 files from a source you trust, and ship the result. The settings the model was trained with come from its run
-folder's ``env.yaml`` (or ``--env-yaml``). The converted governor is checked before the command succeeds: on
-``--check`` random observations of its space (and, for a recurrent policy, as one sequence carrying the LSTM
-state) it must give exactly the legacy model's deterministic actions.
+folder's ``env.yaml`` (or ``--env-yaml``), a residual policy's base and correction bounds from its ``config.yaml``
+(a checkpoint of a residual run converts to a residual governor). The converted governor is checked before the
+command succeeds: on ``--check`` random observations of its space (and, for a recurrent policy, as one sequence
+carrying the LSTM state) it must give exactly the legacy model's deterministic actions.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from lbw_env.config import ConfigError
 from lbw_env.control.compat import GovernanceSettings
 
 from .algos import ALGOS
-from .legacy import load_sb3_zip, run_settings, settings_from_env_yaml
+from .legacy import load_sb3_zip, run_residual, run_settings, settings_from_env_yaml
 from .policy_file import PolicyFile, load_policy_file, save_policy_file
 from .policy_json import ObsNormalizer
 
@@ -40,6 +41,7 @@ def convert(
     ``best_model.zip`` -> ``best_model/``); returns its path. Refused without ``trust_pickle``."""
     src = Path(model_zip)
     model, vn = load_sb3_zip(algo, src, trust_pickle=trust_pickle, spec=f"{algo}:{src}")
+    residual = run_residual(src)
     if settings is None:
         settings = run_settings(src, model.policy)
     if settings is None:
@@ -48,7 +50,7 @@ def convert(
     if target.resolve() == src.resolve():
         raise ConfigError(f"--out: {target} is the model zip itself")
     info = {"converted_from": src.name, "num_timesteps": int(getattr(model, "num_timesteps", 0))}
-    save_policy_file(model, target, settings, algorithm=algo, vecnormalize=vn, info=info)
+    save_policy_file(model, target, settings, algorithm=algo, vecnormalize=vn, info=info, residual=residual)
     if check:
         same_actions(model, ObsNormalizer.of_vecnormalize(vn), load_policy_file(target, algo), check)
     return target

@@ -97,8 +97,10 @@ def _fault(rng: np.random.Generator, kind: str, steps: int) -> dict[str, Any]:
     return fault
 
 
-def sample_family(cfg: DistributionConfig) -> dict[str, Any]:
-    """The sampled family as a scenario family document (what :func:`write_family` writes)."""
+def sample_family(cfg: DistributionConfig, split: str = "train") -> dict[str, Any]:
+    """The sampled family as a scenario family document (what :func:`write_family` writes), every scenario in
+    ``split`` (``val``: a held-out sample of the same distribution, drawn with another sampler seed, to select
+    checkpoints on)."""
     rng = np.random.default_rng([cfg.seed, 11])
     items = []
     for i in range(cfg.scenarios):
@@ -118,20 +120,55 @@ def sample_family(cfg: DistributionConfig) -> dict[str, Any]:
         items.append(
             {
                 "name": f"s{i:03d}",
-                "split": "train",
+                "split": split,
                 "description": f"{regime} at {multiple:.2f}x the template's LR ({template.name}); {kinds}",
                 "trainer": trainer,
             }
         )
     return {
         "family": cfg.family,
-        "description": f"Sampled training distribution: {cfg.scenarios} scenarios, sampler seed {cfg.seed}.",
+        "description": f"Sampled {split} distribution: {cfg.scenarios} scenarios, sampler seed {cfg.seed}.",
         "scenarios": items,
     }
 
 
-def write_family(cfg: DistributionConfig, path: Path) -> Path:
-    """Write the sampled family to ``path`` (atomically); the scenario spec of its train split is
-    ``f"{path}:train"``."""
-    atomic_write_yaml(path, sample_family(cfg))
+def write_family(cfg: DistributionConfig, path: Path, split: str = "train") -> Path:
+    """Write the sampled family to ``path`` (atomically); the scenario spec of its scenarios is
+    ``f"{path}:{split}"``."""
+    atomic_write_yaml(path, sample_family(cfg, split))
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lbw_env.learning.distribution --config <train.yaml> --seed 1 --scenarios 12 --split val
+    --family <name> --out <file.yaml>``: a training config's distribution, resampled (another seed, size, split
+    and family name) into a family file; the held-out sample that checkpoints of that training are selected on."""
+    import argparse
+
+    from .config import load_config
+
+    parser = argparse.ArgumentParser(prog="python -m lbw_env.learning.distribution", description=main.__doc__)
+    parser.add_argument("--config", required=True, help="training config whose distribution is resampled")
+    parser.add_argument("--seed", type=int, required=True, help="sampler seed (not the training's own)")
+    parser.add_argument("--scenarios", type=int, required=True, help="scenarios to sample")
+    parser.add_argument("--split", default="val", choices=["train", "val"], help="split of every scenario")
+    parser.add_argument("--family", required=True, help="family name of the written file")
+    parser.add_argument("--out", required=True, type=Path, help="family file to write")
+    args = parser.parse_args(argv)
+    try:
+        base = load_config(args.config).distribution
+        if not base.enabled:
+            raise ConfigError(f"{args.config}: distribution: the config samples no training distribution")
+        if args.seed == base.seed:
+            raise ConfigError(f"--seed: {args.seed} is the training's own sampler seed; a held-out sample needs other")
+        cfg = dataclasses.replace(base, seed=args.seed, scenarios=args.scenarios, family=args.family)
+        cfg.validate()
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
+    write_family(cfg, args.out, args.split)
+    print(f"wrote {args.out}: {args.scenarios} {args.split} scenarios, sampler seed {args.seed}, of {args.config}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -22,8 +22,10 @@ from lbw_env.control.compat import GovernanceSettings
 from .algos import algo_class
 from .artifacts import vecnormalize_path
 from .policy_file import check_spaces
+from .residual import ResidualConfig
 
 ENV_YAML = "env.yaml"
+CONFIG_YAML = "config.yaml"
 
 
 def pickle_refusal(spec: str, path: str | Path) -> ConfigError:
@@ -60,20 +62,43 @@ def load_sb3_zip(algo: str, path: str | Path, *, trust_pickle: bool = False, spe
     return model, vn
 
 
+def _run_folder(model_path: str | Path) -> Path | None:
+    """The run folder of a model zip: the folder holding ``env.yaml`` (train_policy.py writes it beside
+    ``best_model.zip``, one level above ``final/model.zip`` and ``checkpoints/``). None if there is none."""
+    p = Path(model_path)
+    return next((folder for folder in (p.parent, p.parent.parent) if (folder / ENV_YAML).is_file()), None)
+
+
 def run_settings(model_path: str | Path, policy: Any = None) -> GovernanceSettings | None:
-    """The settings a legacy model was trained with, from its run folder's ``env.yaml`` (train_policy.py writes
-    it beside ``best_model.zip``, one level above ``final/model.zip`` and ``checkpoints/``). None if absent.
+    """The settings a legacy model was trained with, from its run folder's ``env.yaml``. None if absent.
 
     With the model's ``policy``, settings that describe other spaces than the policy's are a ConfigError: a
-    governor must not carry settings it cannot act under."""
-    p = Path(model_path)
-    for folder in (p.parent, p.parent.parent):
-        if (folder / ENV_YAML).is_file():
-            settings = settings_from_env_yaml(folder / ENV_YAML)
-            if policy is not None:
-                check_spaces(policy.observation_space, policy.action_space, settings, f"{folder / ENV_YAML}")
-            return settings
-    return None
+    governor must not carry settings it cannot act under (a residual policy's actions are corrections)."""
+    folder = _run_folder(model_path)
+    if folder is None:
+        return None
+    settings = settings_from_env_yaml(folder / ENV_YAML)
+    if policy is not None:
+        residual = run_residual(model_path)
+        check_spaces(policy.observation_space, policy.action_space, settings, f"{folder / ENV_YAML}", residual)
+    return settings
+
+
+def run_residual(model_path: str | Path) -> ResidualConfig | None:
+    """The residual base and bounds a model was trained with, from its run folder's ``config.yaml``
+    (``residual:``); None for a policy that acts alone, or without a run folder."""
+    folder = _run_folder(model_path)
+    path = None if folder is None else folder / CONFIG_YAML
+    if path is None or not path.is_file():
+        return None
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read ({e})") from None
+    residual = data.get("residual") if isinstance(data, dict) else None
+    if not isinstance(residual, dict) or not residual.get("base"):
+        return None
+    return ResidualConfig.from_json(residual, f"{path}: residual")
 
 
 def settings_from_env_yaml(path: str | Path) -> GovernanceSettings:

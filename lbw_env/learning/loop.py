@@ -225,6 +225,7 @@ def _eval_callback(cfg: TrainConfig, eval_env: VecNormalize, n_episodes: int, se
         best_model_save_path=str(run.root),  # ... and <path>/best_model.zip
         deterministic=cfg.eval.deterministic,
         verbose=cfg.verbose,
+        at_start=cfg.eval.at_start,
     )
     if seg.resumed:
         eval_cb.load_history(run.evaluations, limit=seg.start_steps)
