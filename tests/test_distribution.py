@@ -87,3 +87,23 @@ def test_a_training_run_trains_on_the_sampled_family(
     assert env["scenarios"] == [f"{family.resolve()}:train"]
     monitor = (run / "monitor" / "0.monitor.csv").read_text()
     assert json.loads(monitor.splitlines()[0][1:])  # a monitored run happened
+
+
+def test_a_held_out_val_sample_of_a_training_distribution(tmp_path: Path) -> None:
+    """``python -m lbw_env.learning.distribution``: the training config's distribution, another sampler seed, every
+    scenario in the val split; the training's own seed (not held out) and a config without one are refused."""
+    from lbw_env.learning import distribution
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "train" / "ppo_residual_sde.yaml"
+    out = tmp_path / "val.yaml"
+    argv = ["--config", str(config), "--scenarios", "5", "--family", "test_sampled_val", "--out", str(out)]
+    assert distribution.main([*argv, "--seed", "7"]) == 0
+    scenarios = resolve([f"{out}:val"])
+    assert len(scenarios) == 5 and {s.split for s in scenarios} == {"val"}
+    same = DistributionConfig(scenarios=5, seed=7, family="test_sampled_val")  # the config's other fields are defaults
+    assert yaml.safe_load(out.read_text())["scenarios"] == sample_family(same, "val")["scenarios"]
+    with pytest.raises(SystemExit, match="--seed: 0 is the training's own sampler seed"):
+        distribution.main([*argv, "--seed", "0"])
+    plain = Path(__file__).resolve().parents[1] / "configs" / "train" / "ppo.yaml"
+    with pytest.raises(SystemExit, match="samples no training distribution"):
+        distribution.main(["--config", str(plain), *argv[2:], "--seed", "7"])

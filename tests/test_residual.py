@@ -257,6 +257,12 @@ def test_train_policy_trains_a_residual_governor_and_saves_its_base(
         governor = make_governor(f"ppo:{tmp_path / 'run' / name}")
         assert isinstance(governor, ResidualGovernor) and governor.config.base == "lbw_guard"
         assert governor.learned.action_space == lr.correction_space()  # type: ignore[union-attr]
+    # A residual run's SB3 zip converts to a residual governor (its base from the run's config.yaml), acting alike.
+    from lbw_env.learning.convert import convert
+
+    converted = convert(tmp_path / "run" / "best_model.zip", tmp_path / "converted", trust_pickle=True)
+    governor = make_governor(f"ppo:{converted}")
+    assert isinstance(governor, ResidualGovernor) and governor.config == lr.ResidualConfig(base="lbw_guard")
     with pytest.raises(ConfigError, match=r"residual\.base: a residual correction needs continuous actions"):
         learning.load_config(config, ["env.envelope.action_mode=discrete"])
 

@@ -52,4 +52,4 @@ def test_the_suites_run_the_checkpoint_chosen_on_val() -> None:
         suite = load_suite(str(suite_file))
         for arm in suite.arms:
             if arm.label == "ppo_residual_sde":
-                assert arm.governor == chosen, f"{suite_file.name}: ppo_residual_sde is {arm.governor}; val chose {best}"
+                assert arm.governor == chosen, f"{suite_file.name}: ppo_residual_sde is {arm.governor}, not {best}"
