@@ -11,40 +11,21 @@ incomplete, or if a suite's ``ppo_residual_sde`` arm is another checkpoint than 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
+import pytest
 
-from lbw_env.config import config_dir
-from lbw_env.evaluation.stats import capped_loss
+from lbw_env.config import ConfigError, config_dir
+from lbw_env.evaluation.selection import val_scores
 from lbw_env.evaluation.suite import load_suite
-from lbw_env.scenarios import resolve
 
 REPO = Path(__file__).resolve().parents[1]
 RECORDS = REPO / "benchmarks" / "results" / "select_ppo_residual_sde" / "records.jsonl"
 BASE = "lbw_guard_tuned"
 
 
-def scores() -> dict[str, float]:
-    """Mean capped final validation log-ppl per arm (the base and each checkpoint), over scenarios and seeds."""
-    suite = load_suite(str(config_dir() / "selection" / "select_ppo_residual_sde.yaml"))
-    records = [json.loads(line) for line in RECORDS.read_text().splitlines()]
-    assert {r["split"] for r in records} <= {"train", "val"}  # chosen without the test split
-    expected = {(s.name, seed) for s in resolve(suite.scenarios) for seed in range(suite.seeds)}
-    by_arm: dict[str, list[float]] = defaultdict(list)
-    seen: dict[str, set[tuple[str, int]]] = defaultdict(set)
-    for r in records:
-        by_arm[r["arm"]].append(capped_loss(r))
-        seen[r["arm"]].add((r["scenario"], int(r["seed"])))
-    assert set(by_arm) == {a.label for a in suite.arms}
-    for arm in by_arm:
-        assert seen[arm] == expected, f"{arm}: incomplete selection records"
-    return {arm: float(np.mean(v)) for arm, v in by_arm.items()}
-
-
 def test_the_suites_run_the_checkpoint_chosen_on_val() -> None:
-    s = scores()
+    s = val_scores(config_dir() / "selection" / "select_ppo_residual_sde.yaml", RECORDS)
     best = min(s, key=s.__getitem__)
     print("select_ppo_residual_sde:", ", ".join(f"{a} {v:.4f}" for a, v in sorted(s.items(), key=lambda kv: kv[1])))
     chosen = BASE if best == BASE else f"ppo:artifacts/ppo_residual_sde/candidates/model_{best[5:]}_steps"
@@ -53,3 +34,17 @@ def test_the_suites_run_the_checkpoint_chosen_on_val() -> None:
         for arm in suite.arms:
             if arm.label == "ppo_residual_sde":
                 assert arm.governor == chosen, f"{suite_file.name}: ppo_residual_sde is {arm.governor}, not {best}"
+
+
+def test_val_scores_refuse_test_records_and_an_incomplete_plan(tmp_path: Path) -> None:
+    suite = config_dir() / "selection" / "select_ppo_residual_sde.yaml"
+    lines = RECORDS.read_text().splitlines()
+    partial = tmp_path / "partial.jsonl"
+    partial.write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(ConfigError, match=r"\(scenario, seed\) of the suite unrun"):
+        val_scores(suite, partial)
+    row = json.loads(lines[-1])
+    leaked = tmp_path / "leaked.jsonl"
+    leaked.write_text("\n".join([*lines[:-1], json.dumps({**row, "split": "test"})]) + "\n")
+    with pytest.raises(ConfigError, match=r"touch the \['test'\] split"):
+        val_scores(suite, leaked)
