@@ -22,7 +22,7 @@ import numpy as np
 from lbw_env.config import ConfigError
 from lbw_env.control.compat import GovernanceSettings
 from lbw_env.learning.algos import ALGOS
-from lbw_env.learning.legacy import load_sb3_zip, run_settings
+from lbw_env.learning.legacy import load_sb3_zip, run_residual, run_settings
 from lbw_env.learning.policy_file import is_policy_file, load_policy_file
 from lbw_env.learning.policy_json import ObsNormalizer, RunningStats
 from lbw_env.learning.residual import ResidualConfig
@@ -68,8 +68,9 @@ class SB3Governor:
         """SB3's zip and its pickled statistics: refused unless ``trust_pickle`` (reading them runs pickle)."""
         spec = spec or f"{algo}:{path}"
         model, vn = load_sb3_zip(algo, path, trust_pickle=trust_pickle, spec=spec)
-        settings = run_settings(path, model.policy)  # the run folder's env.yaml, checked against the policy
-        return cls(model.policy, ObsNormalizer.of_vecnormalize(vn), settings=settings, spec=spec)
+        residual = run_residual(path)  # a residual run's policy corrects its base (the run's config.yaml)
+        settings = run_settings(path, model.policy, residual)  # the run folder's env.yaml, checked against the policy
+        return cls(model.policy, ObsNormalizer.of_vecnormalize(vn), settings=settings, spec=spec, residual=residual)
 
     @property
     def observation_space(self) -> gym.Space:

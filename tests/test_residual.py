@@ -263,6 +263,9 @@ def test_train_policy_trains_a_residual_governor_and_saves_its_base(
     converted = convert(tmp_path / "run" / "best_model.zip", tmp_path / "converted", trust_pickle=True)
     governor = make_governor(f"ppo:{converted}")
     assert isinstance(governor, ResidualGovernor) and governor.config == lr.ResidualConfig(base="lbw_guard")
+    # ... and so does the zip itself, loaded with trust: never as a policy acting alone in the correction space.
+    trusted = make_governor(f"ppo:{tmp_path / 'run' / 'best_model.zip'}", trust_pickle=True)
+    assert isinstance(trusted, ResidualGovernor) and trusted.config == governor.config
     with pytest.raises(ConfigError, match=r"residual\.base: a residual correction needs continuous actions"):
         learning.load_config(config, ["env.envelope.action_mode=discrete"])
 

@@ -43,7 +43,7 @@ def convert(
     model, vn = load_sb3_zip(algo, src, trust_pickle=trust_pickle, spec=f"{algo}:{src}")
     residual = run_residual(src)
     if settings is None:
-        settings = run_settings(src, model.policy)
+        settings = run_settings(src, model.policy, residual)
     if settings is None:
         raise ConfigError(f"{src}: no env.yaml in its run folder; pass --env-yaml (the settings it trained with)")
     target = Path(out) if out is not None else src.with_suffix("")

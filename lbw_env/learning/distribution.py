@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from lbw_env.cache import atomic_write_yaml
-from lbw_env.config import ConfigError, check, from_dict, to_dict
+from lbw_env.config import ConfigError, check, from_dict, read_yaml, to_dict
 from lbw_env.scenarios import get_scenario, require_not_test
 
 FAULT_KINDS = ("lr_shock", "bad_batch", "nan_loss", "grad_noise")
@@ -145,8 +145,6 @@ def main(argv: list[str] | None = None) -> int:
     and family name) into a family file; the held-out sample that checkpoints of that training are selected on."""
     import argparse
 
-    import yaml
-
     parser = argparse.ArgumentParser(prog="python -m lbw_env.learning.distribution", description=main.__doc__)
     parser.add_argument("--config", required=True, help="training config whose distribution is resampled")
     parser.add_argument("--seed", type=int, required=True, help="sampler seed (not the training's own)")
@@ -156,12 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="family file to write")
     args = parser.parse_args(argv)
     try:
-        try:
-            data = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"{args.config}: cannot read ({e.__class__.__name__})") from None
-        section = data.get("distribution") if isinstance(data, dict) else None
-        base = from_dict(DistributionConfig, section or {}, "distribution")
+        base = from_dict(DistributionConfig, read_yaml(args.config).get("distribution") or {}, "distribution")
         if not base.enabled:
             raise ConfigError(f"{args.config}: distribution: the config samples no training distribution")
         if args.seed == base.seed:

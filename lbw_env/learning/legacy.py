@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from lbw_env.config import ConfigError
+from lbw_env.config import ConfigError, read_yaml
 from lbw_env.control.compat import GovernanceSettings
 
 from .algos import algo_class
@@ -69,17 +69,19 @@ def _run_folder(model_path: str | Path) -> Path | None:
     return next((folder for folder in (p.parent, p.parent.parent) if (folder / ENV_YAML).is_file()), None)
 
 
-def run_settings(model_path: str | Path, policy: Any = None) -> GovernanceSettings | None:
+def run_settings(
+    model_path: str | Path, policy: Any = None, residual: ResidualConfig | None = None
+) -> GovernanceSettings | None:
     """The settings a legacy model was trained with, from its run folder's ``env.yaml``. None if absent.
 
     With the model's ``policy``, settings that describe other spaces than the policy's are a ConfigError: a
-    governor must not carry settings it cannot act under (a residual policy's actions are corrections)."""
+    governor must not carry settings it cannot act under (with ``residual``, :func:`run_residual`'s answer, the
+    policy's actions are corrections)."""
     folder = _run_folder(model_path)
     if folder is None:
         return None
     settings = settings_from_env_yaml(folder / ENV_YAML)
     if policy is not None:
-        residual = run_residual(model_path)
         check_spaces(policy.observation_space, policy.action_space, settings, f"{folder / ENV_YAML}", residual)
     return settings
 
@@ -91,11 +93,7 @@ def run_residual(model_path: str | Path) -> ResidualConfig | None:
     path = None if folder is None else folder / CONFIG_YAML
     if path is None or not path.is_file():
         return None
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: cannot read ({e})") from None
-    residual = data.get("residual") if isinstance(data, dict) else None
+    residual = read_yaml(path).get("residual")
     if not isinstance(residual, dict) or not residual.get("base"):
         return None
     return ResidualConfig.from_json(residual, f"{path}: residual")
