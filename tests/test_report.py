@@ -181,6 +181,34 @@ def test_ranking_orders_every_arm_of_a_scenario_by_test_perplexity() -> None:
     assert rows[2][4].endswith("(ratio to tuned)") and rows[1][5] == "10.0 s"
 
 
+def test_ratio_table_pairs_each_arm_with_tuned_adamw_by_seed() -> None:
+    from lbw_env.evaluation.tables import ratio_table
+
+    records = []
+    for seed in range(4):
+        noise = 1.0 + 0.1 * seed  # shared by the arms of one seed: pairing removes it
+        records += [
+            make_record("f/ref", "adamw", seed, 200.0 * noise, test=200.0 * noise, lr=1e-3),
+            make_record("f/hot", "adamw", seed, 900.0 * noise, test=900.0 * noise * (1 - 1e-3 * seed), lr=1e-2),
+            make_record("f/hot", "lbw_guard", seed, 200.0 * noise, test=206.0 * noise * (1 + 1e-3 * seed), lr=1e-2),
+            make_record("f/hot", "slow", seed, 200.0 * noise, test=220.0 * noise * (1 + 1e-3 * seed), lr=1e-2),
+        ]
+    cells = {(c.scenario, c.arm): c for c in summarize(records)}
+    assert cells[("f/ref", "adamw")].vs_tuned is None  # the yardstick's own runs
+    guard = cells[("f/hot", "lbw_guard")].vs_tuned
+    assert guard is not None and guard.n == 4
+    assert guard.ratio.mean == pytest.approx(1.03 * (1 + 1.5e-3), rel=1e-3) and guard.ratio.hi < 1.05
+    table = ratio_table(list(cells.values()), "f")
+    assert table is not None
+    rows = [[x.strip() for x in line.split("|")[1:-1]] for line in table.splitlines()]
+    assert rows[0][-1] == "within 1.05x (whole interval)" and "adamw_tuned / tuned [95% t CI]" not in rows[0]
+    ref, hot = rows[2], rows[3]
+    assert ref[0] == "f/ref" and ref[2] == "1x" and ref[4] == "—"  # adamw on f/ref is the yardstick there
+    assert hot[0] == "f/hot" and hot[2] == "10x" and hot[3] == "230.0 (adamw on f/ref)"
+    assert hot[4].startswith("4.49 [") and hot[5].startswith("1.03 [")
+    assert hot[-1] == "lbw_guard"  # slow (1.10x) is outside, adamw far outside
+
+
 def test_time_to_target() -> None:
     # adamw on the reference scenario ends at 200 and 300: the target is its worst seed, 300.
     ref0 = make_record("f/ref", "adamw", 0, 200.0, valid=([0, 10, 20, 30], [1000.0, 400.0, 240.0, 200.0], [0, 1, 2, 3]))

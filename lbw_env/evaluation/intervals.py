@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Literal
 
 import numpy as np
@@ -180,6 +180,11 @@ class Paired:
     def bca_pct(self) -> Estimate | None:
         return None if self.bca is None else _pct(self.bca)
 
+    @property
+    def ratio(self) -> Estimate:
+        """The difference as a ratio of perplexities, ``exp(Δ)`` (the geometric-mean ratio), bounds transformed."""
+        return _transform(self.diff, math.exp)
+
     def direction(self) -> str:
         """``lower`` / ``higher`` where the t interval excludes 0, ``none`` where it does not, ``n/a`` without one."""
         if not self.diff.has_ci:
@@ -191,12 +196,23 @@ class Paired:
         return "none"
 
 
-def _pct(e: Estimate) -> Estimate:
+def _transform(e: Estimate, fn: Callable[[float], float]) -> Estimate:
+    """``e`` with ``fn`` (increasing) applied to its mean and bounds; NaN stays NaN, overflow is ∞."""
+
     def f(x: float) -> float:
-        return 100.0 * math.expm1(x) if not math.isnan(x) else math.nan
+        if math.isnan(x):
+            return math.nan
+        try:
+            return fn(x)
+        except OverflowError:
+            return math.inf
 
     with np.errstate(over="ignore"):
         return Estimate(f(e.mean), f(e.lo), f(e.hi), e.n)
+
+
+def _pct(e: Estimate) -> Estimate:
+    return _transform(e, lambda x: 100.0 * math.expm1(x))
 
 
 def paired(diffs: Sequence[float], level: float = LEVEL, n_resamples: int = N_RESAMPLES, seed: int = 0) -> Paired:

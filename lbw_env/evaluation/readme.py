@@ -53,6 +53,7 @@ from .tables import (
     guard_findings,
     headline_table,
     ranking_table,
+    ratio_table,
     summary_csv,
     yardstick_table,
 )
@@ -169,6 +170,7 @@ TABLES: dict[str, tuple[bool | None, Callable[[Results, str], str | None]]] = {
     "arms": (True, _family_table(arms_table, False)),
     "ranking": (True, _family_table(ranking_table, False)),
     "yardstick": (True, _family_table(yardstick_table, True)),
+    "ratio": (True, _family_table(ratio_table, False)),
     "full": (None, _full),
     "governors": (False, lambda res, _: governors_table(res.stats[0])),
     "aggregate": (False, lambda res, _: aggregate_table(res.stats[2])),

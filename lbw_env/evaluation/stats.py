@@ -129,6 +129,8 @@ class Tuned:
     target: float | None
     """Worst seed's final validation perplexity (None: a tuned run diverged)."""
     n: int
+    lr: float = math.nan
+    """The learning rate of those runs (as configured; the first run's)."""
 
 
 def tuned_references(
@@ -159,7 +161,8 @@ def tuned_references(
             means[split] = float(np.mean(xs)) if all(math.isfinite(x) for x in xs) else math.nan
         finals = [ppl(r, "valid") for r in rs]
         target = max(finals) if all(math.isfinite(x) for x in finals) else None
-        out[scenario] = Tuned(label, src, arm, means, target, len(rs))
+        lr = as_float(get_path(rs[0], "trainer", "optim", "lr"))
+        out[scenario] = Tuned(label, src, arm, means, target, len(rs), lr)
     return out
 
 
@@ -246,6 +249,9 @@ class Cell:
     """Mean seconds to the target over the seeds that reached it."""
     reached: int = 0
     """Seeds that reached the target."""
+    vs_tuned: Paired | None = None
+    """Paired difference of the final test log perplexity vs the tuned AdamW's runs of the same seeds (its
+    :class:`Tuned` runs: the same base checkpoint and batches); None for those runs themselves or without them."""
     seeds: list[int] = dataclasses.field(default_factory=list)
 
     @property
@@ -262,7 +268,7 @@ class Cell:
 
 
 def _paired(rs: Sequence[Record], ref: Mapping[int, Record], split: str, n_resamples: int, seed: int) -> Paired | None:
-    """Per-seed log-perplexity differences to the reference arm; a seed where both diverged (∞ − ∞) drops out."""
+    """Per-seed log-perplexity differences to ``ref``'s runs (by seed); a seed where both diverged (∞ − ∞) drops out."""
     diffs = [log_ppl(r, split) - log_ppl(ref[int(r["seed"])], split) for r in rs if int(r["seed"]) in ref]
     diffs = [d for d in diffs if not math.isnan(d)]
     return paired(diffs, n_resamples=n_resamples, seed=seed) if diffs else None
@@ -349,7 +355,11 @@ def summarize(
         if arm != reference_arm and ref_runs.get(scenario):
             cell.delta = _paired(rs, ref_runs[scenario], HEADLINE, n_resamples, seed)
             cell.delta_valid = _paired(rs, ref_runs[scenario], "valid", n_resamples, seed)
-        _add_tuned(cell, rs, tuned.get(scenario), gain_split(by_scenario[scenario]))
+        t = tuned.get(scenario)
+        _add_tuned(cell, rs, t, gain_split(by_scenario[scenario]))
+        if t is not None and (scenario, arm) != (t.scenario, t.arm) and arm != tuned_arm:
+            yardstick = {int(r["seed"]): r for r in groups[(t.scenario, t.arm)]}
+            cell.vs_tuned = _paired(rs, yardstick, HEADLINE, n_resamples, seed)
         cells.append(cell)
     return cells
 

@@ -234,6 +234,39 @@ def ranking_table(cells: Sequence[Cell], family: str) -> str | None:
     return _md_table(header, rows) if rows else None
 
 
+def ratio_table(cells: Sequence[Cell], family: str, limit: float = 1.05) -> str | None:
+    """Rows = scenarios, one column per arm: its final test perplexity over tuned AdamW's, paired by seed (the
+    geometric-mean ratio with the t interval of the per-seed log ratios), and the LR as a multiple of the tuned
+    runs' LR. The last column lists the arms whose whole interval is at or below ``limit`` (the goal "within
+    1.05x of tuned AdamW whatever the configured LR"), so a mean under the line with an interval over it is
+    not counted."""
+    fam, index, with_model, arms = _family(cells, family)
+    arms = [a for a in arms if any(index[k].vs_tuned is not None for k in index if k[1] == a)]
+    rows = []
+    for scenario in _ordered_scenarios(fam):
+        any_cell = next(c for c in fam if c.scenario == scenario)
+        t = any_cell.tuned
+        if t is None:
+            continue
+        row = [
+            _scenario_label(any_cell, with_model),
+            fmt_num(any_cell.lr, "{:.2g}"),
+            fmt_num(any_cell.lr / t.lr, "{:.3g}") + "x",
+            _tuned_text(any_cell),
+        ]
+        within = []
+        for arm in arms:
+            c = index.get((scenario, arm))
+            p = None if c is None else c.vs_tuned
+            row.append("—" if p is None else p.ratio.fmt("{:.2f}"))
+            if p is not None and p.ratio.has_ci and p.ratio.hi <= limit:
+                within.append(arm)
+        row.append(", ".join(within) or "none")
+        rows.append(row)
+    header = ["Scenario", "LR", "x tuned LR", "tuned AdamW test ppl", *[f"{a} / tuned [95% t CI]" for a in arms]]
+    return _md_table([*header, f"within {limit:g}x (whole interval)"], rows) if rows else None
+
+
 def aggregate_table(agg: Mapping[str, tuple[Estimate, Mapping[str, Sequence[float]]]]) -> str | None:
     """Per arm: IQM of final test ppl / tuned AdamW over all runs, stratified bootstrap CI."""
     rows = [[arm, est.fmt("{:.3f}"), str(est.n), str(len(by_s))] for arm, (est, by_s) in agg.items() if est.n]
