@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lbw_env.evaluation.intervals import paired
-from lbw_env.evaluation.stats import log_ppl
+from lbw_env.evaluation.stats import START_TOLERANCE, log_ppl, start_mismatch
 from lbw_env.evaluation.verify import read_records
 
 
@@ -45,8 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = Path(args.records)
     records = read_records(path / "records.jsonl" if path.is_dir() else path)
     losses: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+    runs: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
     split_of: dict[str, str] = {}
     for r in records:
+        runs[(r["scenario"], r["arm"])][int(r["seed"])] = r
         value = log_ppl(r, "test") if args.at_step is None else valid_log_ppl_at(r, args.at_step)
         if value is None:
             steps = r["curves"]["valid"]["step"]
@@ -59,6 +61,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     pooled: list[float] = []
     for scenario in dict.fromkeys(r["scenario"] for r in records):
         mine, theirs = losses.get((scenario, args.arm), {}), losses.get((scenario, args.other), {})
+        apart = start_mismatch(list(runs[(scenario, args.arm)].values()), runs[(scenario, args.other)])
+        if mine and theirs and apart > START_TOLERANCE:  # another base checkpoint: the seeds are not pairs
+            where = f"{scenario} [{split_of[scenario]}]"
+            print(f"{where}: not paired: the arms start from other models ({apart:.2%} apart)")
+            continue
         diffs = [mine[s] - theirs[s] for s in sorted(mine) if s in theirs and math.isfinite(mine[s] - theirs[s])]
         if not diffs:
             continue

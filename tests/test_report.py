@@ -382,3 +382,51 @@ def test_paired_arms_script_per_scenario_and_pooled(tmp_path: Path, capsys: pyte
     assert out[2].startswith("pooled over test scenarios, validation at step 8: +47.00"), out
     assert module.main([str(path), "learned", "guard", "--at-step", "4"]) == 2
     assert "--at-step 4: not a validation step of the records (they have [0, 8])" in capsys.readouterr().err
+    # Runs that start from another model (a base rebuilt elsewhere) are not pairs: said, and left out.
+    for r in records:
+        if r["arm"] == "learned" and r["scenario"] == "a/x":
+            r["initial_test_ppl"] *= 1.004
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert module.main([str(path), "learned", "guard", "--split", "test"]) == 1  # a/x was its only test scenario
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "a/x [test]: not paired: the arms start from other models (0.40% apart)", out
+
+
+def test_arms_from_another_start_are_not_paired_and_say_so() -> None:
+    """A cell whose runs started from another model than the reference's and tuned AdamW's (0.43 % apart: a base
+    checkpoint rebuilt on another machine) gets no paired difference, score or target; drift under the tolerance
+    (2e-6, library versions on one CPU kind) does not change anything."""
+    from lbw_env.evaluation.stats import START_TOLERANCE
+    from lbw_env.evaluation.tables import arms_table, finding
+
+    def records(start_of_clip: float) -> list[dict[str, Any]]:
+        out = []
+        for seed in range(3):
+            out += [
+                make_record("f/hot", "adamw", seed, 900.0 + seed, regime="finetune", start=1000.0),
+                make_record("f/hot", "adamw_tuned", seed, 240.0 + seed, regime="finetune", start=1000.0),
+                make_record("f/hot", "clip", seed, 250.0 + 3 * seed, regime="finetune", start=start_of_clip),
+            ]
+        return out
+
+    near = {(c.scenario, c.arm): c for c in summarize(records(1000.002))}[("f/hot", "clip")]
+    assert 0 < near.other_start < START_TOLERANCE and near.delta is not None and near.vs_tuned is not None
+    assert near.score is not None and near.target_ppl is not None
+    cells = summarize(records(1004.3))
+    far = {(c.scenario, c.arm): c for c in cells}[("f/hot", "clip")]
+    assert far.other_start == pytest.approx(0.0043)
+    assert far.delta is None and far.delta_valid is None and far.vs_tuned is None
+    assert far.score is None and far.target_ppl is None and far.tuned is not None
+    assert finding(far, "adamw") == "not paired: started from another model than adamw (start ppl 0.43% apart)"
+    table = arms_table(cells, "f")
+    assert table is not None and "(another start, 0.43% apart: not paired)" in table
+
+
+def test_summary_csv_check_tolerates_last_bit_differences_only() -> None:
+    from lbw_env.evaluation.readme import _same_csv
+
+    old = "a,b,c\nx,170.38825890212004,nan\n"
+    assert _same_csv(old, "a,b,c\nx,170.38825890212001,nan\n")  # numpy's exp on AVX2 vs AVX512
+    assert not _same_csv(old, "a,b,c\nx,170.3883,nan\n")
+    assert not _same_csv(old, "a,b,c\ny,170.38825890212004,nan\n")
+    assert not _same_csv(old, "a,b,c\nx,170.38825890212004,nan,1\n")

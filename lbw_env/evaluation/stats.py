@@ -15,6 +15,10 @@ looks at); validation perplexity is kept beside it as the secondary number. Per 
   scenario itself, whose collapse a governor that cuts the LR to ~0 would "beat" while learning nothing.
   Fine-tunes get *gain captured* ``(start − final) / (start − tuned)``: 0 for a do-nothing governor, ~1 for
   tuned AdamW. Scratch runs (whose start is a random init any training beats) get ``final / tuned``;
+* pairing is by scenario and seed *from the same starting model*: runs whose untouched-start test perplexity
+  differs from the other arm's by more than :data:`START_TOLERANCE` started from another model (a base
+  checkpoint rebuilt on another machine: float32 sums differ across CPU kernels and library versions), so no
+  paired difference, score or target is computed against those runs (:attr:`Cell.other_start` says how far);
 * time-to-target: steps and seconds until the validation perplexity first reaches the target, which is the
   tuned AdamW's WORST seed's final validation perplexity (so tuned AdamW reaches it in every seed); read off
   the validation points the records carry (``eval_every``), so its resolution is one evaluation interval;
@@ -52,6 +56,13 @@ HEADLINE = "test"
 
 Record = Mapping[str, Any]
 
+START_TOLERANCE = 1e-4
+"""Relative difference of two runs' untouched-start test perplexities above which they did not start from the
+same model. The same base on the same machine gives the same bits; measured across machines: 2e-6 (qwen2-s) and
+1.5e-5 (qwen2-tiny) between library versions on one CPU kind, where the starts are the same model to well under
+any effect reported; 0.43 % (llama-tiny, another library version) and 0.57 % (llama-tiny, AVX2 instead of
+AVX512), where they are other models and a "paired" difference would mix the base's effect into the arm's."""
+
 
 def ppl(record: Record, split: str) -> float:
     """A record's final perplexity on ``split`` (``test`` or ``valid``)."""
@@ -80,6 +91,18 @@ def capped_loss(record: Record) -> float:
 def start_ppl(record: Record, split: str) -> float:
     """The untouched starting model's perplexity on ``split`` (NaN where an older record lacks it)."""
     return as_float(record.get(f"initial_{split}_ppl"))
+
+
+def start_mismatch(rs: Sequence[Record], others: Mapping[int, Record]) -> float:
+    """The largest relative difference between the untouched-start test perplexity of ``rs`` and that of the runs
+    of ``others`` (by seed) with the same seeds; 0 where the records lack it."""
+    worst = 0.0
+    for r in rs:
+        other = others.get(int(r["seed"]))
+        a, b = start_ppl(r, HEADLINE), math.nan if other is None else start_ppl(other, HEADLINE)
+        if math.isfinite(a) and math.isfinite(b) and b > 0:
+            worst = max(worst, abs(a - b) / b)
+    return worst
 
 
 def time_to_target(record: Record, target: float) -> tuple[int, float] | None:
@@ -252,6 +275,10 @@ class Cell:
     vs_tuned: Paired | None = None
     """Paired difference of the final test log perplexity vs the tuned AdamW's runs of the same seeds (its
     :class:`Tuned` runs: the same base checkpoint and batches); None for those runs themselves or without them."""
+    other_start: float = 0.0
+    """Largest relative difference of this cell's untouched-start test perplexity from the reference arm's or the
+    tuned AdamW's runs of the same seeds. Above :data:`START_TOLERANCE` the runs started from another model, and
+    :attr:`delta`, :attr:`vs_tuned`, the score and the target are left out (None): they would not be paired."""
     seeds: list[int] = dataclasses.field(default_factory=list)
 
     @property
@@ -352,13 +379,19 @@ def summarize(
     for (scenario, arm), rs in sorted(groups.items(), key=lambda kv: (scen_order[kv[0][0]], arm_order[kv[0][1]])):
         rs = sorted(rs, key=lambda r: int(r["seed"]))
         cell = _new_cell(scenario, arm, rs)
+        t = tuned.get(scenario)
+        yardstick = {} if t is None else {int(r["seed"]): r for r in groups[(t.scenario, t.arm)]}
+        cell.other_start = max(start_mismatch(rs, ref_runs.get(scenario, {})), start_mismatch(rs, yardstick))
+        if cell.other_start > START_TOLERANCE:  # another starting model: nothing here is paired (see the docstring)
+            _add_tuned(cell, rs, None, gain_split(by_scenario[scenario]))
+            cell.tuned = t
+            cells.append(cell)
+            continue
         if arm != reference_arm and ref_runs.get(scenario):
             cell.delta = _paired(rs, ref_runs[scenario], HEADLINE, n_resamples, seed)
             cell.delta_valid = _paired(rs, ref_runs[scenario], "valid", n_resamples, seed)
-        t = tuned.get(scenario)
         _add_tuned(cell, rs, t, gain_split(by_scenario[scenario]))
         if t is not None and (scenario, arm) != (t.scenario, t.arm) and arm != tuned_arm:
-            yardstick = {int(r["seed"]): r for r in groups[(t.scenario, t.arm)]}
             cell.vs_tuned = _paired(rs, yardstick, HEADLINE, n_resamples, seed)
         cells.append(cell)
     return cells

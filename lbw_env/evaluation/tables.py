@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
 from .intervals import Estimate, Paired, fmt_num
-from .stats import HEADLINE, Cell, verdict
+from .stats import HEADLINE, START_TOLERANCE, Cell, verdict
 
 
 def _ppl(e: Estimate | None) -> str:
@@ -40,7 +40,9 @@ def _p(p: Paired | None) -> str:
 
 
 def _div(c: Cell) -> str:
-    return f" ({c.diverged}/{c.n} div.)" if c.diverged else ""
+    """Divergences, and a start from another model than the arms it is compared with (nothing paired)."""
+    other = f" (another start, {c.other_start:.2%} apart: not paired)" if c.other_start > START_TOLERANCE else ""
+    return (f" ({c.diverged}/{c.n} div.)" if c.diverged else "") + other
 
 
 def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
@@ -53,6 +55,8 @@ def finding(cell: Cell, reference_arm: str) -> str:
     """The paired comparison in words, earned by the interval (see the module docstring)."""
     d = cell.delta
     v = verdict(cell)
+    if d is None and cell.other_start > START_TOLERANCE:
+        return f"not paired: started from another model than {reference_arm} (start ppl {cell.other_start:.2%} apart)"
     if d is None:
         return f"no paired {reference_arm} runs"
     ci = f"Δ {_pct(d)}, paired t-test p = {_p(d)}, n = {d.n}"
@@ -127,7 +131,9 @@ def short_finding(cell: Cell) -> str:
     """:func:`finding` for a table cell whose neighbours show Δ, its interval and p."""
     v = verdict(cell)
     n = 0 if cell.delta is None else cell.delta.n
-    return "—" if cell.delta is None else f"{'not testable' if v == 'n/a' else v} (n = {n})"
+    if cell.delta is None:
+        return "not paired (another start)" if cell.other_start > START_TOLERANCE else "—"
+    return f"{'not testable' if v == 'n/a' else v} (n = {n})"
 
 
 def headline_table(cells: Sequence[Cell], family: str, reference_arm: str, guard_arm: str) -> str | None:
