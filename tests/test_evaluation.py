@@ -333,3 +333,33 @@ def test_run_suite_defaults_and_arm_overrides(tmp_path: Path, eval_env: None, mo
         assert evaluated[key] == recs["adamw"][key], key
     assert evaluated["curves"]["train"] == recs["adamw"]["curves"]["train"]
     assert evaluated["curves"]["valid"]["step"] == [0, 8, 16, 24]
+
+
+def test_resuming_records_of_another_machine_kind_is_noted(tmp_path: Path) -> None:
+    """A results folder resumed on another CPU kind (or torch/transformers) gets a note before any run: its
+    fine-tune bases, rebuilt here, may be other models (the report then refuses to pair the new runs)."""
+    from lbw_env.evaluation.episode import package_versions
+    from lbw_env.evaluation.run import machine_notes
+
+    here = package_versions()
+    same = {"versions": dict(here)}
+    assert machine_notes(tmp_path, [same, same]) == []
+    other = {"versions": {**here, "cpu": "x86_64 AVX512" if here["cpu"] != "x86_64 AVX512" else "x86_64 AVX2"}}
+    notes = machine_notes(tmp_path, [same, other])
+    assert len(notes) == 1 and f"records made with cpu {other['versions']['cpu']}" in notes[0]
+    assert f"this machine has cpu {here['cpu']}" in notes[0] and "will not pair" in notes[0]
+
+
+def test_committed_results_pair_only_runs_from_one_start() -> None:
+    """The guard on the repository's own records: every committed cell is paired with runs from the same starting
+    model, except the ones the README names as unpaired (full_param's adamw_clip1.0, made where the llama-tiny base
+    rebuilt 0.43 % apart). A later arm added on another machine fails here, not in a reader's hands."""
+    from lbw_env.evaluation.readme import load_results
+    from lbw_env.evaluation.stats import START_TOLERANCE
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    unpaired = set()
+    for records in sorted(root.glob("*/records.jsonl")):
+        res = load_results(root, records.parent.name)
+        unpaired |= {(res.name, c.arm) for c in res.stats[0] if c.other_start > START_TOLERANCE}
+    assert unpaired == {("full_param", "adamw_clip1.0")}

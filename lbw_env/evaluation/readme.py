@@ -19,11 +19,11 @@ a block between two marker lines, whose content the command replaces::
     <!-- /table -->
 
 Tables (:data:`TABLES`): ``headline:<family>``, ``arms:<family>``, ``ranking:<family>``, ``yardstick:<family>``,
-``ratio:<family>`` (each arm over tuned AdamW, paired by seed), ``full`` or ``full:<family>``, ``governors``, ``aggregate``, and the bullet lists ``summary`` and ``not-helping``;
-``@arm,arm`` after a family shows only those arms, in that order (the README shows a few; ``docs/results.md``, which
-the same command renders from the same records, ranks every arm). Each
-block ends with a line naming the records, the command that made them, and the code version (the git commit
-the records carry, the lbw-env version, and a hash of the records' config hashes).
+``ratio:<family>`` (each arm over tuned AdamW, paired by seed), ``full`` or ``full:<family>``, ``governors``,
+``aggregate``, and the bullet lists ``summary`` and ``not-helping``; ``@arm,arm`` after a family shows only those
+arms, in that order (the README shows a few; ``docs/results.md``, which the same command renders from the same
+records, ranks every arm). Each block ends with a line naming the records, the command that made them, and the
+code version (the git commit the records carry, the lbw-env version, and a hash of the records' config hashes).
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from typing import Any
 
 from ..config import ConfigError
 from ..control.protocol import GovernorFactory
+from .episode import package_versions
 from .executors import EXECUTORS, Executor
 from .records import RECORDS_FILE, RecordKey, RecordStore, record_key
 from .suite import Plan, SuiteConfig, Task, check_data, prepare
@@ -80,6 +81,8 @@ def run_suite(
     store.check_hashes(plan.hashes)
     done = store.done_keys()
     todo = [t for t in plan.tasks if t.key not in done]
+    if todo and done:
+        notes += machine_notes(folder, store.records)
     check_data(plan, todo)
     if on_start is not None:
         on_start(len(plan.tasks), len(todo), notes)
@@ -99,6 +102,32 @@ def run_suite(
     order = {t.key: i for i, t in enumerate(plan.tasks)}
     records = sorted(store.records, key=lambda r: order.get(record_key(r), len(order)))
     return RunSummary(folder, plan, records, ran, copied, len(plan.tasks) - len(todo), notes)
+
+
+MACHINE_KEYS = ("cpu", "torch", "transformers")
+"""What decides the bits of a rebuilt base checkpoint besides its config: the CPU kind and the libraries."""
+
+
+def machine_notes(folder: Path, records: list[dict[str, Any]]) -> list[str]:
+    """A note when the stored records were made on another machine kind than this one: a fine-tune's base
+    checkpoint, rebuilt here from its seed, may then be another model (measured: llama-tiny's start perplexity
+    211.03 on AVX512, 212.23 on AVX2), and the new runs would not pair with the stored ones. The report refuses
+    such pairs (:data:`~.stats.START_TOLERANCE`); this says so before hours of runs, not after."""
+    here = package_versions()
+    mine = tuple(here.get(k, "") for k in MACHINE_KEYS)
+    theirs = {tuple(str(r.get("versions", {}).get(k, "")) for k in MACHINE_KEYS) for r in records}
+    others = sorted(t for t in theirs - {mine} if any(t))
+    if not others:
+        return []
+
+    def kind(t: tuple[str, ...]) -> str:
+        return ", ".join(f"{k} {v}" for k, v in zip(MACHINE_KEYS, t))
+
+    return [
+        f"{folder}: records made with {'; '.join(map(kind, others))}; this machine has {kind(mine)}. "
+        "Base checkpoints rebuilt here may be other models: the report will not pair new runs with stored ones "
+        "that start elsewhere (rerun the suite whole, or where its records were made)"
+    ]
 
 
 RunIdentity = tuple[str, str, int]
