@@ -207,8 +207,7 @@ def _transform(e: Estimate, fn: Callable[[float], float]) -> Estimate:
         except OverflowError:
             return math.inf
 
-    with np.errstate(over="ignore"):
-        return Estimate(f(e.mean), f(e.lo), f(e.hi), e.n)
+    return Estimate(f(e.mean), f(e.lo), f(e.hi), e.n)
 
 
 def _pct(e: Estimate) -> Estimate:

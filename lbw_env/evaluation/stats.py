@@ -326,13 +326,14 @@ def _new_cell(scenario: str, arm: str, rs: Sequence[Record]) -> Cell:
     )
 
 
-def _add_tuned(cell: Cell, rs: Sequence[Record], tuned: Tuned | None, split: str) -> None:
-    """Start, tuned AdamW, score and time-to-target of one cell."""
+def _add_tuned(cell: Cell, rs: Sequence[Record], tuned: Tuned | None, split: str, scored: bool = True) -> None:
+    """Start, tuned AdamW, score and time-to-target of one cell (``scored`` False: the runs start from another
+    model than the tuned ones, so no score or target)."""
     starts = [start_ppl(r, split) for r in rs]
     cell.score_split = split
     cell.start_ppl = t_interval(starts) if not any(math.isnan(s) for s in starts) else None
     cell.tuned = tuned
-    if tuned is None:
+    if tuned is None or not scored:
         return
     cell.score_kind = "gain captured" if cell.regime == "finetune" else "ratio to tuned"
     # A ratio of perplexities averages as they do (geometric mean, t interval of the logs): an arithmetic mean is
@@ -382,16 +383,12 @@ def summarize(
         t = tuned.get(scenario)
         yardstick = {} if t is None else {int(r["seed"]): r for r in groups[(t.scenario, t.arm)]}
         cell.other_start = max(start_mismatch(rs, ref_runs.get(scenario, {})), start_mismatch(rs, yardstick))
-        if cell.other_start > START_TOLERANCE:  # another starting model: nothing here is paired (see the docstring)
-            _add_tuned(cell, rs, None, gain_split(by_scenario[scenario]))
-            cell.tuned = t
-            cells.append(cell)
-            continue
-        if arm != reference_arm and ref_runs.get(scenario):
+        same_start = cell.other_start <= START_TOLERANCE  # else nothing here is paired (see the docstring)
+        if same_start and arm != reference_arm and ref_runs.get(scenario):
             cell.delta = _paired(rs, ref_runs[scenario], HEADLINE, n_resamples, seed)
             cell.delta_valid = _paired(rs, ref_runs[scenario], "valid", n_resamples, seed)
-        _add_tuned(cell, rs, t, gain_split(by_scenario[scenario]))
-        if t is not None and (scenario, arm) != (t.scenario, t.arm) and arm != tuned_arm:
+        _add_tuned(cell, rs, t, gain_split(by_scenario[scenario]), scored=same_start)
+        if same_start and t is not None and (scenario, arm) != (t.scenario, t.arm) and arm != tuned_arm:
             cell.vs_tuned = _paired(rs, yardstick, HEADLINE, n_resamples, seed)
         cells.append(cell)
     return cells
