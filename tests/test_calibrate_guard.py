@@ -157,6 +157,38 @@ def test_a_shipped_guard_is_the_best_candidate_of_its_committed_calibration_reco
     assert len(full) >= prov["evaluated"] and min(full.values()) == pytest.approx(chosen[0], abs=1e-12)
 
 
+def test_a_warmer_slow_start_does_not_beat_the_shipped_probe_on_train_and_val(calibrate: ModuleType) -> None:
+    """The README's answer to "would a warmer start close the probe's 1x gap to warmup?": a grid over
+    ``start_scale`` on train/val scenarios from 1x to 100x (committed records) ties the shipped probe at every
+    start the envelope's first cut clamps to 1/8 (the same episodes) and scores every warmer start worse."""
+    from lbw_env.control.envelope import EnvelopeConfig
+    from lbw_env.evaluation.verify import read_records
+    from lbw_env.scenarios import resolve
+
+    folder = REPO / "benchmarks" / "results" / "calibrate_guard_runs" / "lbw_guard_probe_start_scale"
+    prov = load_guard_config(folder / "search.yaml").provenance
+    assert set(prov["scenarios"].values()) <= {"train", "val"} and set(prov["searched"]) == {"start_scale"}
+    runs = {(r["scenario"], r["arm"], int(r["seed"])): r for r in read_records(folder / "records.jsonl")}
+    setup = calibrate.Setup(resolve(list(prov["scenarios"])), prov["seeds"], {}, folder, 1)
+    shipped = calibrate.thresholds_of(load_guard_config(config_dir() / "governors" / "lbw_guard_probe.yaml"))
+    scores: dict[float, float] = {}
+    for path in (folder / "candidates").glob("*.yaml"):
+        candidate = yaml.safe_load(path.read_text())
+        assert {k: v for k, v in candidate.items() if k != "start_scale"} == {
+            k: v for k, v in shipped.items() if k != "start_scale"
+        }
+        scores[candidate["start_scale"]] = setup.score(runs, f"guard-{path.stem}")[0]
+    first_cut = EnvelopeConfig().lr_scale_init / EnvelopeConfig().max_cut
+    assert len(scores) == prov["evaluated"] and shipped["start_scale"] in scores
+    assert min(scores.values()) == pytest.approx(scores[shipped["start_scale"]], abs=1e-12)
+    assert prov["chosen"]["score"] == pytest.approx(scores[shipped["start_scale"]], abs=5e-6)
+    for start_scale, score in scores.items():
+        if start_scale <= first_cut:
+            assert score == scores[shipped["start_scale"]]  # clamped to the same first interval: the same runs
+        else:
+            assert score > scores[shipped["start_scale"]] + 1e-4
+
+
 @pytest.mark.parametrize("name", ["lbw_guard", "lbw_guard_ratio", "lbw_guard_tuned", "lbw_guard_probe"])
 def test_shipped_guard_thresholds_were_calibrated_on_train_and_val_only(name: str) -> None:
     """Every shipped guard file is the output of this script on train/val scenarios: a reported guard whose
