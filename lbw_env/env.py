@@ -153,8 +153,10 @@ class LBWEnv(gym.Env[np.ndarray, np.ndarray]):
         # base; an explicit ``config`` overrides them key by key.
         if isinstance(config, EnvConfig):
             cfg = config if not kwargs else from_dict(EnvConfig, deep_merge(kwargs, dataclasses.asdict(config)))
-        else:
+        elif config is None or isinstance(config, Mapping):
             cfg = from_dict(EnvConfig, deep_merge(kwargs, dict(config or {})))
+        else:
+            raise ConfigError(f"config: expected an EnvConfig or a mapping of its fields, got {config!r}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ConfigError(f"render_mode: expected one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.cfg = cfg
@@ -210,10 +212,15 @@ class LBWEnv(gym.Env[np.ndarray, np.ndarray]):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
+        if options is not None and not isinstance(options, Mapping):
+            raise ValueError(f"reset options: expected a mapping such as {{'scenario': 'tiny/ref'}}, got {options!r}")
         options = dict(options or {})
         unknown = set(options) - {"scenario"}
         if unknown:
             raise ValueError(f"reset options: unknown keys {sorted(unknown)}; expected 'scenario'")
+        name = options.get("scenario", "")
+        if "scenario" in options and not (isinstance(name, str) and name.count("/") == 1):
+            raise ValueError(f"reset options.scenario: expected one scenario as a 'family/name' string, got {name!r}")
         # Draw both numbers every time, so a run's seed does not depend on how the scenario was chosen.
         index = int(self.np_random.integers(len(self.pool)))
         run_seed = int(self.np_random.integers(2**31 - 1))

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lbw_env.cache import sha256_file
-from lbw_env.config import check, config_dir, load, read_yaml
+from lbw_env.config import ConfigError, check, config_dir, load, read_yaml
 from lbw_env.control.envelope import EnvelopeConfig
 from lbw_env.control.features import ObservationView
 from lbw_env.control.protocol import Governor
@@ -325,7 +325,27 @@ def load_guard_config(path: str | Path | None = None) -> GuardConfig:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def _no_argument(name: str, arg: str) -> None:
+    if arg:
+        raise ConfigError(f"governor '{name}:{arg}': {name} takes no argument (expected the bare name {name!r})")
+
+
+def _number(name: str, arg: str, what: str, low: float, high: float = math.inf, strict: bool = False) -> float:
+    """A rule's numeric argument: finite, at least (``strict``: above) ``low`` and at most ``high``, else one line
+    naming the spec and what it takes. A NaN or out-of-range argument must not run as a rule that silently does
+    something else (the envelope would clamp it, or read NaN as "never")."""
+    try:
+        value = float(arg)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and (value > low if strict else value >= low) and value <= high):
+        bounds = f"{'>' if strict else '>='} {low:g}" + (f" and <= {high:g}" if math.isfinite(high) else "")
+        raise ConfigError(f"governor '{name}:{arg}': expected {what}, a finite number {bounds}; got {arg!r}")
+    return value
+
+
 def _adamw(envelope: EnvelopeConfig, arg: str) -> Governor:
+    _no_argument("adamw", arg)
     return ConstantGovernor(envelope)
 
 
@@ -364,14 +384,19 @@ def _guard_file(name: str) -> GovernorBuilder:
 
 
 def _skip_step(envelope: EnvelopeConfig, arg: str) -> Governor:
-    return ConstantGovernor(envelope, gate=float(arg) if arg else 6.0)
+    # The envelope cannot gate tighter than gate_min: a lower argument would be clamped up without a word.
+    what = "the skip gate in rolling standard deviations, within the envelope's gates"
+    gate = _number("skip_step", arg, what, envelope.gate_min, envelope.gate_max) if arg else 6.0
+    return ConstantGovernor(envelope, gate=gate)
 
 
 def _ewm_skip(envelope: EnvelopeConfig, arg: str) -> Governor:
-    return EWMSkipGovernor(envelope, ratio=float(arg) if arg else 1.2)
+    what = "the loss ratio to its EWM above which a step is skipped (1.2: 20 % above)"
+    return EWMSkipGovernor(envelope, ratio=_number("ewm_skip", arg, what, 1.0, strict=True) if arg else 1.2)
 
 
 def _plateau(envelope: EnvelopeConfig, arg: str) -> Governor:
+    _no_argument("plateau", arg)
     return PlateauGovernor(envelope)
 
 

@@ -196,6 +196,9 @@ EVALUATE_CASES: list[tuple[str, Case, list[str]]] = [
     ("read-only output folder", _read_only_out, ["not writable"]),
     ("a file in the way of --out", lambda tmp, mp: ["--out", str(_file(tmp) / "sub")], ["not a folder"]),
     ("bad --workers", _argv("--workers", "0"), ["workers"]),
+    # A NaN gate used to run as "never skip" and be reported as the skip rule (AdamW's numbers, to the bit).
+    ("NaN skip gate", _argv("--governors", "adamw", "skip_step:nan"), ["skip_step:nan", "finite"]),
+    ("an argument to plateau", _argv("--governors", "plateau:3"), ["plateau:3", "takes no argument"]),
     ("argparse: --seeds x", _argv("--seeds", "x"), ["--seeds", "invalid int"]),
 ]
 
@@ -317,6 +320,13 @@ TRAIN_CASES: list[tuple[str, list[str], Callable[[Path, pytest.MonkeyPatch], Non
         lambda tmp, mp: mp.setenv("LBW_DATA_DIR", str(data_root(tmp, train=b""))),
         ["env.scenarios", "wiki.train.tokens", "no text"],
     ),
+    ("NaN discount", ["hyperparams.gamma=.nan"], lambda tmp, mp: None, ["hyperparams.gamma", "(0, 1]"]),
+    ("text entropy weight", ["hyperparams.ent_coef=abc"], lambda tmp, mp: None, ["hyperparams.ent_coef"]),
+    ("negative layer width", ["hyperparams.policy_kwargs.net_arch=[-1]"], lambda tmp, mp: None, ["net_arch"]),
+    ("image policy", ["policy=CnnPolicy"], lambda tmp, mp: None, ["policy", "MlpPolicy"]),
+    ("another env's id", ["env_id=CartPole-v1"], lambda tmp, mp: None, ["env_id", "CartPole-v1"]),
+    ("unknown device", ["device=tpu"], lambda tmp, mp: None, ["device", "tpu"]),
+    ("bad residual base", ["residual.base=skip_step:abc"], lambda tmp, mp: None, ["residual.base", "skip_step"]),
     # Passes every config check, fails in SB3's constructor after the envs (and the run folder) were made.
     ("rejected by PPO", ["hyperparams.batch_size=1"], lambda tmp, mp: None, ["hyperparams", "PPO"]),
 ]
@@ -379,3 +389,60 @@ def test_governor_fits_is_checked_for_every_arm() -> None:
             for name in ("adamw", "lbw_guard", "skip_step"):
                 governor: Governor = make_governor(name, env_cfg.envelope)
                 check_governor_fits(Arm(name, name), governor, env_cfg)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The Python API: rule arguments, residual bases, env construction and reset
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "names"),
+    [
+        ("skip_step:abc", ["skip_step:abc", "finite number >= 2 and <= 8"]),
+        ("skip_step:-5", ["skip_step:-5", ">= 2"]),  # the envelope would clamp it to 2 sigma without a word
+        ("skip_step:inf", ["skip_step:inf"]),
+        ("ewm_skip:1", ["ewm_skip:1", "> 1"]),
+        ("adamw:junk", ["adamw", "takes no argument"]),
+    ],
+)
+def test_rule_arguments_are_checked(spec: str, names: list[str]) -> None:
+    from lbw_env.config import ConfigError
+    from policies import make_governor
+
+    with pytest.raises(ConfigError) as info:
+        make_governor(spec)
+    for name in names:
+        assert name in str(info.value), str(info.value)
+    assert make_governor("skip_step:3").gate == 3.0  # type: ignore[attr-defined]
+
+
+def test_a_residual_base_must_be_a_rule_not_a_governor_file() -> None:
+    """A learned base could name its own file: loading would recurse until the stack ran out."""
+    from lbw_env.config import ConfigError
+    from lbw_env.learning.residual import ResidualConfig, make_base
+    from policies import make_governor
+
+    with pytest.raises(ConfigError, match=r"residual\.base: 'ppo:.*' is a learned governor; expected a rule"):
+        make_base(ResidualConfig(base="ppo:artifacts/ppo_residual/best_model"), EnvelopeConfig(), make_governor)
+
+
+def test_env_construction_and_reset_reject_malformed_arguments_in_one_line() -> None:
+    from lbw_env.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"config: expected an EnvConfig or a mapping"):
+        gym.make("LBW/WikiText-Tiny-v0", config=[1, 2])
+    with pytest.raises(ConfigError, match=r"scale: expected a positive finite float, got inf"):
+        gym.make("LBW/WikiText-Tiny-v0", reward={"scale": float("inf")})
+    with pytest.raises(ConfigError, match=r"divergence_penalty: expected a finite float >= 0"):
+        gym.make("LBW/WikiText-Tiny-v0", reward={"divergence_penalty": float("inf")})
+    env = gym.make("LBW/WikiText-Tiny-v0", trainer_overrides=TINY)
+    for options, match in [
+        ({"scenario": 3}, r"options\.scenario: expected one scenario as a 'family/name' string, got 3"),
+        ({"scenario": None}, r"options\.scenario: .* got None"),
+        ({"scenario": "tiny:test"}, r"options\.scenario: .* got 'tiny:test'"),
+        ("tiny/ref", r"reset options: expected a mapping"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            env.reset(seed=0, options=options)  # type: ignore[arg-type]
+    env.close()

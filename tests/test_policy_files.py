@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import pickle
 import zipfile
@@ -365,6 +366,35 @@ def test_tampered_governor_files_are_refused_naming_the_file(tmp_path: Path) -> 
     with_manifest(lambda m: m["settings"]["envelope"].update(rollback_action=False), "action space does not match")
     with_manifest(lambda m: m["observation_space"].update(dtype="object"), "numeric dtype")
     with_manifest(lambda m: m.update(format_version=99), "format version 99")
+    # Crafted values that used to escape as raw TypeErrors / RuntimeErrors or a 4 TiB allocation.
+    with_manifest(lambda m: m.update(policy_class=["x"]), r"policy class \['x'\]")
+    with_manifest(lambda m: m["policy_kwargs"].update(activation_fn={":class:": ["Tanh"]}), "is not one")
+    with_manifest(lambda m: m["policy_kwargs"].update(net_arch=[-1, 64]), "net_arch: expected lists")
+    with_manifest(lambda m: m["policy_kwargs"].update(net_arch=[1 << 20, 1 << 20]), "net_arch: expected lists")
+
+    def with_statistics(change: Any, match: str) -> None:
+        """Tampered normaliser statistics under a matching sha256: refused at load, naming the field."""
+        restore()
+        stats = json.loads(pristine[NORMALIZER])
+        change(stats)
+        data = json.dumps(stats).encode()
+        (folder / NORMALIZER).write_bytes(data)
+        manifest = json.loads(pristine[MANIFEST])
+        manifest["files"][NORMALIZER] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        (folder / MANIFEST).write_text(json.dumps(manifest))
+        with pytest.raises(ConfigError, match=match):
+            load_policy_file(folder)
+
+    with_statistics(lambda s: s["obs_rms"]["mean"].__setitem__(3, "inf"), r"obs_rms\.mean: expected finite")
+    with_statistics(lambda s: s["obs_rms"]["mean"].__setitem__(3, "nan"), r"obs_rms\.mean: expected finite")
+    with_statistics(lambda s: s.update(epsilon="inf"), "epsilon: expected a finite")
+    with_statistics(lambda s: s.update(clip_obs="inf"), "clip_obs: expected a positive finite")
+    with_statistics(lambda s: s["obs_rms"]["mean"].__setitem__(0, True), "not booleans")
+
+    def no_spread(s: dict[str, Any]) -> None:
+        s["obs_rms"]["var"][0], s["epsilon"] = 0.0, 0.0
+
+    with_statistics(no_spread, r"var \+ epsilon: expected > 0")
     # A governor zip holds its three members and nothing else.
     restore()
     odd = tmp_path / "odd.zip"

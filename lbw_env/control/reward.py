@@ -38,9 +38,11 @@ class RewardConfig:
     """Cost when the run diverges beyond recovery (the episode ends ``terminated``)."""
 
     def validate(self) -> None:
-        check(self.scale > 0, "scale", "a positive float", self.scale)
+        # Finite too: an infinite weight times a zero term is NaN, and every reward would be NaN.
+        check(math.isfinite(self.scale) and self.scale > 0, "scale", "a positive finite float", self.scale)
         for name in ("skip_cost", "rollback_cost", "divergence_penalty"):
-            check(getattr(self, name) >= 0, name, "a float >= 0", getattr(self, name))
+            value = getattr(self, name)
+            check(math.isfinite(value) and value >= 0, name, "a finite float >= 0", value)
 
 
 def capped(loss: float) -> float:

@@ -8,6 +8,7 @@ asked for: importing this module (as ``policies`` does to register the SB3 gover
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 from lbw_env.config import ConfigError
@@ -61,6 +62,41 @@ def check_hyperparams(cls: type[Any], hyperparams: dict[str, Any]) -> None:
         value = hyperparams.get(key)
         if isinstance(value, str) and not _is_linear(value):
             raise ConfigError(f"hyperparams.{key}: expected a float or lin_<float>, got {value!r}")
+    for key, (ok, expected) in VALUE_RULES.items():
+        value = hyperparams.get(key)
+        if value is None or (key in SCHEDULED and isinstance(value, str)):
+            continue
+        if key == "ent_coef" and isinstance(value, str) and value.startswith("auto"):  # SAC's learned coefficient
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (number and math.isfinite(value) and ok(value)):
+            raise ConfigError(f"hyperparams.{key}: expected {expected}, got {value!r}")
+    check_net_arch((pk or {}).get("net_arch"), "hyperparams.policy_kwargs.net_arch")
+
+
+def _count(low: int) -> tuple[Any, str]:
+    return (lambda v: isinstance(v, int) and v >= low), f"an int >= {low}"
+
+
+VALUE_RULES: dict[str, tuple[Any, str]] = {
+    "gamma": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "gae_lambda": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "tau": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "learning_rate": (lambda v: v > 0, "a positive number or lin_<float>"),
+    "clip_range": (lambda v: v > 0, "a positive number or lin_<float>"),
+    "clip_range_vf": (lambda v: v > 0, "a positive number or null"),
+    "ent_coef": (lambda v: v >= 0, "a number >= 0 (SAC: or auto)"),
+    "vf_coef": (lambda v: v >= 0, "a number >= 0"),
+    "max_grad_norm": (lambda v: v > 0, "a positive number"),
+    "target_kl": (lambda v: v > 0, "a positive number or null"),
+    "n_steps": _count(1),
+    "n_epochs": _count(1),
+    "batch_size": _count(1),
+    "buffer_size": _count(1),
+    "learning_starts": _count(0),
+}
+"""Value checks of the common SB3 hyperparameters, before anything runs: a NaN discount or a negative batch
+otherwise fails inside the first update or the final evaluation, after the run folder exists."""
 
 
 def _is_linear(value: str) -> bool:
@@ -97,3 +133,23 @@ def discount(algo: str, hyperparams: dict[str, Any]) -> float:
     if "gamma" in hyperparams:
         return float(hyperparams["gamma"])
     return float(inspect.signature(algo_class(algo).__init__).parameters["gamma"].default)
+
+
+MAX_WIDTH = 4096
+"""Widest layer a governor file may ask for (the shipped governors use 64)."""
+MAX_LAYERS = 16
+"""Deepest ``net_arch`` a governor file may ask for: with :data:`MAX_WIDTH`, at most ~1 GiB of float32 weights.
+Without these bounds a crafted file's ``[1048576, 1048576]`` asks for a 4 TiB allocation."""
+
+
+def check_net_arch(net_arch: Any, path: str) -> None:
+    """SB3's ``net_arch`` (a list of widths, or ``{"pi": [...], "vf": [...]}`` / ``qf``) in the bounds above."""
+    if net_arch is None:
+        return
+    lists = list(net_arch.values()) if isinstance(net_arch, dict) else [net_arch]
+    for widths in lists:
+        ok = isinstance(widths, list) and len(widths) <= MAX_LAYERS
+        if not ok or not all(isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= MAX_WIDTH for w in widths):
+            raise ConfigError(
+                f"{path}: expected lists of at most {MAX_LAYERS} layer widths in [1, {MAX_WIDTH}], got {net_arch!r}"
+            )

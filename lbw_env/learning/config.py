@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -226,6 +227,11 @@ class TrainConfig:
         except ConfigError as e:  # e.g. recurrent_ppo without sb3-contrib
             raise ConfigError(f"algo: {e}") from None
         check_hyperparams(cls, self.hyperparams)
+        # The env's observation is a flat Box: image (Cnn) and dict (MultiInput) policies cannot take it.
+        flat = sorted(name for name in cls.policy_aliases if name.startswith("Mlp"))
+        check(self.policy_name() in flat, "policy", f"one of {', '.join(flat)} (empty: the default)", self.policy)
+        device = re.fullmatch(r"cpu|auto|mps|cuda(:\d+)?", self.device)
+        check(device is not None, "device", "cpu, cuda, cuda:<index>, mps or auto", self.device)
 
     # -- derived configuration --------------------------------------------------------------------------
 
@@ -244,9 +250,9 @@ class TrainConfig:
         # config file (no env built yet) do without.
         from lbw_env.env import EnvConfig
 
-        if self.env_id not in gym.registry:
+        if self.env_id not in lbw_env.ENV_IDS or self.env_id not in gym.registry:
             ids = ", ".join(sorted(lbw_env.ENV_IDS))
-            raise ConfigError(f"env_id: {self.env_id!r} is not registered; expected one of {ids}")
+            raise ConfigError(f"env_id: {self.env_id!r} is not an lbw_env id; expected one of {ids}")
         # What the registration passes (a ``config`` mapping and/or EnvConfig keys), merged as LBWEnv merges it.
         spec_kwargs = dict(gym.spec(self.env_id).kwargs)
         registered = deep_merge(dict(spec_kwargs.pop("config", None) or {}), spec_kwargs)

@@ -43,7 +43,7 @@ from lbw_env.cache import atomic_path
 from lbw_env.config import ConfigError
 from lbw_env.control.compat import GovernanceSettings, space_difference
 
-from .algos import ALGOS, algo_class
+from .algos import ALGOS, algo_class, check_net_arch
 from .policy_json import (
     ObsNormalizer,
     kwargs_from_json,
@@ -361,10 +361,12 @@ def _build_policy(manifest: Mapping[str, Any], obs: gym.Space, act: gym.Space, w
 
     cls = algo_class(manifest["algorithm"])
     classes = {c.__name__: c for c in cls.policy_aliases.values()}
-    policy_cls = classes.get(manifest["policy_class"])
+    name = manifest["policy_class"]
+    policy_cls = classes.get(name) if isinstance(name, str) else None
     if policy_cls is None:
         raise ConfigError(f"{where}: policy class {manifest['policy_class']!r} is not one of {cls.__name__}'s")
     kwargs = kwargs_from_json(_mapping(manifest, "policy_kwargs", where))
+    check_net_arch(kwargs.get("net_arch"), f"{where}: {MANIFEST} policy_kwargs.net_arch")
     try:
         state = load_tensors(weights)
     except Exception as e:  # safetensors raises its own error type for a malformed header
@@ -374,8 +376,9 @@ def _build_policy(manifest: Mapping[str, Any], obs: gym.Space, act: gym.Space, w
     with torch.random.fork_rng(devices=[]):
         try:
             policy = policy_cls(obs, act, lr_schedule=_zero, **kwargs)
-        except (TypeError, ValueError, AssertionError) as e:
-            raise ConfigError(f"{where}: cannot build {policy_cls.__name__} ({type(e).__name__}: {e})") from None
+        except (TypeError, ValueError, AssertionError, RuntimeError) as e:
+            message = " ".join(str(e).split())[:300]
+            raise ConfigError(f"{where}: cannot build {policy_cls.__name__} ({type(e).__name__}: {message})") from None
     try:
         policy.load_state_dict(state, strict=True)
     except RuntimeError as e:

@@ -45,6 +45,8 @@ def floats_from_json(values: Any, path: str, size: int | None = None) -> np.ndar
     if not isinstance(values, list) or (size is not None and len(values) != size) or len(values) > MAX_ELEMENTS:
         expected = f"a list of {size} numbers" if size is not None else "a list of numbers"
         raise ConfigError(f"{path}: expected {expected}")
+    if any(isinstance(v, bool) for v in values):  # float(True) is 1.0: a boolean is not a statistic or a bound
+        raise ConfigError(f"{path}: expected numbers, not booleans")
     try:
         return np.asarray([float(v) for v in values], dtype=np.float64)
     except (TypeError, ValueError) as e:
@@ -169,7 +171,8 @@ def kwargs_from_json(value: Any, path: str = "policy_kwargs") -> Any:
     if isinstance(value, list):
         return [kwargs_from_json(v, f"{path}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, dict) and CLASS_KEY in value:
-        cls = safe_classes().get(value[CLASS_KEY]) if len(value) == 1 else None
+        name = value[CLASS_KEY]
+        cls = safe_classes().get(name) if len(value) == 1 and isinstance(name, str) else None
         if cls is None:
             allowed = ", ".join(sorted(safe_classes()))
             raise ConfigError(f"{path}: class {value[CLASS_KEY]!r} is not one a governor file may name ({allowed})")
@@ -251,6 +254,16 @@ class ObsNormalizer:
             out = cls(stats, float(data["clip_obs"]), float(data["epsilon"]), bool(data.get("norm_reward", False)))
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"{path}: malformed statistics ({type(e).__name__}: {e})") from None
-        if not (np.all(np.isfinite(stats.var)) and np.all(stats.var >= 0) and out.clip_obs > 0 and out.epsilon >= 0):
-            raise ConfigError(f"{path}: invalid statistics (negative or non-finite variance, clip_obs or epsilon)")
+        # Each check names its field: a non-finite mean pins a feature to the clip, an infinite epsilon makes
+        # every normalised observation 0, and var + epsilon = 0 divides by zero: a governor acting on garbage.
+        checks = [
+            (np.all(np.isfinite(stats.mean)), "obs_rms.mean", "finite numbers"),
+            (np.all(np.isfinite(stats.var)) and np.all(stats.var >= 0), "obs_rms.var", "finite numbers >= 0"),
+            (math.isfinite(out.clip_obs) and out.clip_obs > 0, "clip_obs", "a positive finite number"),
+            (math.isfinite(out.epsilon) and out.epsilon >= 0, "epsilon", "a finite number >= 0"),
+            (np.all(stats.var + out.epsilon > 0), "obs_rms.var + epsilon", "> 0 for every feature (it divides)"),
+        ]
+        for ok, field, expected in checks:
+            if not ok:
+                raise ConfigError(f"{path}: {field}: expected {expected}")
         return out

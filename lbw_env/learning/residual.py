@@ -27,6 +27,7 @@ import numpy as np
 
 from lbw_env.config import ConfigError, check
 from lbw_env.control.protocol import GovernorFactory
+from lbw_env.learning.algos import ALGOS
 
 if TYPE_CHECKING:  # the envelope loads torch; configs are read without it
     from lbw_env.control.envelope import EnvelopeConfig
@@ -113,6 +114,8 @@ def make_base(cfg: ResidualConfig, envelope: EnvelopeConfig, make_governor: Gove
             f"residual.base: a residual correction needs env.envelope.action_mode: continuous, "
             f"not {envelope.action_mode!r}"
         )
+    if cfg.base.partition(":")[0] in ALGOS:  # a learned base could name this very file: a loop, not a rule
+        raise ConfigError(f"residual.base: {cfg.base!r} is a learned governor; expected a rule governor spec")
     try:
         base = make_governor(cfg.base, envelope)
     except ConfigError as e:
