@@ -139,7 +139,12 @@ def _to_float(value: Any) -> Any:
     # PyYAML follows YAML 1.1, which reads ``1e-3`` (no dot) as a string; a float field takes it as meant.
     if isinstance(value, str):
         return float(value) if _looks_like_float(value) else _MISMATCH
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _MISMATCH
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return _MISMATCH
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond any float (1 followed by 400 zeros): not a number a field can hold
+        return _MISMATCH
 
 
 def _untyped_floats(data: Any) -> Any:

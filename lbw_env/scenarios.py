@@ -245,7 +245,10 @@ def with_overrides(scenario: Scenario, overrides: Sequence[str] | dict[str, Any]
         # A new preset brings its own architecture; keep only the placement keys of the old model section.
         base["model"] = {k: v for k, v in base["model"].items() if k in ("device", "dtype", "lora")}
     merged = deep_merge(base, update)
-    if (merged.get("optim") or {}).get("lr") == TUNED:
+    for section in ("optim", "model"):  # read below before from_dict checks the types
+        if not isinstance(merged.get(section), dict):
+            raise ConfigError(f"{section}: expected a mapping of its fields, got {merged.get(section)!r}")
+    if merged["optim"].get("lr") == TUNED:
         preset = "" if merged["model"].get("pretrained") else str(merged["model"].get("preset", ""))
         merged["optim"]["lr"] = tuned_lr(scenario.family, preset, str(merged.get("regime", "")))
     trainer = from_dict(TrainerConfig, expand_presets(merged))

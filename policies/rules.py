@@ -183,6 +183,18 @@ class GuardConfig:
     the guard, and left out of equality: two configs with the same thresholds are the same guard."""
 
     def validate(self) -> None:
+        # Finiteness first: a NaN threshold fails every comparison, so the guard would silently never react to
+        # its signal; inf means "never" only where a field says so.
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                never = field.name in UNBOUNDED_THRESHOLDS and value == math.inf
+                check(
+                    never,
+                    field.name,
+                    "a finite float" + (" or .inf" if field.name in UNBOUNDED_THRESHOLDS else ""),
+                    value,
+                )
         check(0 < self.start_scale <= self.max_scale, "start_scale", "0 < start_scale <= max_scale", self.start_scale)
         check(self.slow_start_growth >= 1, "slow_start_growth", "a float >= 1", self.slow_start_growth)
         check(0 < self.backoff < 1, "backoff", "a float in (0, 1)", self.backoff)
@@ -198,6 +210,19 @@ class GuardConfig:
             self.target_update_ratio > 0, "target_update_ratio", "a float > 0 (.inf: no cap)", self.target_update_ratio
         )
         check(self.probe_rollback >= 1, "probe_rollback", "a float >= 1 (.inf: never)", self.probe_rollback)
+        for name in ("spike_z", "max_update_ratio", "damage_update_ratio", "gate_stable", "gate_alert"):
+            check(getattr(self, name) > 0, name, "a float > 0", getattr(self, name))
+        check(
+            self.ceiling_probe >= 1,
+            "ceiling_probe",
+            "a float >= 1 (1: the ceiling never creeps up)",
+            self.ceiling_probe,
+        )
+        check(0 <= self.max_skip_rate <= 1, "max_skip_rate", "a float in [0, 1]", self.max_skip_rate)
+
+
+UNBOUNDED_THRESHOLDS = ("target_update_ratio", "probe_rollback")
+"""The guard thresholds for which ``.inf`` has a meaning (no LR cap; never roll back after the probe)."""
 
 
 class LBWGuard(RuleGovernor):

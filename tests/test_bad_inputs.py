@@ -199,8 +199,31 @@ EVALUATE_CASES: list[tuple[str, Case, list[str]]] = [
     # A NaN gate used to run as "never skip" and be reported as the skip rule (AdamW's numbers, to the bit).
     ("NaN skip gate", _argv("--governors", "adamw", "skip_step:nan"), ["skip_step:nan", "finite"]),
     ("an argument to plateau", _argv("--governors", "plateau:3"), ["plateau:3", "takes no argument"]),
+    # Each of these used to end in a traceback, a core dump, a hang or a run of the wrong thing.
+    ("huge vocabulary", _argv("env.trainer_overrides=[data.vocab_size=100000000000]"), ["vocab_size", "262144"]),
+    ("unknown device", _argv("env.trainer_overrides=[model.device=bogus]"), ["model.device", "bogus"]),
+    ("absent CUDA device", _argv("env.trainer_overrides=[model.device=cuda:99]"), ["model.device", "CUDA device"]),
+    ("more seeds than a split has", _argv("--seeds", "10001"), ["seeds", "[1, 10000]"]),
+    ("relative import", _argv("imports=[.foo]"), ["imports", "absolute module names"]),
+    ("failing import", _argv("imports=[tests.no_such_module_here]"), ["imports", "tests.no_such_module_here"]),
+    ("integer beyond any float", _argv("env.trainer_overrides=[optim.lr=1" + "0" * 400 + "]"), ["optim.lr"]),
+    ("a section given a value", _argv("env.trainer_overrides=[optim=3]"), ["optim", "mapping"]),
+    ("overrides as one string", _argv("env.trainer_overrides=optim.steps=8"), ["env.trainer_overrides", "list"]),
+    ("an arm without a governor", _argv("arms=[{label: guard}]"), ["governor", "non-empty"]),
+    ("empty --out", _argv("--out", ""), ["--out", "working directory"]),
+    (
+        "NaN guard threshold",
+        lambda tmp, mp: ["--governors", f"lbw_guard:{_guard_file(tmp, spike_z='.nan')}"],
+        ["spike_z"],
+    ),
     ("argparse: --seeds x", _argv("--seeds", "x"), ["--seeds", "invalid int"]),
 ]
+
+
+def _guard_file(tmp: Path, **changes: str) -> Path:
+    path = tmp / "guard.yaml"
+    path.write_text("".join(f"{k}: {v}\n" for k, v in changes.items()))
+    return path
 
 
 def _file(tmp: Path) -> Path:

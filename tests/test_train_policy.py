@@ -268,7 +268,7 @@ def test_sigkill_then_resume_continues_steps_logs_and_monitor(lbw: None, tmp_pat
         (["hyperparams.seed=3"], "hyperparams.seed: set by the training config"),
         (["hyperparams.policy_kwargs.activation_fn=swish"], "activation_fn: expected one of"),
         (["eval.scenarios=[tiny/missing]"], "tiny/missing"),
-        (["env_id=LBW/Nope-v0"], "env_id: 'LBW/Nope-v0' is not registered"),
+        (["env_id=LBW/Nope-v0"], "env_id: 'LBW/Nope-v0' is not an lbw_env id"),
         (["n_envs=0"], "n_envs: expected an int >= 1"),
         (["eval.scenarios=[tiny:test]"], "eval.scenarios: a learned governor's training or model selection"),
         (["env.scenarios=[tiny/high_lr20]"], "test split is for reporting only"),

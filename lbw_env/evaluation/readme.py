@@ -118,7 +118,10 @@ def load_results(root: Path, name: str) -> Results:
     records = read_records(folder)
     meta = read_yaml(folder / SUITE_FILE) if (folder / SUITE_FILE).is_file() else {}
     suite = meta.get("suite") or {}
-    reference = meta.get("reference", suite.get("reference")) or {}
+    reference = meta.get("reference", suite.get("reference") if isinstance(suite, dict) else None) or {}
+    for key, value in (("suite", suite), ("reference", reference)):
+        if not isinstance(value, dict):  # a malformed file is bad input (exit 2), not stale tables (exit 1)
+            raise ConfigError(f"{folder / SUITE_FILE}: {key}: expected a mapping, got {value!r}")
     return Results(
         name,
         folder,
@@ -340,7 +343,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     rendered: list[tuple[Path, str, str, int, int]] = []  # file, old text, new text, tables, re-rendered
     try:
         for file in files:  # every file renders before any is written: bad input in one writes none
-            text = file.read_text(encoding="utf-8")
+            try:
+                text = file.read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                raise ConfigError(f"{file}: expected a UTF-8 Markdown file ({e.reason} at byte {e.start})") from None
             new, names, stale_tables = render_readme(text, root, file.parent, str(file), files[0].parent)
             changed += [f"{file}: table {name}" for name in stale_tables]
             rendered.append((file, text, new, len(names), len(stale_tables)))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,13 @@ def run_suite(
     if workers < 1:
         raise ConfigError(f"workers: expected an int >= 1, got {workers!r}")
     plan = prepare(suite, make_governor)
+    if out is not None and not str(out).strip():
+        raise ConfigError("--out: expected a folder path, got '' (it would write into the working directory)")
+    if out is None and (not re.fullmatch(r"[A-Za-z0-9_.-]+", suite.name) or suite.name in (".", "..")):
+        # The default folder is results/<name>: a name with a path in it would write outside results/.
+        raise ConfigError(
+            f"name: expected letters, digits, '_', '.' or '-' (it names results/<name>), got {suite.name!r}"
+        )
     folder = Path(out) if out is not None else Path("results") / suite.name
     check_output_folder(folder)
     store = RecordStore(folder)  # reads only; the folder is created on open()

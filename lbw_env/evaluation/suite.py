@@ -36,7 +36,7 @@ from ..config import (
 )
 from ..control.protocol import Governor, GovernorFactory
 from ..plant.config import hashable_trainer
-from ..scenarios import Scenario, check_scenario_data, get_scenario, load_family, resolve, with_overrides
+from ..scenarios import SEED_BLOCK, Scenario, check_scenario_data, get_scenario, load_family, resolve, with_overrides
 from .arms import named_arm
 from .records import RecordKey
 from .stats import reference_of
@@ -57,9 +57,10 @@ class Arm:
 
     label: str = ""
     """Name of the arm in records and reports (empty: the governor spec). Must be unique in the suite."""
-    governor: str = "adamw"
+    governor: str = ""
     """Governor spec for the governor factory (``policies.make_governor``): ``adamw``, ``lbw_guard``,
-    ``skip_step``, ``ppo:<path>`` ..."""
+    ``skip_step``, ``ppo:<path>`` ... Required: an arm mapping that lost its ``governor:`` line must not run
+    plain AdamW under its label."""
     trainer_overrides: list[str] = dataclasses.field(default_factory=list)
     """``key=value`` trainer overrides for this arm only, applied after ``env.trainer_overrides``. Clipping
     baselines are ``adamw`` with ``optim.clip_norm=1.0``: clipping is a trainer option, not a governor."""
@@ -118,7 +119,9 @@ class SuiteConfig:
 
     def validate(self) -> None:
         """Check every field, including the env mapping, so that a bad suite fails at load time."""
-        check(self.seeds >= 1, "seeds", "an int >= 1", self.seeds)
+        # Evaluation seeds index a block of SEED_BLOCK reset seeds per split: beyond it an episode would refuse
+        # them, after every earlier seed's runs (and a huge count would build its task list until memory ran out).
+        check(1 <= self.seeds <= SEED_BLOCK, "seeds", f"an int in [1, {SEED_BLOCK}]", self.seeds)
         check(self.eval_every >= 0, "eval_every", "an int >= 0 (0: only at the end)", self.eval_every)
         check(bool(self.scenarios), "scenarios", "a non-empty list of scenario specs", self.scenarios)
         check(bool(self.arms), "arms", "a non-empty list of arms", self.arms)
@@ -137,7 +140,10 @@ class SuiteConfig:
 
         data = deep_merge(dict(self.env), parse_overrides(env_overrides)) if env_overrides else dict(self.env)
         data["scenarios"] = list(self.scenarios)
-        data["trainer_overrides"] = [*(data.get("trainer_overrides") or []), *extra_overrides]
+        overrides = data.get("trainer_overrides") or []
+        if not isinstance(overrides, list):  # a string would be read as a list of one-letter overrides
+            raise ConfigError(f"env.trainer_overrides: expected a list of key=value strings, got {overrides!r}")
+        data["trainer_overrides"] = [*overrides, *extra_overrides]
         return from_dict(EnvConfig, data, "env")
 
     def arm_env(self, arm: Arm) -> EnvConfig:
@@ -248,10 +254,12 @@ def task_hash(env_cfg: Any, arm: Arm, trainer_cfg: Any, eval_every: int) -> str:
 def import_modules(names: Iterable[str]) -> None:
     """Import a suite's ``imports`` (modules that register custom governors), failing as a ConfigError."""
     for name in names:
+        if not isinstance(name, str) or not name or name.startswith("."):
+            raise ConfigError(f"imports: expected absolute module names (e.g. my_package.governors), got {name!r}")
         try:
             importlib.import_module(name)
-        except ImportError as e:
-            raise ConfigError(f"imports: cannot import {name!r} ({e})") from e
+        except Exception as e:  # the user's module may fail any way (SyntaxError, its own errors): one line
+            raise ConfigError(f"imports: cannot import {name!r} ({type(e).__name__}: {e})") from None
 
 
 def make_arm_governor(arm: Arm, envelope: EnvelopeConfig, make_governor: GovernorFactory) -> Governor:
@@ -341,6 +349,8 @@ def prepare(suite: SuiteConfig, make_governor: GovernorFactory) -> Plan:
     ``make_governor`` (so unknown names and missing model files fail here) and probing it against the arm's env
     (:func:`check_governor_fits`). Raises :class:`ConfigError` naming the faulty thing. No data is read: see
     :func:`check_data`, which :func:`~.run.run_suite` calls for the tasks it will run."""
+    from ..plant.runtime import check_device  # torch: this module stays importable without it (evaluate --help)
+
     where = f"suite {suite.name!r}"
     try:
         import_modules(suite.imports)
@@ -352,6 +362,7 @@ def prepare(suite: SuiteConfig, make_governor: GovernorFactory) -> Plan:
             for s in scenarios:
                 try:
                     trainer = with_overrides(s, env_cfg.trainer_overrides).trainer
+                    check_device(trainer.model.device)
                 except ConfigError as e:
                     raise ConfigError(
                         f"arm {arm.label!r}: trainer overrides {env_cfg.trainer_overrides}: {e}"

@@ -15,6 +15,10 @@ from typing import Any, Literal
 
 from ..config import ConfigError, check, config_dir, config_names, deep_merge, from_dict, parse_overrides, read_yaml
 
+MAX_VOCAB = 1 << 18
+"""Largest BPE vocabulary a config may ask for (262,144: above every released LLM tokenizer's, e.g. Qwen2.5's
+151,936). Larger, the tokenizer trainer asks for terabytes and aborts the process."""
+
 
 @dataclasses.dataclass
 class DataConfig:
@@ -54,7 +58,12 @@ class DataConfig:
     """Use only the first N train tokens (0: all). Smaller corpora make memorisation visible sooner."""
 
     def validate(self) -> None:
-        check(self.vocab_size >= 260, "vocab_size", "an int >= 260 (256 bytes + specials)", self.vocab_size)
+        check(
+            260 <= self.vocab_size <= MAX_VOCAB,
+            "vocab_size",
+            f"an int in [260, {MAX_VOCAB}] (256 bytes + specials; a real tokenizer's size at most)",
+            self.vocab_size,
+        )
         check(self.seq_len >= 2, "seq_len", "an int >= 2", self.seq_len)
         check(self.batch_size >= 1, "batch_size", "an int >= 1", self.batch_size)
         check(self.eval_blocks >= 1, "eval_blocks", "an int >= 1", self.eval_blocks)

@@ -29,6 +29,7 @@ from transformers.utils import logging as hf_logging
 
 from ..config import ConfigError
 from .config import LoRAConfig, ModelConfig
+from .runtime import check_device
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -60,6 +61,7 @@ def build_model(cfg: ModelConfig, vocab_size: int, max_positions: int, seed: int
     The initialisation draws from torch's global RNG, so it runs under a forked RNG seeded with ``seed``:
     the same seed gives the same weights, and the caller's RNG state is left untouched.
     """
+    check_device(cfg.device)
     if cfg.pretrained:
         return from_pretrained(cfg.pretrained, cfg.dtype, cfg.device)
     config = hf_config(cfg, vocab_size, max_positions)

@@ -15,6 +15,8 @@ import functools
 
 import torch
 
+from ..config import ConfigError
+
 # mallopt parameter numbers from <malloc.h>
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -45,3 +47,20 @@ def configure(threads: int = 0, mallopt: bool = True) -> None:
         torch.set_num_threads(threads)
     if mallopt:
         tune_malloc()
+
+
+def check_device(device: str) -> None:
+    """A one-line :class:`~lbw_env.config.ConfigError` naming ``model.device`` unless this torch can use it: a
+    device it cannot would otherwise fail inside a run, after a suite's earlier runs and its output folder."""
+    try:
+        where = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"model.device: expected cpu, cuda, cuda:<index> or mps, got {device!r}") from None
+    if where.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (where.index or 0) >= count:
+            raise ConfigError(f"model.device: {device!r}, but this torch sees {count} CUDA device(s)")
+    elif where.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"model.device: {device!r}, but this torch has no MPS device")
+    elif where.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"model.device: expected cpu, cuda, cuda:<index> or mps, got {device!r}")
