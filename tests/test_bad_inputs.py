@@ -469,3 +469,30 @@ def test_env_construction_and_reset_reject_malformed_arguments_in_one_line() -> 
         with pytest.raises(ValueError, match=match):
             env.reset(seed=0, options=options)  # type: ignore[arg-type]
     env.close()
+
+
+@pytest.mark.parametrize(
+    ("line", "names"),
+    [
+        ('{"scenario": "tiny/ref", "arm": "zzz", "seed": 0}', ["records.jsonl:1", "test_ppl"]),
+        (
+            '{"scenario": "tiny/ref", "arm": "adamw", "seed": 0.7, "test_ppl": 1, "final_valid_ppl": 1, '
+            '"initial_test_ppl": 1}',
+            ["records.jsonl:1", "seed", "0.7"],
+        ),
+    ],
+)
+def test_a_stored_record_that_cannot_be_reported_is_refused_on_resume(
+    line: str, names: list[str], tmp_path: Path, capsys: Any
+) -> None:
+    """A stored record counts as done and is never rerun: one without its results, or whose seed is not an int
+    (0.7 was read as seed 0), must stop the resume, not sit in the report as a blank or as another seed."""
+    suite = write_suite(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "records.jsonl").write_text(line + "\n")
+    assert evaluate.main(["--suite", str(suite), "--out", str(out), "--no-plots"]) == 2
+    message = one_line(capsys.readouterr().err)
+    for name in names:
+        assert name in message, message
+    assert (out / "records.jsonl").read_text() == line + "\n"  # nothing already there is lost

@@ -144,7 +144,15 @@ def test_cli_reports_bad_input_without_running(tmp_path: Path, capsys: pytest.Ca
 
 def test_record_store_appends_whole_lines_and_drops_a_torn_tail(tmp_path: Path) -> None:
     def rec(seed: int) -> dict[str, Any]:
-        return {"scenario": "a/b", "arm": "x", "seed": seed, "final_valid_ppl": math.inf, "curve": [1.0, math.nan]}
+        return {
+            "scenario": "a/b",
+            "arm": "x",
+            "seed": seed,
+            "initial_test_ppl": 100.0,
+            "test_ppl": math.inf,
+            "final_valid_ppl": math.inf,
+            "curve": [1.0, math.nan],
+        }
 
     with RecordStore(tmp_path) as store:
         assert store.append(rec(0)) and store.append(rec(1))

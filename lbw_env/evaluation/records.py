@@ -37,6 +37,34 @@ def record_key(record: Mapping[str, Any]) -> RecordKey:
     return (str(record["scenario"]), str(record["arm"]), int(record["seed"]))
 
 
+RESULT_FIELDS = ("test_ppl", "final_valid_ppl", "initial_test_ppl")
+"""The numbers every report reads from a record."""
+NONFINITE = ("inf", "-inf", "nan")
+"""How records store non-finite numbers (strict JSON has none): a diverged run's perplexity is ``"inf"``."""
+
+
+def check_record(record: Any) -> RecordKey:
+    """The record's key, after checking what resuming and reporting rely on; a ValueError naming the field.
+
+    A stored record counts as done and is never rerun: one without its results (or with a seed of 0.7, read as
+    0) would otherwise sit in the report as a silent blank, or as another run's seed."""
+    if not isinstance(record, Mapping):
+        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+    for name in ("scenario", "arm"):
+        if not isinstance(record.get(name), str) or not record[name]:
+            raise ValueError(f"{name}: expected a non-empty string, got {record.get(name)!r}")
+    seed = record.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed: expected an int >= 0, got {seed!r}")
+    for name in RESULT_FIELDS:
+        value = record.get(name)
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool)) and value not in NONFINITE:
+            raise ValueError(f"{name}: expected a number, got {value!r}")
+    if not isinstance(record.get("config_hash", ""), str) or not isinstance(record.get("curves", {}), Mapping):
+        raise ValueError("config_hash, curves: expected a string and a mapping")
+    return record_key(record)
+
+
 def strip_volatile(record: Mapping[str, Any]) -> dict[str, Any]:
     """A record without the fields that differ between identical runs (times, host, and the working tree's git
     state, which an edit to any unrelated file flips to dirty), for comparisons."""
@@ -102,7 +130,7 @@ class RecordStore:
                 continue
             try:
                 record = json.loads(line)
-                key = record_key(record)
+                key = check_record(record)
             except (ValueError, KeyError, TypeError) as e:
                 raise ConfigError(
                     f"{self.path}:{lineno}: not a valid record ({e}); move the file away or delete that line"

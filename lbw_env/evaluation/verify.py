@@ -35,7 +35,7 @@ from ..config import ConfigError, from_dict, to_dict
 from ..plant.config import TrainerConfig
 from ..scenarios import Scenario
 from .episode import ActionTrace, package_versions, run_episode
-from .records import RECORDS_FILE, VOLATILE_KEYS, get_path, record_key
+from .records import RECORDS_FILE, VOLATILE_KEYS, check_record, get_path, record_key
 
 IDENTITY_KEYS = (
     "suite",
@@ -108,7 +108,7 @@ def read_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             continue
         try:
             record = json.loads(line)
-            record_key(record)
+            check_record(record)
         except (ValueError, KeyError, TypeError) as e:
             raise ConfigError(f"{file}:{lineno}: not a valid record ({e.__class__.__name__}: {e})") from None
         records.append(record)

@@ -100,6 +100,8 @@ def space_from_json(data: Any, path: str) -> gym.Space:
             if not 1 <= n <= MAX_INT:
                 raise ConfigError(f"{path}.n: expected 1 to {MAX_INT}, got {n}")
             return gym.spaces.Discrete(n, start=start)
+    except ConfigError:
+        raise  # already names its field: wrapping it would repeat the path
     except (KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"{path}: malformed {kind} space ({type(e).__name__}: {e})") from None
     raise ConfigError(f"{path}.type: expected Box, MultiDiscrete or Discrete, got {kind!r}")
@@ -252,6 +254,8 @@ class ObsNormalizer:
                 float(rms["count"]),
             )
             out = cls(stats, float(data["clip_obs"]), float(data["epsilon"]), bool(data.get("norm_reward", False)))
+        except ConfigError:
+            raise  # already names its field
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"{path}: malformed statistics ({type(e).__name__}: {e})") from None
         # Each check names its field: a non-finite mean pins a feature to the clip, an infinite epsilon makes
