@@ -211,6 +211,7 @@ EVALUATE_CASES: list[tuple[str, Case, list[str]]] = [
     ("overrides as one string", _argv("env.trainer_overrides=optim.steps=8"), ["env.trainer_overrides", "list"]),
     ("an arm without a governor", _argv("arms=[{label: guard}]"), ["governor", "non-empty"]),
     ("empty --out", _argv("--out", ""), ["--out", "working directory"]),
+    ("a preset given as a path", _argv("env.trainer_overrides=[model.preset=../suites/smoke]"), ["unknown preset"]),
     (
         "NaN guard threshold",
         lambda tmp, mp: ["--governors", f"lbw_guard:{_guard_file(tmp, spike_z='.nan')}"],
