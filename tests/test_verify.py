@@ -217,6 +217,9 @@ def test_compare_reports_value_and_type_differences() -> None:
         ("missing file", ["{tmp}/nowhere.jsonl"], ["nowhere.jsonl", "cannot read"]),
         ("not JSON", ["{tmp}/garbage.jsonl"], ["garbage.jsonl:1", "not a valid record"]),
         ("no trace", ["{tmp}/old.jsonl"], ["tiny/ref adamw seed 0", "no action trace"]),
+        # Malformed fields the replay reads: bad input, not a mismatch (exit 1) after a failed replay.
+        ("text reset seed", ["{tmp}/seed.jsonl"], ["replay.reset_seed", "'abc'"]),
+        ("unknown device", ["{tmp}/device.jsonl"], ["model.device", "bogus"]),
         ("unknown key", ["{results}", "--keys", "test_pppl"], ["--keys test_pppl", "not a field"]),
         ("bad limit", ["{results}", "--limit", "0"], ["--limit", ">= 1"]),
         ("with a suite", ["{results}", "--suite", "smoke"], ["--verify", "no --suite"]),
@@ -229,6 +232,12 @@ def test_bad_input_is_one_line_exit_2(
     old = lines_of(results / "records.jsonl")[0]
     del old["replay"]
     write_lines(tmp_path / "old.jsonl", [old])
+    seed = lines_of(results / "records.jsonl")[0]
+    seed["replay"]["reset_seed"] = "abc"
+    write_lines(tmp_path / "seed.jsonl", [seed])
+    device = lines_of(results / "records.jsonl")[0]
+    device["trainer"]["model"]["device"] = "bogus"
+    write_lines(tmp_path / "device.jsonl", [device])
     status, out, err = verify(capsys, *(a.format(tmp=tmp_path, results=results) for a in argv))
     assert status == 2, (what, out, err)
     assert out == "" and len(err.strip().splitlines()) == 1 and err.startswith("evaluate.py: error: "), err

@@ -125,6 +125,8 @@ def _where(record: Mapping[str, Any]) -> str:
 def check_replayable(record: Mapping[str, Any], keys: Sequence[str]) -> None:
     """Refuse, as bad input, a record a replay cannot start from: no action trace (made before records kept
     one), configs that no longer load, or none of the ``keys`` asked for."""
+    from ..plant.runtime import check_device  # torch: loaded only when replaying, not to read records
+
     where = f"record {_where(record)}"
     replay = record.get("replay")
     if not isinstance(replay, Mapping) or not {"actions", "reset_seed", "pool_size"} <= set(replay):
@@ -135,8 +137,12 @@ def check_replayable(record: Mapping[str, Any], keys: Sequence[str]) -> None:
     try:
         if not 1 <= int(replay["pool_size"]) <= MAX_POOL:
             raise ValueError(f"replay.pool_size: expected an int in [1, {MAX_POOL}], got {replay['pool_size']!r}")
+        # What the replay itself reads: malformed here is bad input (exit 2), not a mismatch (exit 1).
+        for name, value in (("replay.reset_seed", replay["reset_seed"]), ("eval_every", record["eval_every"])):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
         ActionTrace.decode(replay["actions"])
-        replay_scenario(record)
+        check_device(replay_scenario(record).trainer.model.device)
         env_config(record)
     except (ValueError, TypeError) as e:  # ConfigError is a ValueError
         raise ConfigError(f"{where}: cannot be replayed: {' '.join(str(e).split())}") from None
