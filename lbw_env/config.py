@@ -21,7 +21,7 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard, TypeVar, get_args, get_origin
 
 import yaml
 
@@ -123,6 +123,16 @@ _MISMATCH = object()
 """What a scalar converter returns for a value of the wrong type (``None`` is a valid value of ``null``)."""
 
 
+def is_int(value: Any) -> TypeGuard[int]:
+    """An int that is not a bool (``True`` is an int to Python, not a count to a config)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_real(value: Any) -> TypeGuard[int | float]:
+    """An int or a float that is not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _to_null(value: Any) -> Any:
     return None if value is None else _MISMATCH
 
@@ -132,14 +142,14 @@ def _to_bool(value: Any) -> Any:
 
 
 def _to_int(value: Any) -> Any:
-    return value if isinstance(value, int) and not isinstance(value, bool) else _MISMATCH
+    return value if is_int(value) else _MISMATCH
 
 
 def _to_float(value: Any) -> Any:
     # PyYAML follows YAML 1.1, which reads ``1e-3`` (no dot) as a string; a float field takes it as meant.
     if isinstance(value, str):
         return float(value) if _looks_like_float(value) else _MISMATCH
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
+    if not is_real(value):
         return _MISMATCH
     try:
         return float(value)

@@ -36,7 +36,7 @@ from typing import Literal
 import gymnasium as gym
 import numpy as np
 
-from ..config import check
+from ..config import check, is_int, is_real
 from ..plant.optimizer import Control, GateConfig
 
 
@@ -95,11 +95,10 @@ class EnvelopeConfig:
         check(self.action_mode in ("continuous", "discrete"), "action_mode", "continuous | discrete", self.action_mode)
         for name in _FLOAT_FIELDS:
             value = getattr(self, name)
-            real = isinstance(value, (int, float)) and not isinstance(value, bool)
-            check(real and math.isfinite(value), name, "a finite number", value)
+            check(is_real(value) and math.isfinite(value), name, "a finite number", value)
         for name in _INT_FIELDS:
             value = getattr(self, name)
-            check(isinstance(value, int) and not isinstance(value, bool), name, "an int", value)
+            check(is_int(value), name, "an int", value)
         for name in ("rollback_action", "auto_rollback"):
             check(isinstance(getattr(self, name), bool), name, "true or false", getattr(self, name))
         check(self.lr_scale_min > 0, "lr_scale_min", "a float > 0", self.lr_scale_min)

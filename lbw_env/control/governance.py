@@ -29,7 +29,7 @@ from typing import Any, Generic, TypeVar
 import gymnasium as gym
 import numpy as np
 
-from ..config import ConfigError, check
+from ..config import ConfigError, check, is_int, is_real
 from ..plant.records import RollingStats, StepRecord
 from .envelope import Decision, Envelope, EnvelopeConfig
 from .features import FEATURE_NAMES, OBS_BOUND, TelemetryWindow
@@ -66,10 +66,9 @@ class GovernanceConfig:
         """
         for name in ("decision_interval", "window"):
             value = getattr(self, name)
-            check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, name, "an int >= 1", value)
+            check(is_int(value) and value >= 1, name, "an int >= 1", value)
         ratio = self.healthy_ratio
-        real = isinstance(ratio, (int, float)) and not isinstance(ratio, bool)
-        check(real and math.isfinite(ratio) and ratio >= 1, "healthy_ratio", "a finite float >= 1", ratio)
+        check(is_real(ratio) and math.isfinite(ratio) and ratio >= 1, "healthy_ratio", "a finite float >= 1", ratio)
         check(isinstance(self.envelope, EnvelopeConfig), "envelope", "an EnvelopeConfig", self.envelope)
         try:
             self.envelope.validate()

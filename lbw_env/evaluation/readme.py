@@ -117,11 +117,8 @@ def load_results(root: Path, name: str) -> Results:
         raise ConfigError(f"results {name!r}: no {folder / RECORDS_FILE}; run evaluate.py --out {folder}")
     records = read_records(folder)
     meta = read_yaml(folder / SUITE_FILE) if (folder / SUITE_FILE).is_file() else {}
-    suite = meta.get("suite") or {}
-    reference = meta.get("reference", suite.get("reference") if isinstance(suite, dict) else None) or {}
-    for key, value in (("suite", suite), ("reference", reference)):
-        if not isinstance(value, dict):  # a malformed file is bad input (exit 2), not stale tables (exit 1)
-            raise ConfigError(f"{folder / SUITE_FILE}: {key}: expected a mapping, got {value!r}")
+    suite = _mapping_in(folder, "suite", meta.get("suite") or {})
+    reference = _mapping_in(folder, "reference", meta.get("reference", suite.get("reference")) or {})
     return Results(
         name,
         folder,
@@ -131,6 +128,13 @@ def load_results(root: Path, name: str) -> Results:
         str(suite.get("guard_arm") or SuiteConfig.guard_arm),
         {str(k): str(v) for k, v in reference.items()},
     )
+
+
+def _mapping_in(folder: Path, key: str, value: Any) -> dict[str, Any]:
+    """A section of a results folder's suite.yaml: a malformed file is bad input (exit 2), not stale tables."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{folder / SUITE_FILE}: {key}: expected a mapping, got {value!r}")
+    return value
 
 
 def _family_table(fn: Callable[..., str | None], with_arms: bool) -> Callable[[Results, str], str | None]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cache import json_safe
-from ..config import ConfigError
+from ..config import ConfigError, is_int, is_real
 
 RECORDS_FILE = "records.jsonl"
 VOLATILE_KEYS = ("timing", "host", "copy_of")
@@ -54,14 +54,16 @@ def check_record(record: Any) -> RecordKey:
         if not isinstance(record.get(name), str) or not record[name]:
             raise ValueError(f"{name}: expected a non-empty string, got {record.get(name)!r}")
     seed = record.get("seed")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise ValueError(f"seed: expected an int >= 0, got {seed!r}")
     for name in RESULT_FIELDS:
         value = record.get(name)
-        if not (isinstance(value, (int, float)) and not isinstance(value, bool)) and value not in NONFINITE:
+        if not is_real(value) and value not in NONFINITE:
             raise ValueError(f"{name}: expected a number, got {value!r}")
-    if not isinstance(record.get("config_hash", ""), str) or not isinstance(record.get("curves", {}), Mapping):
-        raise ValueError("config_hash, curves: expected a string and a mapping")
+    if not isinstance(record.get("config_hash", ""), str):
+        raise ValueError(f"config_hash: expected a string, got {record['config_hash']!r}")
+    if not isinstance(record.get("curves", {}), Mapping):
+        raise ValueError(f"curves: expected a mapping, got {record['curves']!r}")
     return record_key(record)
 
 

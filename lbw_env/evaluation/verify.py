@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..cache import CacheError, json_safe, stable_hash
-from ..config import ConfigError, from_dict, to_dict
+from ..config import ConfigError, from_dict, is_int, to_dict
 from ..plant.config import TrainerConfig
 from ..scenarios import Scenario
 from .episode import ActionTrace, package_versions, run_episode
@@ -139,7 +139,7 @@ def check_replayable(record: Mapping[str, Any], keys: Sequence[str]) -> None:
             raise ValueError(f"replay.pool_size: expected an int in [1, {MAX_POOL}], got {replay['pool_size']!r}")
         # What the replay itself reads: malformed here is bad input (exit 2), not a mismatch (exit 1).
         for name, value in (("replay.reset_seed", replay["reset_seed"]), ("eval_every", record["eval_every"])):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            if not is_int(value) or value < 0:
                 raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
         ActionTrace.decode(replay["actions"])
         check_device(replay_scenario(record).trainer.model.device)

@@ -11,7 +11,7 @@ import inspect
 import math
 from typing import Any
 
-from lbw_env.config import ConfigError
+from lbw_env.config import ConfigError, is_int, is_real
 
 ALGOS = ("ppo", "a2c", "sac", "recurrent_ppo")
 """Algorithm names, as in ``TrainConfig.algo`` and governor specs ``<algo>:<model.zip>``."""
@@ -68,8 +68,7 @@ def check_hyperparams(cls: type[Any], hyperparams: dict[str, Any]) -> None:
             continue
         if key == "ent_coef" and isinstance(value, str) and value.startswith("auto"):  # SAC's learned coefficient
             continue
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not (number and math.isfinite(value) and ok(value)):
+        if not (is_real(value) and math.isfinite(value) and ok(value)):
             raise ConfigError(f"hyperparams.{key}: expected {expected}, got {value!r}")
     check_net_arch((pk or {}).get("net_arch"), "hyperparams.policy_kwargs.net_arch")
 
@@ -149,7 +148,7 @@ def check_net_arch(net_arch: Any, path: str) -> None:
     lists = list(net_arch.values()) if isinstance(net_arch, dict) else [net_arch]
     for widths in lists:
         ok = isinstance(widths, list) and len(widths) <= MAX_LAYERS
-        if not ok or not all(isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= MAX_WIDTH for w in widths):
+        if not ok or not all(is_int(w) and 1 <= w <= MAX_WIDTH for w in widths):
             raise ConfigError(
                 f"{path}: expected lists of at most {MAX_LAYERS} layer widths in [1, {MAX_WIDTH}], got {net_arch!r}"
             )

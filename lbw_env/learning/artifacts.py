@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from lbw_env.cache import atomic_path, atomic_write_text, atomic_write_yaml, json_safe
-from lbw_env.config import ConfigError
+from lbw_env.config import ConfigError, is_int
 
 VECNORM_FILE = "vecnormalize.pkl"
 CHECKPOINT_PREFIX = "model"
@@ -182,7 +182,7 @@ def checkpoint_timesteps(checkpoint: Path) -> int:
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
         raise ConfigError(f"resume: {checkpoint} is not an SB3 model zip ({type(e).__name__}: {e})") from None
     steps = data.get("num_timesteps") if isinstance(data, dict) else None
-    if not isinstance(steps, int) or isinstance(steps, bool):
+    if not is_int(steps):
         raise ConfigError(f"resume: {checkpoint} has no saved num_timesteps")
     return steps
 

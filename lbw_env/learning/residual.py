@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import gymnasium as gym
 import numpy as np
 
-from lbw_env.config import ConfigError, check
+from lbw_env.config import ConfigError, check, is_real
 from lbw_env.control.protocol import GovernorFactory
 from lbw_env.learning.algos import ALGOS
 
@@ -63,8 +63,12 @@ class ResidualConfig:
     def validate(self) -> None:
         for name in ("lr_bound", "gate_bound"):
             value = getattr(self, name)
-            real = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            check(real and 0 < value <= 2, name, "a float in (0, 2] (action units; 2 spans the whole range)", value)
+            check(
+                is_real(value) and math.isfinite(value) and 0 < value <= 2,
+                name,
+                "a float in (0, 2] (action units; 2 spans the whole range)",
+                value,
+            )
 
     def to_json(self) -> dict[str, Any]:
         return {"base": self.base, "lr_bound": float(self.lr_bound), "gate_bound": float(self.gate_bound)}

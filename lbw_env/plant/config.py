@@ -356,7 +356,7 @@ def available_presets() -> list[str]:
 def load_preset(name: str) -> dict[str, Any]:
     """The model section stored in ``configs/models/<name>.yaml`` (a mapping of ModelConfig fields)."""
     path = config_dir() / "models" / f"{name}.yaml"
-    if name not in available_presets() or not path.is_file():  # a name, not a path (../suites/x read a suite)
+    if name not in available_presets():  # a name, not a path (../suites/x read a suite file as a model)
         raise ConfigError(f"model.preset: unknown preset {name!r}; expected one of {', '.join(available_presets())}")
     data = read_yaml(path)
     data.setdefault("preset", name)
