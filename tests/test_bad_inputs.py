@@ -428,6 +428,9 @@ def test_governor_fits_is_checked_for_every_arm() -> None:
         ("skip_step:inf", ["skip_step:inf"]),
         ("ewm_skip:1", ["ewm_skip:1", "> 1"]),
         ("adamw:junk", ["adamw", "takes no argument"]),
+        ("fixed_scale", ["fixed_scale:", "LR scale to hold", "got ''"]),  # no default oracle
+        ("fixed_scale:0", ["fixed_scale:0", ">= 0.005 and <= 2"]),  # below the envelope's smallest scale
+        ("fixed_scale_rollback:nan", ["fixed_scale_rollback:nan", "finite"]),
     ],
 )
 def test_rule_arguments_are_checked(spec: str, names: list[str]) -> None:

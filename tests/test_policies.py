@@ -36,7 +36,18 @@ def reset_obs() -> np.ndarray:
 
 @pytest.mark.parametrize(
     "name",
-    ["adamw", "lbw_guard", "lbw_guard_ratio", "lbw_guard_tuned", "lbw_guard_probe", "skip_step", "ewm_skip", "plateau"],
+    [
+        "adamw",
+        "lbw_guard",
+        "lbw_guard_ratio",
+        "lbw_guard_tuned",
+        "lbw_guard_probe",
+        "skip_step",
+        "ewm_skip",
+        "plateau",
+        "fixed_scale:0.02",
+        "fixed_scale_rollback:0.02",
+    ],
 )
 @pytest.mark.parametrize("mode", ["continuous", "discrete"])
 def test_rule_governors_follow_the_protocol_and_the_action_space(name: str, mode: str) -> None:
@@ -233,6 +244,20 @@ def test_a_hot_probe_interval_asks_for_one_rollback() -> None:
     assert not any(r for _, _, r in run_guard(LBWGuard(env, off), [reset_obs(), first(0.04), healthy]))
     with pytest.raises(ConfigError, match="probe_rollback"):
         GuardConfig(probe_rollback=0.5).validate()
+
+
+def test_the_fixed_scale_oracles_hold_their_scale_and_the_rollback_one_rolls_back_once() -> None:
+    """``fixed_scale:<x>`` asks for x from the start: the envelope applies 1/max_cut first, then x (within one cut);
+    ``fixed_scale_rollback:<x>`` asks for one rollback, at its first decision with telemetry, and never again
+    (each episode: an episode start resets it)."""
+    healthy = obs_with(loss=0.8, loss_trend=-0.2, log_update_ratio=0.5)
+    cfg = EnvelopeConfig(rollback_action=True)
+    expected = {"fixed_scale:0.02": [False] * 4, "fixed_scale_rollback:0.02": [False, True, False, False]}
+    for spec, rollbacks in expected.items():
+        for _ in range(2):  # a second episode of the same governor
+            steps = run_guard(make_governor(spec, cfg), [reset_obs(), *[healthy] * 3])  # type: ignore[arg-type]
+            assert [round(s, 6) for s, _, _ in steps] == [round(1 / cfg.max_cut, 6)] + [0.02] * 3
+            assert [r for _, _, r in steps] == rollbacks and all(math.isinf(g) for _, g, _ in steps)
 
 
 def test_observation_view_reads_the_newest_row() -> None:
