@@ -209,6 +209,25 @@ def test_ratio_table_pairs_each_arm_with_tuned_adamw_by_seed() -> None:
     assert hot[-1] == "lbw_guard"  # slow (1.10x) is outside, adamw far outside
 
 
+def test_the_lr_column_is_the_scenarios_not_that_of_an_arm_with_its_own_lr() -> None:
+    """A suite may list tuned AdamW (or an LR-free optimizer at 1.0) first: the LR column must still show the LR the
+    scenario configures, the one most arms ran at."""
+    from lbw_env.evaluation.tables import arms_table, scenario_lr
+
+    records = []
+    for seed in range(2):
+        records += [
+            make_record("f/hot", "adamw_tuned", seed, 200.0, lr=2e-3),
+            make_record("f/hot", "lbw_guard", seed, 210.0, lr=3e-2),
+            make_record("f/hot", "prodigy", seed, 220.0, lr=1.0),
+            make_record("f/hot", "adamw", seed, 900.0, lr=3e-2),
+        ]
+    cells = summarize(records)
+    assert cells[0].arm == "adamw_tuned" and scenario_lr(cells, "f/hot") == 3e-2
+    table = arms_table(cells, "f")
+    assert table is not None and table.splitlines()[2].split("|")[2].strip() == "0.03"
+
+
 def test_time_to_target() -> None:
     # adamw on the reference scenario ends at 200 and 300: the target is its worst seed, 300.
     ref0 = make_record("f/ref", "adamw", 0, 200.0, valid=([0, 10, 20, 30], [1000.0, 400.0, 240.0, 200.0], [0, 1, 2, 3]))

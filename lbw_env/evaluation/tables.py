@@ -203,13 +203,21 @@ def yardstick_table(cells: Sequence[Cell], family: str, reference_arm: str, guar
     return _md_table(header, rows)
 
 
+def scenario_lr(cells: Sequence[Cell], scenario: str) -> float:
+    """The LR a scenario configures: the one most of its arms ran at. The arms that set their own (tuned AdamW, the
+    LR-free optimizers at 1.0) are the exceptions; the first cell's LR would be tuned AdamW's in a suite that lists
+    that arm first."""
+    lrs = [c.lr for c in cells if c.scenario == scenario]
+    return max(lrs, key=lrs.count)
+
+
 def arms_table(cells: Sequence[Cell], family: str) -> str | None:
     """Rows = scenarios, one column per arm: final test perplexity [CI] (and divergences)."""
     fam, index, with_model, arms = _family(cells, family)
     rows = []
     for scenario in _ordered_scenarios(fam):
         any_cell = next(c for c in fam if c.scenario == scenario)
-        row = [_scenario_label(any_cell, with_model), fmt_num(any_cell.lr, "{:.2g}")]
+        row = [_scenario_label(any_cell, with_model), fmt_num(scenario_lr(fam, scenario), "{:.2g}")]
         for arm in arms:
             c = index.get((scenario, arm))
             row.append("—" if c is None else _ppl(c.test_ppl) + _div(c))
@@ -256,8 +264,8 @@ def ratio_table(cells: Sequence[Cell], family: str, limit: float = 1.05) -> str 
             continue
         row = [
             _scenario_label(any_cell, with_model),
-            fmt_num(any_cell.lr, "{:.2g}"),
-            fmt_num(any_cell.lr / t.lr, "{:.3g}") + "x",
+            fmt_num(scenario_lr(fam, scenario), "{:.2g}"),
+            fmt_num(scenario_lr(fam, scenario) / t.lr, "{:.3g}") + "x",
             _tuned_text(any_cell),
         ]
         within = []
