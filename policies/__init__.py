@@ -2,8 +2,8 @@
 
 ``make_governor(spec, envelope)`` builds any of them from a spec string; the CLIs hand it (or, for
 ``--trust-pickle``, ``make_trusted_governor``) to the ``lbw_env`` engine, which never imports this package.
-Modules: :mod:`.base` (action codec, rule base class), :mod:`.rules`, :mod:`.sb3`, :mod:`.residual` (a rule
-plus a bounded learned correction), :mod:`.registry` (names -> builders).
+Modules: :mod:`.base` (action codec, rule base class), :mod:`.rules`, :mod:`.oracles` (bound analyses),
+:mod:`.sb3`, :mod:`.residual` (a rule plus a bounded learned correction), :mod:`.registry` (names -> builders).
 """
 
 from .registry import available, make_governor, make_trusted_governor, register

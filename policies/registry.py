@@ -2,8 +2,9 @@
 
 A spec is ``name`` or ``name:argument``: ``adamw``, ``lbw_guard``, ``lbw_guard:configs/governors/x.yaml``,
 ``skip_step:6``, ``ewm_skip:1.2``, ``plateau``, ``ppo:runs/x/best_model`` (a governor file; likewise ``a2c:``,
-``sac:``, ``recurrent_ppo:``). The table is built here from what :mod:`.rules` defines, and the learned names
-from :mod:`.sb3`; they do not know the registry, so imports run one way (registry -> rules, sb3 -> base).
+``sac:``, ``recurrent_ppo:``). The table is built here from what :mod:`.rules` and :mod:`.oracles` define, and
+the learned names from :mod:`.sb3`; they do not know the registry, so imports run one way (registry -> rules,
+sb3 -> base).
 
 Learned governors load from governor files, which run no code. SB3's own ``.zip`` (+ ``.pkl``) is read by
 pickle, which runs whatever the file holds, so it needs ``trust_pickle=True``: the keyword of
@@ -22,11 +23,12 @@ from lbw_env.control.envelope import EnvelopeConfig
 from lbw_env.control.protocol import Governor
 
 from .base import GovernorBuilder
+from .oracles import ORACLES
 from .residual import with_base
 from .rules import RULES
 from .sb3 import SB3_ALGOS, load_sb3_governor
 
-_REGISTRY: dict[str, GovernorBuilder] = dict(RULES)
+_REGISTRY: dict[str, GovernorBuilder] = RULES | ORACLES
 """Rule governors and registered ones. The learned names (:data:`SB3_ALGOS`) are not builders of this table:
 their loading depends on ``trust_pickle``, which a rule never sees."""
 

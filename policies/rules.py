@@ -17,10 +17,6 @@
 * ``plateau`` — ReduceLROnPlateau style: halve the LR scale when the smoothed loss stops improving.
 * ``lbw_guard_no_slow_start``, ``lbw_guard_no_rollback``, ``lbw_guard_no_ceiling`` — the guard with one feature
   off (starts at the full scale; never asks for a rollback; remembers no LR ceiling): ablations.
-* ``fixed_scale:<x>``, ``fixed_scale_rollback:<x>`` — oracles for bound analyses, not governors one would ship:
-  AdamW at ``x`` times the configured LR (given the tuned LR, the best a governor that knows it can ask for; the
-  envelope still clamps the first interval to at least 1/``max_cut`` of the configured LR), and the same that
-  rolls that first interval back at its first decision (an oracle that undoes its probe).
 
 Clipping baselines are trainer options (``optim.clip_norm``, ``optim.clip: zclip``) run with ``adamw``, as are the
 other optimizers (``optim.name``); the named arms that combine them are in ``lbw_env.evaluation.arms``.
@@ -55,24 +51,6 @@ class ConstantGovernor(RuleGovernor):
 
     def decide(self, obs: ObservationView) -> tuple[float, float, bool]:
         return self.target, self.gate, False
-
-
-class RollbackFirstInterval(ConstantGovernor):
-    """:class:`ConstantGovernor` that asks for one rollback at its first decision with telemetry.
-
-    The envelope bounds every decision's cut (``max_cut``), so the first interval runs at least at 1/``max_cut`` of
-    the configured LR whatever a governor knows; this oracle undoes that interval (back to the starting weights,
-    the only rollback target then) and holds its scale from there: what knowing the right LR is worth under the
-    envelope when the configured one is far too high."""
-
-    def reset(self) -> None:
-        super().reset()
-        self.rolled_back = False
-
-    def decide(self, obs: ObservationView) -> tuple[float, float, bool]:
-        rollback = obs.started and not self.rolled_back
-        self.rolled_back = self.rolled_back or rollback
-        return self.target, self.gate, rollback
 
 
 class EWMSkipGovernor(RuleGovernor):
@@ -377,7 +355,7 @@ def _no_argument(name: str, arg: str) -> None:
         raise ConfigError(f"governor '{name}:{arg}': {name} takes no argument (expected the bare name {name!r})")
 
 
-def _number(name: str, arg: str, what: str, low: float, high: float = math.inf, strict: bool = False) -> float:
+def number_argument(name: str, arg: str, what: str, low: float, high: float = math.inf, strict: bool = False) -> float:
     """A rule's numeric argument: finite, at least (``strict``: above) ``low`` and at most ``high``, else one line
     naming the spec and what it takes. A NaN or out-of-range argument must not run as a rule that silently does
     something else (the envelope would clamp it, or read NaN as "never")."""
@@ -433,25 +411,13 @@ def _guard_file(name: str) -> GovernorBuilder:
 def _skip_step(envelope: EnvelopeConfig, arg: str) -> Governor:
     # The envelope cannot gate tighter than gate_min: a lower argument would be clamped up without a word.
     what = "the skip gate in rolling standard deviations, within the envelope's gates"
-    gate = _number("skip_step", arg, what, envelope.gate_min, envelope.gate_max) if arg else 6.0
+    gate = number_argument("skip_step", arg, what, envelope.gate_min, envelope.gate_max) if arg else 6.0
     return ConstantGovernor(envelope, gate=gate)
 
 
 def _ewm_skip(envelope: EnvelopeConfig, arg: str) -> Governor:
     what = "the loss ratio to its EWM above which a step is skipped (1.2: 20 % above)"
-    return EWMSkipGovernor(envelope, ratio=_number("ewm_skip", arg, what, 1.0, strict=True) if arg else 1.2)
-
-
-def _fixed_scale(name: str) -> GovernorBuilder:
-    """``fixed_scale:<x>`` / ``fixed_scale_rollback:<x>``: the argument is required (there is no default oracle)."""
-
-    def build(envelope: EnvelopeConfig, arg: str) -> Governor:
-        what = "the LR scale to hold (e.g. the tuned LR / the configured LR), within the envelope's scales"
-        scale = _number(name, arg, what, envelope.lr_scale_min, envelope.lr_scale_max)
-        kind = RollbackFirstInterval if name == "fixed_scale_rollback" else ConstantGovernor
-        return kind(envelope, scale=scale)
-
-    return build
+    return EWMSkipGovernor(envelope, ratio=number_argument("ewm_skip", arg, what, 1.0, strict=True) if arg else 1.2)
 
 
 def _plateau(envelope: EnvelopeConfig, arg: str) -> Governor:
@@ -469,12 +435,10 @@ RULES: dict[str, GovernorBuilder] = {
     "ewm_skip": _ewm_skip,
     "plateau": _plateau,
     **{name: _ablation(name) for name in ABLATIONS},
-    "fixed_scale": _fixed_scale("fixed_scale"),
-    "fixed_scale_rollback": _fixed_scale("fixed_scale_rollback"),
 }
 """The rule governors by registered name: ``adamw``, ``lbw_guard[:<yaml>]``, ``skip_step[:<gate>]``,
 ``ewm_skip[:<ratio>]``, ``plateau``, ``lbw_guard_ratio[:<yaml>]`` (the guard with an LR cap from the update
 ratio), ``lbw_guard_probe[:<yaml>]`` (that cap plus a rollback after a first interval that ran too hot),
 ``lbw_guard_tuned[:<yaml>]`` (the guard's thresholds from a larger black-box search), and the guard ablations
-``lbw_guard_no_slow_start[:<yaml>]``, ``lbw_guard_no_rollback[:<yaml>]``, ``lbw_guard_no_ceiling[:<yaml>]``,
-and the oracles ``fixed_scale:<x>``, ``fixed_scale_rollback:<x>`` (bound analyses)."""
+``lbw_guard_no_slow_start[:<yaml>]``, ``lbw_guard_no_rollback[:<yaml>]``, ``lbw_guard_no_ceiling[:<yaml>]``.
+The oracles of bound analyses are in :mod:`.oracles`."""

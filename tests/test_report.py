@@ -212,7 +212,8 @@ def test_ratio_table_pairs_each_arm_with_tuned_adamw_by_seed() -> None:
 def test_the_lr_column_is_the_scenarios_not_that_of_an_arm_with_its_own_lr() -> None:
     """A suite may list tuned AdamW (or an LR-free optimizer at 1.0) first: the LR column must still show the LR the
     scenario configures, the one most arms ran at."""
-    from lbw_env.evaluation.tables import arms_table, scenario_lr
+    from lbw_env.evaluation.stats import scenario_lr
+    from lbw_env.evaluation.tables import arms_table
 
     records = []
     for seed in range(2):

@@ -294,6 +294,14 @@ class Cell:
         return text if self.reached == self.n else f"{text} ({self.reached}/{self.n} reached)"
 
 
+def scenario_lr(cells: Sequence[Cell], scenario: str) -> float:
+    """The LR a scenario configures: the one most of its arms ran at. The arms that set their own (tuned AdamW, the
+    LR-free optimizers at 1.0) are the exceptions; the first cell's LR would be tuned AdamW's in a suite that lists
+    that arm first."""
+    lrs = [c.lr for c in cells if c.scenario == scenario]
+    return max(lrs, key=lrs.count)
+
+
 def _paired(rs: Sequence[Record], ref: Mapping[int, Record], split: str, n_resamples: int, seed: int) -> Paired | None:
     """Per-seed log-perplexity differences to ``ref``'s runs (by seed); a seed where both diverged (∞ − ∞) drops out."""
     diffs = [log_ppl(r, split) - log_ppl(ref[int(r["seed"])], split) for r in rs if int(r["seed"]) in ref]

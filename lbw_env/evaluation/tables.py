@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
 from .intervals import Estimate, Paired, fmt_num
-from .stats import HEADLINE, START_TOLERANCE, Cell, verdict
+from .stats import HEADLINE, START_TOLERANCE, Cell, scenario_lr, verdict
 
 
 def _ppl(e: Estimate | None) -> str:
@@ -201,14 +201,6 @@ def yardstick_table(cells: Sequence[Cell], family: str, reference_arm: str, guar
         "speed-up",
     ]
     return _md_table(header, rows)
-
-
-def scenario_lr(cells: Sequence[Cell], scenario: str) -> float:
-    """The LR a scenario configures: the one most of its arms ran at. The arms that set their own (tuned AdamW, the
-    LR-free optimizers at 1.0) are the exceptions; the first cell's LR would be tuned AdamW's in a suite that lists
-    that arm first."""
-    lrs = [c.lr for c in cells if c.scenario == scenario]
-    return max(lrs, key=lrs.count)
 
 
 def arms_table(cells: Sequence[Cell], family: str) -> str | None:
