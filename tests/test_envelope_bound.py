@@ -10,20 +10,15 @@ records stop saying so (a rerun on another machine, an envelope change) or stop 
 
 from __future__ import annotations
 
-import math
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
 from lbw_env.control.envelope import EnvelopeConfig
-from lbw_env.evaluation.intervals import paired
-from lbw_env.evaluation.stats import START_TOLERANCE
+from lbw_env.evaluation.readme import load_results
 from lbw_env.evaluation.suite import load_suite
-from lbw_env.evaluation.verify import read_records
 
 REPO = Path(__file__).resolve().parents[1]
-FOLDER = REPO / "benchmarks" / "results" / "envelope_bound"
 ORACLE = {"tiny/ft_high_lr": "0.06", "tiny/ft_lr3e-1_b1": "0.02"}
 """The oracle's scale on each scenario: the tuned fine-tune LR (6e-3) over the configured one (1e-1, 3e-1)."""
 
@@ -39,23 +34,16 @@ def test_oracle_scales_are_the_tuned_lr_over_the_configured_one() -> None:
 
 def test_knowing_the_lr_is_not_enough_under_the_envelope() -> None:
     suite = load_suite(str(REPO / "configs" / "suites" / "envelope_bound.yaml"))
-    runs: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
-    for r in read_records(FOLDER / "records.jsonl"):
-        runs[(r["scenario"], r["arm"])][int(r["seed"])] = r
-    seeds = set(range(suite.seeds))
+    cells = {(c.scenario, c.arm): c for c in load_results(REPO / "benchmarks" / "results", "envelope_bound").stats[0]}
     for scenario in suite.scenarios:
         for arm in suite.arms:
-            assert set(runs[(scenario, arm.label)]) == seeds, f"{scenario} {arm.label}: incomplete"
+            assert cells[(scenario, arm.label)].n == suite.seeds, f"{scenario} {arm.label}: incomplete"
 
     def vs_tuned(scenario: str, arm: str) -> tuple[float, float]:
-        """Paired % interval of the arm's final test perplexity over tuned AdamW's, same starts asserted."""
-        diffs = []
-        for seed, r in runs[(scenario, arm)].items():
-            ref = runs[(scenario, "adamw_tuned")][seed]
-            assert abs(r["initial_test_loss"] - ref["initial_test_loss"]) <= START_TOLERANCE, (scenario, arm, seed)
-            diffs.append(math.log(r["test_ppl"]) - math.log(ref["test_ppl"]))
-        d = paired(diffs).diff
-        return 100 * math.expm1(d.lo), 100 * math.expm1(d.hi)
+        """The report's paired % interval of the arm's final test perplexity over tuned AdamW's (same starts)."""
+        paired = cells[(scenario, arm)].vs_tuned
+        assert paired is not None and paired.n == suite.seeds, f"{scenario} {arm}: not paired with tuned AdamW"
+        return paired.pct.lo, paired.pct.hi
 
     for scenario, x in ORACLE.items():
         no_rollback, rollback = vs_tuned(scenario, f"fixed_scale:{x}"), vs_tuned(scenario, f"fixed_scale_rollback:{x}")

@@ -254,10 +254,11 @@ def ratio_table(cells: Sequence[Cell], family: str, limit: float = 1.05) -> str 
         t = any_cell.tuned
         if t is None:
             continue
+        lr = scenario_lr(fam, scenario)
         row = [
             _scenario_label(any_cell, with_model),
-            fmt_num(scenario_lr(fam, scenario), "{:.2g}"),
-            fmt_num(scenario_lr(fam, scenario) / t.lr, "{:.3g}") + "x",
+            fmt_num(lr, "{:.2g}"),
+            fmt_num(lr / t.lr, "{:.3g}") + "x",
             _tuned_text(any_cell),
         ]
         within = []
