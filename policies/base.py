@@ -83,9 +83,14 @@ class ActionCodec:
         return out.astype(np.float32)
 
     def scale_of(self, current_scale: float, action: np.ndarray) -> float:
-        """The LR scale the envelope will reach from ``current_scale`` with the continuous ``action``."""
+        """The LR scale the envelope will reach from ``current_scale`` with ``action`` (a continuous action or
+        discrete bins; NaN and out-of-range values as the envelope treats them)."""
         c = self.cfg
-        move = float(np.asarray(action, dtype=np.float32)[0])  # as the envelope reads it
+        if c.action_mode == "continuous":
+            move = float(np.asarray(action, dtype=np.float32)[0])  # as the envelope reads it
+            move = 0.0 if math.isnan(move) else min(max(move, -1.0), 1.0)
+        else:
+            move = float(self._moves[int(np.clip(np.asarray(action).reshape(-1)[0], 0, len(self._moves) - 1))])
         return min(max(current_scale * self._envelope.move_factor(move), c.lr_scale_min), c.lr_scale_max)
 
     def scale_after(self, current_scale: float, target_scale: float) -> float:
@@ -111,7 +116,8 @@ class RuleGovernor:
         self.reset()
 
     def reset(self) -> None:
-        self.scale = self.envelope.lr_scale_init
+        self.scale = self._scale_before = self.envelope.lr_scale_init
+        self._answer: np.ndarray | None = None
 
     def decide(self, obs: ObservationView) -> tuple[float, float, bool]:
         raise NotImplementedError
@@ -143,11 +149,20 @@ class RuleGovernor:
         view = ObservationView(observation)
         if (episode_start is not None and bool(np.asarray(episode_start).reshape(-1)[0])) or not view.started:
             self.reset()
+        self._scale_before = self.scale
         target, gate, rollback = self.decide(view)
         action = self.codec.encode(self.scale, target, gate, rollback)
         if correction is None or not np.any(correction):
             self.scale = self.codec.scale_after(self.scale, target)
-            return action
-        action = self.codec.correct(action, correction, bounds)
-        self.scale = self.codec.scale_of(self.scale, action)
+        else:
+            action = self.codec.correct(action, correction, bounds)
+            self.scale = self.codec.scale_of(self.scale, action)
+        self._answer = action
         return action
+
+    def follow(self, action: np.ndarray) -> None:
+        """Another policy sent ``action`` instead of the one :meth:`respond` just answered (DAgger: the rule labels
+        the states a learner visits): track the LR scale the envelope reaches with it, so that the rule keeps
+        reasoning about the real run. Following its own answer changes nothing."""
+        if self._answer is None or not np.array_equal(np.asarray(action).reshape(-1), self._answer):
+            self.scale = self.codec.scale_of(self._scale_before, action)

@@ -131,6 +131,40 @@ def test_codec_predicts_the_envelope(current: float, target: float, gate: float,
         assert decision.control.skip_gate == pytest.approx(min(max(gate, cfg.gate_min), cfg.gate_max), rel=1e-4)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    sent=st.lists(st.one_of(st.floats(-1.5, 1.5), st.just(math.nan)), min_size=5, max_size=5),
+    mode=st.sampled_from(["continuous", "discrete"]),
+)
+def test_a_rule_that_follows_another_policy_tracks_the_scale_the_envelope_reaches(sent: list[float], mode: str) -> None:
+    """DAgger's labeller: after each answer the guard is told what was actually sent (here arbitrary actions,
+    NaN and out-of-range values included) and its tracked scale stays the envelope's; following its own answers
+    is exactly not following at all."""
+    cfg = EnvelopeConfig(action_mode=mode)
+    healthy = obs_with(loss=0.8, loss_trend=-0.2, log_update_ratio=0.5)
+    follower, alone, envelope = LBWGuard(cfg), LBWGuard(cfg), Envelope(cfg)
+    n = len(envelope.neutral_action())
+    for i, move in enumerate(sent):
+        obs = reset_obs() if i == 0 else healthy
+        own, _ = alone.predict(obs, episode_start=np.array([i == 0]))
+        answer, _ = follower.predict(obs, episode_start=np.array([i == 0]))
+        assert np.array_equal(own, answer) or i > 0  # the same rule on the same observations, until it follows
+        if mode == "continuous":
+            action = np.asarray([move, 1.0, -1.0][:n], dtype=np.float32)
+        else:
+            bins = 0 if math.isnan(move) else int(np.clip(round((move + 1) * 2), 0, cfg.lr_bins - 1))
+            action = np.asarray([bins, cfg.gate_bins - 1, 0][:n], dtype=np.int64)
+        follower.follow(action)
+        assert follower.scale == pytest.approx(envelope.decode(action).control.lr_scale, rel=1e-6)
+    twin, solo = LBWGuard(cfg), LBWGuard(cfg)
+    for i in range(5):
+        obs = reset_obs() if i == 0 else healthy
+        answer, _ = twin.predict(obs, episode_start=np.array([i == 0]))
+        twin.follow(answer)
+        assert np.array_equal(answer, solo.predict(obs, episode_start=np.array([i == 0]))[0])
+        assert twin.scale == solo.scale
+
+
 def test_guard_config_file_matches_the_dataclass() -> None:
     loaded = load_guard_config()
     assert loaded == GuardConfig()  # the YAML documents the defaults; the two must not drift

@@ -31,6 +31,15 @@ class Governor(Protocol):
     ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]: ...
 
 
+@runtime_checkable
+class Teacher(Governor, Protocol):
+    """A governor that can label the states another policy visits (DAgger): after each ``predict`` it is told
+    the action actually sent, and keeps reasoning about the real run. Rule governors are teachers
+    (:meth:`policies.base.RuleGovernor.follow`)."""
+
+    def follow(self, action: np.ndarray) -> None: ...
+
+
 GovernorFactory = Callable[[str, "EnvelopeConfig | None"], Governor]
 """``make_governor(spec, envelope)``: a governor from a spec such as ``adamw``, ``lbw_guard`` or ``ppo:run.zip``.
 The CLIs pass ``policies.make_governor``; it must be a module-level function so process and Ray workers can

@@ -118,6 +118,16 @@ class WarmStartConfig:
     loss: Literal["mse", "nll"] = "mse"
     """Continuous actions: ``mse`` fits the mean action and leaves the exploration std as configured; ``nll``
     maximises the log-likelihood (shrinks the std too). Discrete actions always use ``nll``."""
+    dagger_rounds: int = 0
+    """DAgger rounds after cloning (Ross et al. 2011): the policy drives ``dagger_episodes`` episodes, the teacher
+    labels every state they visit, the labels join the data, and cloning runs again on all of it. Cloning alone
+    sees only the teacher's states, so one early mistake takes the clone where it never saw the teacher act.
+    0: cloning only. Not for a residual policy (its teacher answers the zero correction everywhere)."""
+    dagger_episodes: int = 4
+    """Episodes the policy drives in each DAgger round (reset seeds after the cloning rollouts')."""
+    dagger_beta: float = 0.5
+    """In round i the teacher's own action is sent at a decision with probability ``dagger_beta ** i`` (Ross et
+    al.'s mixture, decaying to the policy alone); the teacher labels every decision either way."""
 
     def validate(self) -> None:
         check(self.episodes >= 0, "episodes", "an int >= 0 (0: no warm start)", self.episodes)
@@ -127,6 +137,9 @@ class WarmStartConfig:
         rate = self.learning_rate
         check(math.isfinite(rate) and rate > 0, "learning_rate", "a positive finite float", rate)
         check(self.batch_size >= 1, "batch_size", "an int >= 1", self.batch_size)
+        check(self.dagger_rounds >= 0, "dagger_rounds", "an int >= 0 (0: cloning only)", self.dagger_rounds)
+        check(self.dagger_episodes >= 1, "dagger_episodes", "an int >= 1", self.dagger_episodes)
+        check(0.0 <= self.dagger_beta <= 1.0, "dagger_beta", "a float in [0, 1]", self.dagger_beta)
 
 
 @dataclasses.dataclass
@@ -270,6 +283,11 @@ class TrainConfig:
         if self.residual.enabled and w.teacher:
             raise ConfigError(
                 f"warm_start.teacher: a residual policy's teacher is its base ({self.residual.base}); leave it empty"
+            )
+        if self.residual.enabled and w.dagger_rounds:
+            raise ConfigError(
+                "warm_start.dagger_rounds: a residual policy's teacher answers the zero correction at every state; "
+                "DAgger has nothing to label (leave it 0)"
             )
         if not self.residual.enabled and not w.teacher:
             raise ConfigError("warm_start.teacher: expected a rule governor spec to clone (e.g. lbw_guard)")

@@ -10,8 +10,12 @@ So before RL (``TrainConfig.warm_start``):
    discounted-return statistics that scale rewards, so the first RL updates see the scales they will keep;
 3. :func:`clone` fits the policy's action to the teacher's (behaviour cloning: the mean action by MSE, or the
    log-likelihood; cross-entropy for discrete actions);
-4. :func:`fit_value` fits the critic to the rollouts' returns-to-go (normalised rewards, under the training
-   ``gamma``), so the first advantages are not a cold critic's noise.
+4. ``dagger_rounds`` of DAgger (Ross, Gordon and Bagnell 2011): the clone drives episodes of its own (the
+   teacher's action sent with a probability that decays per round), the teacher labels every state visited
+   (:func:`collect` with a ``learner``; the rule follows the action actually sent, so its memory is of the real
+   run), the labels join the data and cloning runs again on all of it;
+5. :func:`fit_value` fits the critic to the returns-to-go of all the rollouts (normalised rewards, under the
+   training ``gamma``), so the first advantages are not a cold critic's noise.
 
 The ``imitation`` library was the first choice; its current release (1.0.1) pins gymnasium 0.29 and
 stable-baselines3 2.2, and installing it would downgrade this project's gymnasium 1.x and SB3 2.9. Behaviour
@@ -22,7 +26,7 @@ cloning on an SB3 actor-critic is a few lines of supervised learning on the poli
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -30,7 +34,7 @@ import numpy as np
 import torch
 
 from lbw_env.config import ConfigError
-from lbw_env.control.protocol import Governor, GovernorFactory
+from lbw_env.control.protocol import Governor, GovernorFactory, Teacher
 
 from .algos import discount
 from .config import TrainConfig, WarmStartConfig
@@ -53,6 +57,16 @@ class Rollouts:
     def __len__(self) -> int:
         return len(self.rewards)
 
+    def __add__(self, other: Rollouts) -> Rollouts:
+        """Both sets of decisions, ``other``'s episodes numbered after these."""
+        first = int(self.episode.max()) + 1 if len(self) else 0
+        return Rollouts(
+            np.concatenate([self.obs, other.obs]),
+            np.concatenate([self.actions, other.actions]),
+            np.concatenate([self.rewards, other.rewards]),
+            np.concatenate([self.episode, other.episode + first]),
+        )
+
     def returns(self, gamma: float, rewards: np.ndarray | None = None) -> np.ndarray:
         """Returns-to-go within each episode under ``gamma`` (of ``rewards``, by default the raw ones)."""
         r = self.rewards if rewards is None else rewards
@@ -63,10 +77,37 @@ class Rollouts:
         return out
 
 
-def collect(env: gym.Env, teacher: Governor | None, episodes: Sequence[int | tuple[str, int]]) -> Rollouts:
+Learner = Callable[[np.ndarray], np.ndarray]
+"""A policy being taught: raw observation -> action (:func:`learner_of` an SB3 model)."""
+
+
+def learner_of(model: Any, vecnormalize: Any) -> Learner:
+    """The deterministic action of an SB3 ``model`` on a raw observation, normalised as in training."""
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        action, _ = model.predict(vecnormalize.normalize_obs(obs[None]), deterministic=True)
+        return np.asarray(action)[0]
+
+    return act
+
+
+def collect(
+    env: gym.Env,
+    teacher: Governor | None,
+    episodes: Sequence[int | tuple[str, int]],
+    learner: Learner | None = None,
+    beta: float = 1.0,
+    rng: np.random.Generator | None = None,
+) -> Rollouts:
     """Run ``teacher`` (None: the zero action, a residual policy's base) for whole episodes of ``env``.
 
-    ``episodes``: reset seeds (the env draws the scenario from its pool), or (scenario, seed) pairs."""
+    ``episodes``: reset seeds (the env draws the scenario from its pool), or (scenario, seed) pairs. With a
+    ``learner`` (DAgger), the teacher still labels every decision, but its action is sent only with probability
+    ``beta`` (drawn from ``rng``), the learner's otherwise, and the teacher :meth:`~Teacher.follow` s what was
+    sent; the rewards are those of the actions sent."""
+    if learner is not None and not isinstance(teacher, Teacher):
+        raise ValueError(f"collect: labelling a learner's states needs a teacher with follow(), not {teacher!r}")
+    rng = rng or np.random.default_rng(0)
     obs_rows: list[np.ndarray] = []
     act_rows: list[np.ndarray] = []
     rewards: list[float] = []
@@ -83,6 +124,9 @@ def collect(env: gym.Env, teacher: Governor | None, episodes: Sequence[int | tup
                 action, _ = teacher.predict(obs, episode_start=np.array([start]), deterministic=True)
             obs_rows.append(np.asarray(obs, dtype=np.float32))
             act_rows.append(np.asarray(action).reshape(-1))
+            if learner is not None and rng.random() >= beta:
+                action = learner(np.asarray(obs, dtype=np.float32))
+                teacher.follow(action)  # type: ignore[union-attr]  # a Teacher (checked above)
             obs, reward, terminated, truncated, _ = env.step(action)
             rewards.append(float(reward))
             index.append(i)
@@ -205,22 +249,42 @@ def warm_start(
     """Steps 1–4 of the module docstring on ``model`` (an SB3 actor-critic) and its training ``vecnormalize``;
     a summary of what was done (decisions seen, losses before and after)."""
     seeds = [cfg.seed_offset + i for i in range(cfg.episodes)]
-    rollouts = collect(env, teacher, seeds)
-    warm_statistics(vecnormalize, rollouts, gamma)
-    obs = vecnormalize.normalize_obs(rollouts.obs).astype(np.float32)
-    rewards = vecnormalize.normalize_reward(rollouts.rewards) if vecnormalize.norm_reward else rollouts.rewards
-    targets = rollouts.returns(gamma, np.asarray(rewards, dtype=np.float64))
+    data = collect(env, teacher, seeds)
+    warm_statistics(vecnormalize, data, gamma)
+
+    def normalised(r: Rollouts) -> np.ndarray:
+        return vecnormalize.normalize_obs(r.obs).astype(np.float32)
+
     policy = model.policy
     with torch.no_grad():
-        bc_before = float(imitation_loss(policy, obs, rollouts.actions, cfg.loss))
-    bc = clone(policy, obs, rollouts.actions, cfg, seed=cfg.seed_offset)
-    value = fit_value(policy, obs, targets, cfg, seed=cfg.seed_offset)
+        bc_before = float(imitation_loss(policy, normalised(data), data.actions, cfg.loss))
+    bc = clone(policy, normalised(data), data.actions, cfg, seed=cfg.seed_offset)
+    rounds = []
+    for i in range(1, cfg.dagger_rounds + 1):
+        first = cfg.seed_offset + cfg.episodes + (i - 1) * cfg.dagger_episodes
+        visited = collect(
+            env,
+            teacher,
+            range(first, first + cfg.dagger_episodes),
+            learner_of(model, vecnormalize),
+            cfg.dagger_beta**i,
+            np.random.default_rng(cfg.seed_offset + i),
+        )
+        with torch.no_grad():  # the clone's error on the states it drives to, before it learns them
+            own = float(imitation_loss(policy, normalised(visited), visited.actions, cfg.loss))
+        data = data + visited
+        bc = clone(policy, normalised(data), data.actions, cfg, seed=cfg.seed_offset + i)
+        rounds.append({"beta": cfg.dagger_beta**i, "decisions": len(visited), "imitation_loss_on_its_states": own})
+    rewards = vecnormalize.normalize_reward(data.rewards) if vecnormalize.norm_reward else data.rewards
+    targets = data.returns(gamma, np.asarray(rewards, dtype=np.float64))
+    value = fit_value(policy, normalised(data), targets, cfg, seed=cfg.seed_offset)
     return {
         "episodes": cfg.episodes,
-        "decisions": len(rollouts),
+        "decisions": len(data),
         "teacher": "the residual base (zero correction)" if teacher is None else cfg.teacher,
         "imitation_loss_before": bc_before,
         "imitation_loss_after": bc[-1] if bc else bc_before,
+        "dagger": rounds,
         "value_loss_after": value[-1] if value else None,
     }
 
@@ -235,9 +299,15 @@ def teacher_of(cfg: TrainConfig, make_governor: GovernorFactory | None) -> Gover
             "policies.make_governor; in Python: train(cfg, make_governor=policies.make_governor))"
         )
     try:
-        return make_governor(cfg.warm_start.teacher, cfg.env_config().envelope)
+        teacher = make_governor(cfg.warm_start.teacher, cfg.env_config().envelope)
     except ConfigError as e:
         raise ConfigError(f"warm_start.teacher: {e}") from None
+    if cfg.warm_start.dagger_rounds and not isinstance(teacher, Teacher):
+        raise ConfigError(
+            f"warm_start.teacher: {cfg.warm_start.teacher!r} cannot label another policy's states "
+            "(DAgger needs a rule governor)"
+        )
+    return teacher
 
 
 def run_warm_start(model: Any, vecnormalize: Any, cfg: TrainConfig, make_governor: GovernorFactory | None) -> dict:
