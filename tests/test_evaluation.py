@@ -24,7 +24,13 @@ import yaml
 import evaluate
 from lbw_env.config import ConfigError
 from lbw_env.evaluation import Arm, RecordStore, load_suite, prepare, record_key, run_suite, strip_volatile
-from lbw_env.evaluation.episode import MAX_CURVE_POINTS, downsample_intervals, thin_indices
+from lbw_env.evaluation.episode import (
+    MAX_CURVE_POINTS,
+    RECORDS_DIR,
+    downsample_intervals,
+    git_commit,
+    thin_indices,
+)
 from lbw_env.plant.records import StepRecord
 from policies import make_governor
 
@@ -180,6 +186,25 @@ def test_record_store_is_exclusive(tmp_path: Path) -> None:
         a.open()
         with pytest.raises(ConfigError, match="another evaluation"):
             RecordStore(tmp_path).open()
+
+
+def test_code_version_is_dirty_for_code_changes_not_for_appended_records(tmp_path: Path) -> None:
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    records = tmp_path / RECORDS_DIR / "suite" / "records.jsonl"
+    records.parent.mkdir(parents=True)
+    for path in (tmp_path / "pyproject.toml", tmp_path / "code.py", records):
+        path.write_text("x\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "files")
+    clean = git_commit(tmp_path)
+    assert len(clean) == 40
+    records.write_text("x\n{}\n")  # a suite resumed into its committed folder appends to it
+    assert git_commit(tmp_path) == clean
+    (tmp_path / "code.py").write_text("y\n")
+    assert git_commit(tmp_path) == clean + "-dirty"
 
 
 def test_curves_are_downsampled() -> None:

@@ -73,16 +73,23 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def git_commit() -> str:
-    """The commit of the checkout this package runs from (``-dirty`` with uncommitted changes to tracked files),
-    "" where it is not a git checkout (an installed wheel): the code version a committed record names."""
-    root = Path(__file__).resolve().parents[2]
+RECORDS_DIR = "benchmarks/results"
+"""Where the committed records live. Changes under it are not code changes: a suite resumed into its committed
+folder appends to a tracked ``records.jsonl``, and its later runs must not call their own code dirty for it."""
+
+
+def git_commit(root: Path | None = None) -> str:
+    """The commit of the checkout this package runs from (``-dirty`` with uncommitted changes to tracked files
+    outside :data:`RECORDS_DIR`), "" where it is not a git checkout (an installed wheel): the code version a
+    committed record names. ``root``: another checkout (tests)."""
+    root = Path(__file__).resolve().parents[2] if root is None else root
     if not (root / ".git").exists() or not (root / "pyproject.toml").is_file():
         return ""  # a site-packages copy may lie inside someone else's repository: never report that one
     try:
         run = functools.partial(subprocess.run, capture_output=True, text=True, timeout=10, check=True)
         commit = run(["git", "-C", str(root), "rev-parse", "HEAD"]).stdout.strip()
-        dirty = run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"]).stdout.strip()
+        status = ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"]
+        dirty = run([*status, "--", ".", f":(exclude){RECORDS_DIR}"]).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
     return commit + ("-dirty" if dirty else "")
