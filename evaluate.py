@@ -26,12 +26,12 @@ from typing import NoReturn
 
 def _verify(records: str, keys: Sequence[str], limit: int | None) -> int:
     """``--verify``: replay each record (no governor code runs); 0 all agree, 1 a mismatch, 2 bad input."""
-    from lbw_env.config import ConfigError
+    from lbw_env.errors import BAD_INPUT
     from lbw_env.evaluation.verify import verify
 
     try:
         return verify(records, keys, limit, note=lambda line: print(line, file=sys.stderr))
-    except (ConfigError, OSError) as e:
+    except BAD_INPUT as e:
         return fail(e)
     except KeyboardInterrupt:
         return 130
@@ -46,7 +46,9 @@ class _Parser(argparse.ArgumentParser):
 
 def fail(message: object) -> int:
     """Print one line ``evaluate.py: error: ...`` to stderr; the exit status of bad input (2)."""
-    print(f"evaluate.py: error: {' '.join(str(message).split())}", file=sys.stderr)
+    from lbw_env.errors import error_line
+
+    print(error_line("evaluate.py", message), file=sys.stderr)
     return 2
 
 
@@ -97,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.suite:
         return fail("--suite is required (or --verify, --list)")
 
-    from lbw_env.config import ConfigError
+    from lbw_env.errors import BAD_INPUT
     from lbw_env.evaluation import load_suite, run_suite
     from lbw_env.evaluation.cli import Progress, finish, outcome
     from policies import make_governor, make_trusted_governor
@@ -110,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         factory = make_trusted_governor if args.trust_pickle else make_governor
         summary = run_suite(suite, args.out, make_governor=factory, executor=args.executor, workers=args.workers,
                             on_start=progress.on_start, on_record=progress.on_record)  # fmt: skip
-    except (ConfigError, OSError) as e:  # bad input, found before anything ran; OSError: e.g. a full disk
+    except BAD_INPUT as e:  # bad config or data, found before anything ran, or an OS error (e.g. a full disk)
         return fail(e)
     except KeyboardInterrupt:
         print("\ninterrupted: finished records are kept; run the same command again to resume", file=sys.stderr)

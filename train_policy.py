@@ -35,8 +35,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from lbw_env import learning
-from lbw_env.config import ConfigError
-from lbw_env.plant.sources import DataError
+from lbw_env.errors import BAD_INPUT, ConfigError, error_line
 from policies import make_governor
 
 
@@ -49,7 +48,7 @@ class _Parser(argparse.ArgumentParser):
 
 def fail(message: object) -> int:
     """Print one line ``train_policy.py: error: ...`` to stderr; the exit status of bad input (2)."""
-    print(f"train_policy.py: error: {' '.join(str(message).split())}", file=sys.stderr)
+    print(error_line("train_policy.py", message), file=sys.stderr)
     return 2
 
 
@@ -92,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(learning.measure(cfg, args.measure), indent=2))
             return 0
         result = learning.train(cfg, make_governor=make_governor)  # builds a residual governor's base rule
-    except (ConfigError, DataError, OSError) as e:  # OSError: an unwritable run or cache folder, a full disk
+    except BAD_INPUT as e:  # config, data, or an OS error: an unwritable run or cache folder, a full disk
         return fail(e)
     except KeyboardInterrupt:
         return 130

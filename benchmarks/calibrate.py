@@ -14,6 +14,7 @@ import math
 import statistics
 import time
 
+from lbw_env.errors import exit_on_bad_input
 from lbw_env.plant.config import load_trainer_config
 from lbw_env.plant.trainer import Plant
 
@@ -61,4 +62,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with exit_on_bad_input("calibrate.py"):
+        main()

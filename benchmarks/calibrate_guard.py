@@ -45,6 +45,7 @@ import yaml
 
 from lbw_env.cache import atomic_write_text
 from lbw_env.config import ConfigError, config_dir, read_yaml
+from lbw_env.errors import exit_on_bad_input
 from lbw_env.evaluation import load_suite, run_suite
 from lbw_env.evaluation.records import get_path
 from lbw_env.evaluation.stats import capped_loss
@@ -432,10 +433,8 @@ def run(args: argparse.Namespace) -> Candidate:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
+    with exit_on_bad_input("calibrate_guard.py"):
         run(args)
-    except ConfigError as e:
-        raise SystemExit(f"calibrate_guard: {' '.join(str(e).split())}") from None
 
 
 if __name__ == "__main__":

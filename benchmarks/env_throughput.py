@@ -38,6 +38,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from lbw_env import LBWEnv
+from lbw_env.errors import exit_on_bad_input
 from lbw_env.plant.optimizer import Control
 from lbw_env.plant.trainer import Plant
 
@@ -249,4 +250,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with exit_on_bad_input("env_throughput.py"):
+        main()

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lbw_env.errors import exit_on_bad_input
 from lbw_env.plant.data import eval_blocks
 from lbw_env.plant.trainer import Plant
 from lbw_env.scenarios import get_scenario
@@ -122,4 +123,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with exit_on_bad_input("eval_noise.py"):
+        main()

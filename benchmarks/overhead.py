@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from lbw_env.errors import exit_on_bad_input
 from lbw_env.plant.config import OptimConfig, TrainerConfig, load_trainer_config
 from lbw_env.plant.data import BatchStream, Corpus, load_corpus
 from lbw_env.plant.models import build_model, count_parameters
@@ -300,4 +301,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    with exit_on_bad_input("overhead.py"):
+        main()

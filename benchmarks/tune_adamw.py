@@ -39,6 +39,7 @@ import yaml
 
 from lbw_env.cache import atomic_write_text
 from lbw_env.config import ConfigError, read_yaml, to_dict
+from lbw_env.errors import exit_on_bad_input
 from lbw_env.evaluation import load_suite, run_suite
 from lbw_env.evaluation.stats import capped_loss
 from lbw_env.evaluation.suite import suite_path, with_overrides
@@ -154,13 +155,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
+    with exit_on_bad_input("tune_adamw.py"):
         entry = tune(args)
         family = args.name or entry.pop("_family")
         entry.pop("_family", None)
         write(Path(args.output), family, entry)
-    except ConfigError as e:
-        raise SystemExit(f"tune_adamw: {' '.join(str(e).split())}") from None
     print(f"written to {args.output} ({family}: lr {entry['lr']:g})")
 
 

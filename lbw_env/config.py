@@ -25,14 +25,12 @@ from typing import TYPE_CHECKING, Any, Literal, TypeGuard, TypeVar, get_args, ge
 
 import yaml
 
+from .errors import ConfigError
+
 if TYPE_CHECKING:  # typeshed's protocol for "a dataclass"; it exists only in stubs
     from _typeshed import DataclassInstance
 
 T = TypeVar("T", bound="DataclassInstance")
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or of the wrong type. The message names the key."""
 
 
 ENV_CONFIG_DIR = "LBW_CONFIG_DIR"

@@ -64,9 +64,10 @@ LAYERS: tuple[Layer, ...] = (
     Layer(
         "base",
         0,
-        ("lbw_env", "lbw_env.config", "lbw_env.cache"),
-        "config machinery and atomic cache files; the package root is here too: it registers the gym ids and "
-        "resolves its public names lazily by string (PEP 562), so that `import lbw_env` stays free of torch",
+        ("lbw_env", "lbw_env.errors", "lbw_env.config", "lbw_env.cache"),
+        "bad-input errors, config machinery and atomic cache files; the package root is here too: it registers the "
+        "gym ids and resolves its public names lazily by string (PEP 562), so that `import lbw_env` stays free of "
+        "torch",
     ),
     Layer("plant", 1, ("lbw_env.plant.*",), "the trained model: data, model, governed optimizer, Plant"),
     Layer("control", 2, ("lbw_env.control.*",), "observations, envelope, reward, governance, Governor protocol"),

@@ -500,3 +500,23 @@ def test_a_stored_record_that_cannot_be_reported_is_refused_on_resume(
     for name in names:
         assert name in message, message
     assert (out / "records.jsonl").read_text() == line + "\n"  # nothing already there is lost
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["overhead.py", "--steps", "2"],
+        ["eval_noise.py", "tiny/ref"],
+    ],  # env_throughput.py and calibrate.py end the same way (the same two lines under __main__)
+)
+def test_benchmarks_report_missing_data_in_one_line(argv: list[str], tmp_path: Path) -> None:
+    """The benchmarks are command lines too: no data root ends them with one line naming what to set (status 2),
+    not a traceback (lbw_env.errors.exit_on_bad_input)."""
+    env = {k: v for k, v in os.environ.items() if k != "LBW_DATA_DIR"}
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / argv[0]), *argv[1:]],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"{argv[0]}: error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert "LBW_DATA_DIR" in done.stderr

@@ -38,12 +38,15 @@ def calibrate() -> ModuleType:
 
 
 @pytest.mark.parametrize("specs", [["tiny:test"], ["tiny:train", "tiny/shock100"], ["tiny"]])
-def test_refuses_the_test_split_in_one_line(calibrate: ModuleType, tmp_path: Path, specs: list[str]) -> None:
+def test_refuses_the_test_split_in_one_line(
+    calibrate: ModuleType, tmp_path: Path, specs: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exc:
         calibrate.main(["--scenarios", *specs, "--out", str(out), "--output", str(tmp_path / "g.yaml")])
-    message = str(exc.value.code)
-    assert message.startswith("calibrate_guard: ") and "\n" not in message
+    message = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert message.startswith("calibrate_guard.py: error: ") and message.count("\n") == 1
     assert "test split" in message and "tiny/shock100" in message
     assert not out.exists() and not (tmp_path / "g.yaml").exists()  # refused before anything ran
 

@@ -36,12 +36,15 @@ def tune() -> ModuleType:
 
 
 @pytest.mark.parametrize("specs", [["lr_stress:test"], ["lr_stress:train", "lr_stress/ref_b1"], ["lr_stress"]])
-def test_refuses_the_test_split_in_one_line(tune: ModuleType, tmp_path: Path, specs: list[str]) -> None:
+def test_refuses_the_test_split_in_one_line(
+    tune: ModuleType, tmp_path: Path, specs: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     out, output = tmp_path / "out", tmp_path / "tuned.yaml"
     with pytest.raises(SystemExit) as exc:
         tune.main(["--scenarios", *specs, "--lrs", "3e-3", "--out", str(out), "--output", str(output)])
-    message = str(exc.value.code)
-    assert message.startswith("tune_adamw: ") and "\n" not in message
+    message = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert message.startswith("tune_adamw.py: error: ") and message.count("\n") == 1
     assert "test split" in message and "lr_stress/ref_b1" in message
     assert not out.exists() and not output.exists()  # refused before anything ran
 

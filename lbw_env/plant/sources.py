@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..cache import file_fingerprint
+from ..errors import DataError
 from .config import DataConfig
 
 ENV_DATA_DIR = "LBW_DATA_DIR"
@@ -26,10 +27,6 @@ Split = Literal["train", "valid", "test"]
 SPLITS: tuple[Split, ...] = ("train", "valid", "test")
 HF_SPLITS: dict[str, str] = {"train": "train", "valid": "validation", "test": "test"}
 """Our split names -> the Hugging Face ``Salesforce/wikitext`` split names (also the parquet shard prefixes)."""
-
-
-class DataError(ValueError):
-    """Bad data input; message names the file/folder and what was expected."""
 
 
 def data_root(cfg: DataConfig) -> Path:
