@@ -82,7 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("b", type=Path, help="records.jsonl B")
     p.add_argument("--ignore", nargs="*", default=[], metavar="KEY", help="top-level keys or dotted paths to skip")
     args = p.parse_args(argv)
-    a, b = load(args.a), load(args.b)
+    try:
+        a, b = load(args.a), load(args.b)
+    except (OSError, ValueError, KeyError) as e:  # a missing file, a line that is not a record
+        print(f"compare_records.py: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     diffs = compare(a, b, args.ignore)
     for key, path, what in diffs:
         print(f"{key} {path}: {what}" if path else f"{key}: {what}")

@@ -19,8 +19,8 @@ import math
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
-from pathlib import Path
 
+from lbw_env.errors import exit_on_bad_input
 from lbw_env.evaluation.intervals import paired
 from lbw_env.evaluation.stats import START_TOLERANCE, log_ppl, start_mismatch
 from lbw_env.evaluation.verify import read_records
@@ -42,8 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--split", default="", help="pool only scenarios of this split (train, val, test)")
     ap.add_argument("--at-step", type=int, help="compare the validation log-ppl at this step of the curves instead")
     args = ap.parse_args(argv)
-    path = Path(args.records)
-    records = read_records(path / "records.jsonl" if path.is_dir() else path)
+    with exit_on_bad_input("paired_arms.py"):
+        records = read_records(args.records)
     losses: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
     runs: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
     split_of: dict[str, str] = {}

@@ -77,3 +77,12 @@ def test_dotted_ignore_and_torn_tail(tmp_path: Path) -> None:
         f.write('{"scenario": "tiny/ref", "arm": "x", "se')  # an interrupted write is not a record
     assert compare(a, b, "--ignore", "timing", "host", "env.window").returncode == 0
     assert compare(a, b, "--ignore", "timing", "host").returncode == 1
+
+
+def test_a_missing_or_broken_file_is_one_line(tmp_path: Path) -> None:
+    good = write(tmp_path / "a.jsonl", [record(0)])
+    (tmp_path / "bad.jsonl").write_text('{"scenario": "tiny/ref"}\n')
+    for other in (tmp_path / "nowhere.jsonl", tmp_path / "bad.jsonl"):
+        done = compare(good, other)
+        assert done.returncode == 2 and done.stderr.startswith("compare_records.py: error: ")
+        assert done.stderr.count("\n") == 1, done.stderr

@@ -392,6 +392,10 @@ def test_paired_arms_script_per_scenario_and_pooled(tmp_path: Path, capsys: pyte
     assert out[0].startswith("a/x [test]: -2.00 [-2.00, -2.00] %") and out[1].startswith("a/y [train]: +4.00")
     assert out[2].startswith("pooled over test scenarios: -2.00") and "n = 3" in out[2]
     assert module.main([str(path), "learned", "nobody"]) == 1
+    assert capsys.readouterr().err == "no paired runs of learned and nobody\n"
+    with pytest.raises(SystemExit) as exit_:  # a missing file: one line naming it, status 2
+        module.main([str(tmp_path / "nowhere"), "learned", "guard"])
+    assert exit_.value.code == 2 and capsys.readouterr().err.startswith("paired_arms.py: error: records ")
     # --at-step: the validation curves at one step instead of the final test perplexity.
     for r in records:
         r["curves"] = {"valid": {"step": [0, 8], "ppl": [500.0, r["test_ppl"] * (1.5 if r["arm"] == "learned" else 1)]}}

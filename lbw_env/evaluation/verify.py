@@ -101,7 +101,7 @@ def read_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     try:
         lines = file.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"--verify {path}: cannot read {file} ({e.__class__.__name__}: {e})") from None
+        raise ConfigError(f"records {path}: cannot read {file} ({e.__class__.__name__}: {e})") from None
     records = []
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
@@ -113,7 +113,7 @@ def read_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             raise ConfigError(f"{file}:{lineno}: not a valid record ({e.__class__.__name__}: {e})") from None
         records.append(record)
     if not records:
-        raise ConfigError(f"--verify {path}: {file} holds no records")
+        raise ConfigError(f"records {path}: {file} holds no records")
     return records
 
 
