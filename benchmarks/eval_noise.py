@@ -108,6 +108,8 @@ def main() -> None:
     ap.add_argument("scenarios", nargs="+", help="scenario names, e.g. tiny/ref lr_stress/ref")
     ap.add_argument("--seeds", type=int, default=5)
     args = ap.parse_args()
+    if args.seeds < 1:
+        ap.error(f"--seeds: expected an int >= 1, got {args.seeds}")
     for name in args.scenarios:
         m = measure(name, args.seeds)
         print(

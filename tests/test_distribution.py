@@ -89,7 +89,7 @@ def test_a_training_run_trains_on_the_sampled_family(
     assert json.loads(monitor.splitlines()[0][1:])  # a monitored run happened
 
 
-def test_a_held_out_val_sample_of_a_training_distribution(tmp_path: Path) -> None:
+def test_a_held_out_val_sample_of_a_training_distribution(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``python -m lbw_env.learning.distribution``: the training config's distribution, another sampler seed, every
     scenario in the val split; the training's own seed (not held out) and a config without one are refused."""
     from lbw_env.learning import distribution
@@ -102,8 +102,15 @@ def test_a_held_out_val_sample_of_a_training_distribution(tmp_path: Path) -> Non
     assert len(scenarios) == 5 and {s.split for s in scenarios} == {"val"}
     same = DistributionConfig(scenarios=5, seed=7, family="test_sampled_val")  # the config's other fields are defaults
     assert yaml.safe_load(out.read_text())["scenarios"] == sample_family(same, "val")["scenarios"]
-    with pytest.raises(SystemExit, match="--seed: 0 is the training's own sampler seed"):
-        distribution.main([*argv, "--seed", "0"])
     plain = Path(__file__).resolve().parents[1] / "configs" / "train" / "ppo.yaml"
-    with pytest.raises(SystemExit, match="samples no training distribution"):
-        distribution.main(["--config", str(plain), *argv[2:], "--seed", "7"])
+    refused = {
+        "--seed: 0 is the training's own sampler seed": [*argv, "--seed", "0"],
+        "samples no training distribution": ["--config", str(plain), *argv[2:], "--seed", "7"],
+        "not_a_folder": [*argv[:-1], str(tmp_path / "not_a_folder" / "x.yaml"), "--seed", "7"],  # an OSError
+    }
+    (tmp_path / "not_a_folder").write_text("")
+    for message, args in refused.items():
+        with pytest.raises(SystemExit) as exit_:
+            distribution.main(args)
+        line = capsys.readouterr().err
+        assert exit_.value.code == 2 and line.count("\n") == 1 and message in line, line

@@ -21,6 +21,7 @@ import numpy as np
 
 from lbw_env.config import ConfigError
 from lbw_env.control.compat import GovernanceSettings
+from lbw_env.errors import BAD_INPUT, error_line
 
 from .algos import ALGOS
 from .legacy import load_sb3_zip, run_residual, run_settings, settings_from_env_yaml
@@ -99,8 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = convert(
             args.model, args.out, algo=args.algo, settings=settings, trust_pickle=args.trust_pickle, check=args.check
         )
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except BAD_INPUT as e:
+        print(error_line(parser.prog, e), file=sys.stderr)
         return 2
     print(f"wrote {out} (load it as {args.algo}:{out})")
     return 0

@@ -29,6 +29,7 @@ import numpy as np
 
 from lbw_env.cache import atomic_write_yaml
 from lbw_env.config import ConfigError, check, from_dict, read_yaml, to_dict
+from lbw_env.errors import exit_on_bad_input
 from lbw_env.scenarios import get_scenario, require_not_test
 
 FAULT_KINDS = ("lr_shock", "bad_batch", "nan_loss", "grad_noise")
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--family", required=True, help="family name of the written file")
     parser.add_argument("--out", required=True, type=Path, help="family file to write")
     args = parser.parse_args(argv)
-    try:
+    with exit_on_bad_input(parser.prog):
         base = from_dict(DistributionConfig, read_yaml(args.config).get("distribution") or {}, "distribution")
         if not base.enabled:
             raise ConfigError(f"{args.config}: distribution: the config samples no training distribution")
@@ -161,9 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--seed: {args.seed} is the training's own sampler seed; a held-out sample needs other")
         cfg = dataclasses.replace(base, seed=args.seed, scenarios=args.scenarios, family=args.family)
         cfg.validate()
-    except ConfigError as e:
-        raise SystemExit(f"error: {e}") from None
-    write_family(cfg, args.out, args.split)
+        write_family(cfg, args.out, args.split)
     print(f"wrote {args.out}: {args.scenarios} {args.split} scenarios, sampler seed {args.seed}, of {args.config}")
     return 0
 
