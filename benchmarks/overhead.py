@@ -168,7 +168,7 @@ def breakdown(trainer: Plant, n: int) -> dict[str, float]:
     return result
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="qwen2-tiny", help="model preset (configs/models/<name>.yaml)")
     ap.add_argument("--steps", type=int, default=20, help="steps per timed block")
@@ -185,7 +185,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--json", type=Path, help="write the results here as JSON")
     ap.add_argument("overrides", nargs="*", help="further trainer key=value overrides")
     args = ap.parse_args(argv)
+    for name, least in (("steps", 1), ("rounds", 1), ("warmup", 0), ("threads", 0)):
+        if getattr(args, name) < least:
+            ap.error(f"--{name}: expected an int >= {least}, got {getattr(args, name)}")
+    return args
 
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     total = args.warmup + args.rounds * args.steps
