@@ -10,6 +10,11 @@ rough summary next to the per-scenario rows, not a replacement for them.
 
 ``--at-step N`` compares the validation log perplexity at step ``N`` of the runs' curves instead (where a gap
 opens: e.g. before a fault starts), a diagnostic beside the headline, not a replacement for it.
+
+``--detect PCT`` adds to each line how many seeds would give a 95 % interval of ±PCT % at the spread of the
+observed differences (pooled: seeds per pooled scenario): what a comparison of this size can hope to show.
+
+    python scripts/paired_arms.py benchmarks/results/tiny_learned ppo_dagger lbw_guard_tuned --split test --detect 1
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from lbw_env.errors import exit_on_bad_input
-from lbw_env.evaluation.intervals import paired
+from lbw_env.evaluation.intervals import paired, runs_for_half_width
 from lbw_env.evaluation.stats import START_TOLERANCE, log_ppl, start_mismatch
 from lbw_env.evaluation.verify import read_records
 
@@ -34,6 +39,14 @@ def valid_log_ppl_at(record: dict, step: int) -> float | None:
     return math.log(curve["ppl"][curve["step"].index(step)])
 
 
+def needed(diffs: Sequence[float], pct: float | None, per: int = 1) -> str:
+    """``; ±PCT % needs N seeds`` (per scenario where ``per`` scenarios are pooled), or "" without ``--detect``."""
+    if pct is None or len(diffs) < 2:
+        return ""
+    n = math.ceil(runs_for_half_width(diffs, math.log1p(pct / 100)) / per)
+    return f"; ±{pct:g} % needs ~{n} seeds" + (" per scenario" if per > 1 else "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("records", help="a records.jsonl or its folder")
@@ -41,7 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("other", help="the arm it is compared with")
     ap.add_argument("--split", default="", help="pool only scenarios of this split (train, val, test)")
     ap.add_argument("--at-step", type=int, help="compare the validation log-ppl at this step of the curves instead")
+    ap.add_argument("--detect", type=float, metavar="PCT", help="also: seeds for a 95 %% interval of ±PCT %%")
     args = ap.parse_args(argv)
+    if args.detect is not None and not (math.isfinite(args.detect) and args.detect > 0):
+        ap.error(f"--detect: expected a positive percentage, got {args.detect}")
     with exit_on_bad_input("paired_arms.py"):
         records = read_records(args.records)
     losses: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
@@ -59,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         losses[(r["scenario"], r["arm"])][int(r["seed"])] = value
         split_of[r["scenario"]] = str(r.get("split", ""))
     pooled: list[float] = []
+    scenarios = 0
     for scenario in dict.fromkeys(r["scenario"] for r in records):
         mine, theirs = losses.get((scenario, args.arm), {}), losses.get((scenario, args.other), {})
         apart = start_mismatch(list(runs[(scenario, args.arm)].values()), runs[(scenario, args.other)])
@@ -70,9 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not diffs:
             continue
         p = paired(diffs)
-        print(f"{scenario} [{split_of[scenario]}]: {p.pct.fmt('{:+.2f}')} % (n = {len(diffs)}, paired t p = {p.p:.3g})")
+        line = f"{scenario} [{split_of[scenario]}]: {p.pct.fmt('{:+.2f}')} % (n = {len(diffs)}, paired t p = {p.p:.3g})"
+        print(line + needed(diffs, args.detect))
         if not args.split or split_of[scenario] == args.split:
             pooled += diffs
+            scenarios += 1
     if not pooled:
         print(f"no paired runs of {args.arm} and {args.other}", file=sys.stderr)
         return 1
@@ -80,7 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     where = f"{args.split} scenarios" if args.split else "all scenarios"
     if args.at_step is not None:
         where += f", validation at step {args.at_step}"
-    print(f"pooled over {where}: {p.pct.fmt('{:+.2f}')} % (n = {len(pooled)}, paired t p = {p.p:.3g})")
+    line = f"pooled over {where}: {p.pct.fmt('{:+.2f}')} % (n = {len(pooled)}, paired t p = {p.p:.3g})"
+    print(line + needed(pooled, args.detect, per=scenarios))
     return 0
 
 

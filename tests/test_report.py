@@ -391,6 +391,9 @@ def test_paired_arms_script_per_scenario_and_pooled(tmp_path: Path, capsys: pyte
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("a/x [test]: -2.00 [-2.00, -2.00] %") and out[1].startswith("a/y [train]: +4.00")
     assert out[2].startswith("pooled over test scenarios: -2.00") and "n = 3" in out[2]
+    assert module.main([str(path), "learned", "guard", "--split", "test", "--detect", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()  # every pair differs alike: no spread, two seeds suffice
+    assert out[0].endswith("; ±1 % needs ~2 seeds") and out[2].endswith("; ±1 % needs ~2 seeds"), out
     assert module.main([str(path), "learned", "nobody"]) == 1
     assert capsys.readouterr().err == "no paired runs of learned and nobody\n"
     with pytest.raises(SystemExit) as exit_:  # a missing file: one line naming it, status 2

@@ -14,6 +14,7 @@ from lbw_env.evaluation.intervals import (
     Estimate,
     paired,
     performance_profile,
+    runs_for_half_width,
     stratified_iqm,
     t_interval,
     t_test_p,
@@ -110,3 +111,18 @@ def test_stratified_iqm() -> None:
     assert stratified_iqm({}).n == 0 and isinstance(stratified_iqm({"a": [1.0]}), Estimate)
     prof = performance_profile([0.5, 1.0, 2.0, math.inf], [0.5, 1.0, 1.5, 100.0])
     assert prof.tolist() == [0.25, 0.5, 0.5, 0.75]
+
+
+def test_runs_for_half_width_is_the_least_n_whose_t_interval_is_that_narrow() -> None:
+    """``t_{n-1} s / sqrt(n) <= h``: with s = 1, h = 0.5 that is n = 18 (t_17 = 2.110: 0.497), not 17 (0.514);
+    and an interval of that many values of the same spread is in fact that narrow."""
+    x = [-1.0, 1.0] * 5
+    sd = float(np.std(x, ddof=1))
+    assert runs_for_half_width(x, 0.5 * sd) == 18
+    y = np.resize(x, 18)
+    est = t_interval(y * sd / np.std(y, ddof=1))  # 18 values of the same spread
+    assert (est.hi - est.lo) / 2 <= 0.5 * sd
+    assert runs_for_half_width(x, 10 * sd) == 2 and runs_for_half_width(x, 1e-9, most=50) == 51
+    for bad in ([1.0], [1.0, math.inf]):
+        with pytest.raises(ValueError, match="two or more finite values"):
+            runs_for_half_width(bad, 0.1)

@@ -97,6 +97,21 @@ def t_interval(values: Iterable[float], level: float = LEVEL) -> Estimate:
     return Estimate(mean, mean - half, mean + half, n)
 
 
+def runs_for_half_width(values: Iterable[float], half_width: float, level: float = LEVEL, most: int = 100_000) -> int:
+    """How many values a Student-t interval needs for ``mean ± half_width`` at the spread (sample sd) of these:
+    the least ``n`` with ``t_{n-1} · s / √n ≤ half_width`` (``most`` + 1 where even ``most`` is not enough). A
+    planning figure, not a guarantee: the sd of a few values is itself uncertain. Needs two finite values."""
+    x = _clean(values)
+    if len(x) < 2 or not np.isfinite(x).all() or not half_width > 0:
+        raise ValueError("runs_for_half_width: needs two or more finite values and a positive half-width")
+    sd = float(np.std(x, ddof=1))
+    z = float(sps.norm.ppf(0.5 + level / 2))
+    n = max(2, min(most + 1, math.ceil((z * sd / half_width) ** 2)))  # the normal's n: a floor, t_{n-1} > z
+    while n <= most and float(sps.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n) > half_width:
+        n += 1
+    return n
+
+
 def geometric_t_interval(values: Iterable[float], level: float = LEVEL) -> Estimate:
     """Geometric mean with the Student-t interval of the logs, mapped back: for perplexities.
 
