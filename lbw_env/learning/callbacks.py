@@ -5,7 +5,8 @@ and a wall-clock budget.
   ``governor/`` (what the policy asked for and what the envelope corrected), ``reward/`` (every term of
   ``info["reward_terms"]`` summed per episode). SB3's own metrics stay under ``train/``, ``rollout/``, ``time/``.
 * :class:`HeldOutEvalCallback` — SB3's ``EvalCallback`` on held-out scenarios with fixed episodes, the
-  validation perplexity of each evaluation episode, an on-demand final evaluation and resumable history.
+  validation perplexity of each evaluation episode, an on-demand final evaluation, resumable history, and
+  optionally a paired rule for replacing the best model (:func:`replaces_best`).
 * :class:`SaveVecNormalizeCallback` — saves the VecNormalize statistics (as ``callback_on_new_best``, so that
   ``best_model.zip`` always lies beside the statistics it was evaluated with).
 * :class:`WallClockLimit` — stops training after a wall-clock budget (the run still evaluates and saves).
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import stats
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.vec_env import VecEnv
 
@@ -131,6 +133,34 @@ class SaveVecNormalizeCallback(BaseCallback):
         return True
 
 
+SELECT_RULES = ("mean", "paired")
+"""How a new evaluation replaces the best model (``eval.select``): see :func:`replaces_best`."""
+
+
+def replaces_best(candidate: Sequence[float], best: Sequence[float] | None, rule: str, level: float = 0.95) -> bool:
+    """Whether an evaluation's per-episode rewards make it the new best model.
+
+    ``mean`` (SB3's rule): a higher mean reward. ``paired``: the paired t-interval (``level``, two-sided) of the
+    per-episode differences candidate - best lies above 0. The episodes are the same at every evaluation (fixed
+    scenarios and seeds), so the differences are pairs. Why: on the tiny family two governors that act almost alike
+    scatter several percent per episode on from-scratch runs with faults, so a higher mean over ~14 episodes is
+    mostly chance, and a ``best_model`` chosen by it is the luckiest checkpoint, not the best one; the paired rule
+    keeps the current best (with ``at_start``: the starting policy) unless the evidence says otherwise. No best
+    yet: any finite evaluation becomes it.
+    """
+    c = np.asarray(candidate, dtype=float)
+    if best is None:
+        return bool(np.isfinite(c).all())
+    b = np.asarray(best, dtype=float)
+    if rule == "mean":
+        return bool(np.mean(c) > np.mean(b))
+    d = c - b
+    if len(d) < 2 or not np.isfinite(d).all() or not np.any(d != d[0]):
+        return bool(len(d) and np.isfinite(d).all() and np.all(d > 0))  # no spread: every pair must be better
+    lo, _ = stats.t.interval(level, len(d) - 1, loc=float(np.mean(d)), scale=float(stats.sem(d)))
+    return bool(lo > 0)
+
+
 class HeldOutEvalCallback(EvalCallback):
     """SB3's ``EvalCallback`` on a :class:`~lbw_env.learning.vec_env.FixedEpisodes` eval env (held-out
     scenarios x fixed seeds).
@@ -140,13 +170,22 @@ class HeldOutEvalCallback(EvalCallback):
     (mean over the episodes that stayed finite) and ``eval/diverged``. :meth:`evaluate_now` runs an evaluation
     outside the schedule (at the end of training, and with ``at_start`` before the first update);
     :meth:`load_history` continues ``evaluations.npz`` and the best reward of an earlier run segment after a
-    resume.
+    resume. ``select="paired"`` replaces SB3's rule for a new best (a higher mean) by :func:`replaces_best`'s
+    paired one; the saving and the ``callback_on_new_best`` stay SB3's.
     """
 
-    def __init__(self, eval_env: VecEnv, at_start: bool = False, **kwargs: Any) -> None:
+    def __init__(self, eval_env: VecEnv, at_start: bool = False, select: str = "mean", **kwargs: Any) -> None:
         super().__init__(eval_env, **kwargs)
+        if select not in SELECT_RULES:
+            raise ValueError(f"select: expected one of {SELECT_RULES}, got {select!r}")
+        if self.log_path is None:  # SB3 keeps the per-episode rewards (evaluations_results) only with a log path
+            raise ValueError("HeldOutEvalCallback needs log_path (its best-model rule reads the evaluations)")
         self.at_start = at_start
         """Evaluate the starting policy when training starts at step 0 (not on a resume)."""
+        self.select = select
+        """The rule for a new best model (:func:`replaces_best`)."""
+        self.best_results: list[float] | None = None
+        """Per-episode rewards of the current best model's evaluation (None: no best yet)."""
         self.last_eval_timesteps = -1
         """``num_timesteps`` of the last evaluation (-1: none yet in this process)."""
 
@@ -162,7 +201,27 @@ class HeldOutEvalCallback(EvalCallback):
         if self.eval_freq > 0 and self.n_calls % self.eval_freq == 0:
             self._rewind()
             self.last_eval_timesteps = self.num_timesteps
-        return super()._on_step()
+        evaluated = len(self.evaluations_results)
+        best = self.best_mean_reward
+        self.best_mean_reward = math.inf  # SB3 saves a new best only above this: never; the rule below decides
+        try:
+            continue_training = super()._on_step()
+        finally:
+            self.best_mean_reward = best
+        if len(self.evaluations_results) > evaluated:  # an evaluation ran (its rewards are the last row)
+            results = [float(x) for x in self.evaluations_results[-1]]
+            if replaces_best(results, self.best_results, self.select):
+                continue_training = self._new_best(results) and continue_training
+        return continue_training
+
+    def _new_best(self, results: list[float]) -> bool:
+        """What SB3's ``EvalCallback`` does on a new best: save ``best_model``, then ``callback_on_new_best``."""
+        if self.verbose >= 1:
+            print("New best mean reward!")
+        if self.best_model_save_path is not None:
+            self.model.save(os.path.join(self.best_model_save_path, "best_model"))
+        self.best_mean_reward, self.best_results = float(np.mean(results)), results
+        return self.callback_on_new_best.on_step() if self.callback_on_new_best is not None else True
 
     def _log_success_callback(self, locals_: dict[str, Any], globals_: dict[str, Any]) -> None:
         super()._log_success_callback(locals_, globals_)
@@ -184,7 +243,7 @@ class HeldOutEvalCallback(EvalCallback):
             self.eval_freq = freq
 
     def load_history(self, path: str | os.PathLike[str], limit: int) -> int:
-        """Continue an earlier ``evaluations.npz``: its rows come first, its best mean reward must be beaten.
+        """Continue an earlier ``evaluations.npz``: its rows come first, its best (by the same rule) must be beaten.
 
         Rows after ``limit`` (the checkpoint's step: evaluations of a killed segment after its last checkpoint)
         are dropped from the curve, since training continues from the checkpoint; their rewards still count for
@@ -196,7 +255,9 @@ class HeldOutEvalCallback(EvalCallback):
         data = np.load(p)
         kept = 0
         for t, results, lengths in zip(data["timesteps"], data["results"], data["ep_lengths"]):
-            self.best_mean_reward = max(self.best_mean_reward, float(np.mean(results)))
+            rewards = [float(x) for x in results]
+            if replaces_best(rewards, self.best_results, self.select):  # the rule that chose the saved best
+                self.best_mean_reward, self.best_results = float(np.mean(rewards)), rewards
             if int(t) > limit:
                 continue
             self.evaluations_timesteps.append(int(t))

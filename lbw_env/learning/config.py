@@ -33,6 +33,7 @@ from lbw_env.scenarios import check_scenario_data, require_not_test, resolve, wi
 
 from .algos import algo_class, check_hyperparams
 from .artifacts import run_dir_of_checkpoint
+from .callbacks import SELECT_RULES
 from .distribution import DistributionConfig
 from .objective import ObjectiveConfig
 from .residual import ResidualConfig
@@ -84,9 +85,15 @@ class EvalConfig:
     """Also evaluate the starting policy, before any update (after the warm start), as a candidate for
     ``best_model``: a residual policy starts exactly at its base, so training must beat the base's own score on
     the held-out episodes (which counts the base's own skip and rollback costs) to replace it."""
+    select: str = "mean"
+    """How an evaluation replaces ``best_model``: ``mean`` (SB3's rule: a higher mean reward) or ``paired`` (the
+    95 % paired t-interval of its per-episode rewards minus the best's lies above 0). With few evaluation
+    episodes and noisy scenarios ``mean`` ships the luckiest checkpoint; ``paired`` (with ``at_start``) keeps the
+    starting policy unless training beat it on the held-out episodes beyond their noise."""
 
     def validate(self) -> None:
         check(isinstance(self.at_start, bool), "at_start", "true or false", self.at_start)
+        check(self.select in SELECT_RULES, "select", f"one of {', '.join(SELECT_RULES)}", self.select)
         check(self.seeds >= 1, "seeds", "an int >= 1", self.seeds)
         check(self.seed_offset >= 0, "seed_offset", "an int >= 0", self.seed_offset)
         check(self.eval_freq >= 0, "eval_freq", "an int >= 0 (0: only at the end)", self.eval_freq)

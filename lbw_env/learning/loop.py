@@ -226,6 +226,7 @@ def _eval_callback(cfg: TrainConfig, eval_env: VecNormalize, n_episodes: int, se
         deterministic=cfg.eval.deterministic,
         verbose=cfg.verbose,
         at_start=cfg.eval.at_start,
+        select=cfg.eval.select,
     )
     if seg.resumed:
         eval_cb.load_history(run.evaluations, limit=seg.start_steps)
