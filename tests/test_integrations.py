@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -352,6 +353,47 @@ def test_a_spec_governor_needs_a_factory(lbw: None) -> None:
         make_governor=factory,
     )
     assert seen == [("adamw", 0)] and hasattr(loop.governor, "predict")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"vocab_size": 0}, "vocab_size: expected an int >= 2, got 0"),
+        ({"vocab_size": math.nan}, "vocab_size: expected an int >= 2, got nan"),
+        ({"total_steps": "10"}, "total_steps: expected an int >= 1, got '10'"),
+        ({"total_steps": 0}, "total_steps: expected an int >= 1, got 0"),
+        ({"initial_loss": math.inf}, "initial_loss: expected a finite number or None, got inf"),
+    ],
+)
+def test_a_plain_loop_refuses_what_would_make_its_observations_meaningless(kwargs: dict, message: str) -> None:
+    """ln(vocab_size) divides the loss feature and total_steps the progress one: a bad value would make every
+    observation inf or NaN and the governor act on nonsense, so it is refused before anything is built."""
+    model = torch.nn.Linear(4, 4)
+    args: dict[str, Any] = {"total_steps": 10, "vocab_size": np.int64(50), **kwargs}  # numpy ints are counts too
+    with pytest.raises(ConfigError, match=f"^{message}$"):
+        GovernedLoop(torch.optim.AdamW(model.parameters()), "adamw", make_governor=make_governor, **args)
+
+
+def test_a_loss_that_is_not_one_number_is_named() -> None:
+    """A refused step changes nothing: no step, and the governor is not asked again for the same interval."""
+    model = torch.nn.Linear(4, 4)
+    asked: list[int] = []
+
+    def counting(spec: str, envelope: Any) -> Any:
+        governor = make_governor(spec, envelope)
+        predict = governor.predict
+        governor.predict = lambda *a, **k: (asked.append(1), predict(*a, **k))[1]  # type: ignore[method-assign]
+        return governor
+
+    loop = GovernedLoop(torch.optim.AdamW(model.parameters()), "adamw", total_steps=4, vocab_size=50,
+                        make_governor=counting)  # fmt: skip
+    model(torch.ones(2, 4)).sum().backward()
+    for loss, what in ((torch.ones(3), "a tensor of shape (3,)"), ("x", "'x'")):
+        expected = f"loss: expected a one-element tensor or a number, got {what}"
+        with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+            loop.step(loss)  # type: ignore[arg-type]
+    assert loop.t == 0 and loop.step(torch.tensor(1.5)).loss == 1.5  # nothing was stepped, and it goes on
+    assert len(asked) == 1
 
 
 def test_plain_loop_without_rollback_and_unknown_initial_loss(lbw: None) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -106,6 +107,20 @@ def loss_cv(stats: RollingStats) -> float:
     return stats.std / max(abs(stats.mean), 1e-6) if stats.ready else 0.0
 
 
+def check_run(vocab_size: Any, total_steps: Any, initial_loss: Any = None) -> None:
+    """What a governed run is told about itself, checked: the ``loss`` feature divides by ln(``vocab_size``), so a
+    vocabulary below 2 (or not an int) would turn every observation into inf or NaN; ``progress`` divides by
+    ``total_steps``; a given ``initial_loss`` starts the smoothed loss, so it must be a finite number."""
+
+    def count(v: Any) -> bool:  # numpy ints too: a vocabulary size often comes from an array's shape or max
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+    check(count(vocab_size) and vocab_size >= 2, "vocab_size", "an int >= 2", vocab_size)
+    check(count(total_steps) and total_steps >= 1, "total_steps", "an int >= 1", total_steps)
+    ok = initial_loss is None or (is_real(initial_loss) and math.isfinite(initial_loss))
+    check(ok, "initial_loss", "a finite number or None", initial_loss)
+
+
 class Governance(Generic[S]):
     """The envelope, the telemetry window and the rollback targets of one governed run.
 
@@ -151,6 +166,7 @@ class Governance(Generic[S]):
         loss of the initial weights). ``None``: the first finite step loss of the first interval, for loops
         that do not evaluate before training. Returns the first observation (all padding).
         """
+        check_run(vocab_size, total_steps, initial_loss)
         self.envelope.reset()
         self.window = TelemetryWindow(self.window_size, vocab_size, total_steps, self.cfg.max_rollbacks)
         self._start_pending = initial_loss is None

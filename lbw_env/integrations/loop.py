@@ -46,7 +46,7 @@ import torch
 from ..config import ConfigError
 from ..control.compat import settings_of
 from ..control.envelope import Decision, EnvelopeConfig
-from ..control.governance import Governance, GovernanceConfig, IntervalOutcome
+from ..control.governance import Governance, GovernanceConfig, IntervalOutcome, check_run
 from ..control.protocol import Governor, GovernorFactory
 from ..plant.optimizer import Control, GovernedOptimizer
 from ..plant.records import StepRecord
@@ -194,8 +194,7 @@ class GovernedLoop:
     ) -> None:
         if config is not None:
             config.validate()
-        if total_steps < 1:
-            raise ValueError(f"total_steps: expected an int >= 1, got {total_steps}")
+        check_run(vocab_size, total_steps, initial_loss)  # before anything is built
         self.governor: Governor
         self.governor, cfg = resolve_governor(governor, config, rollback=rollback, make_governor=make_governor)
         envelope = enforced_envelope(cfg.envelope, rollback)
@@ -215,6 +214,7 @@ class GovernedLoop:
         self._decision: Decision | None = None
         self._state: tuple[np.ndarray, ...] | None = None  # a recurrent governor's hidden state
         self._episode_start = True
+        self._decided_at = -1  # the step at which the current interval's action was decided
         self.governance.reset(initial_loss, self._snapshot, vocab_size=vocab_size, total_steps=self.total_steps)
 
     # -- the governed step ------------------------------------------------------------------------------
@@ -229,8 +229,9 @@ class GovernedLoop:
                 "GovernedLoop.step(): the run diverged beyond what the envelope can recover (terminated); "
                 "stop training, or restart with a lower LR"
             )
-        if not self._interval:
+        if not self._interval and self._decided_at != self.t:  # once per interval, even if a step is refused
             self._decide()
+            self._decided_at = self.t
         assert self._decision is not None
         record = self.governed.step(loss, self._decision.control, tokens=tokens)
         record.step = self.t

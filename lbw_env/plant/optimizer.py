@@ -194,7 +194,11 @@ class GovernedOptimizer:
 
     def _step(self, loss: torch.Tensor | float, control: Control, tokens: int) -> StepRecord:
         t0 = time.perf_counter()
-        loss_value = loss.item() if isinstance(loss, torch.Tensor) else float(loss)
+        try:  # free unless it fails (zero-cost exceptions): the step's hot path stays as it was
+            loss_value = loss.item() if isinstance(loss, torch.Tensor) else float(loss)
+        except (RuntimeError, TypeError, ValueError):
+            what = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else repr(loss)[:80]
+            raise ValueError(f"loss: expected a one-element tensor or a number, got {what}") from None
         grad_norm = self._grad_norm()
         nonfinite = not (math.isfinite(loss_value) and math.isfinite(grad_norm))
         log_grad = math.log(grad_norm) if grad_norm > 0 and math.isfinite(grad_norm) else grad_norm
