@@ -30,6 +30,7 @@ from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.vec_env import VecEnv
 
 from .artifacts import save_vecnormalize
+from .config import SELECT_RULES
 
 # ----------------------------------------------------------------------------------------------------------
 # Metrics
@@ -131,10 +132,6 @@ class SaveVecNormalizeCallback(BaseCallback):
             if self.verbose >= 1:
                 print(f"Saved VecNormalize statistics to {self.path}")
         return True
-
-
-SELECT_RULES = ("mean", "paired")
-"""How a new evaluation replaces the best model (``eval.select``): see :func:`replaces_best`."""
 
 
 def replaces_best(candidate: Sequence[float], best: Sequence[float] | None, rule: str, level: float = 0.95) -> bool:

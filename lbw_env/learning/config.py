@@ -33,7 +33,6 @@ from lbw_env.scenarios import check_scenario_data, require_not_test, resolve, wi
 
 from .algos import algo_class, check_hyperparams
 from .artifacts import run_dir_of_checkpoint
-from .callbacks import SELECT_RULES
 from .distribution import DistributionConfig
 from .objective import ObjectiveConfig
 from .residual import ResidualConfig
@@ -64,6 +63,11 @@ class NormalizeConfig:
             "a positive finite float",
             self.clip_reward,
         )
+
+
+SELECT_RULES = ("mean", "paired")
+"""How a new evaluation replaces the best model (``eval.select``): see :func:`.callbacks.replaces_best`. Here,
+not beside the rule, so that reading a config stays free of SB3's callbacks and scipy."""
 
 
 @dataclasses.dataclass
