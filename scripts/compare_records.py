@@ -19,6 +19,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from lbw_env.errors import error_line
+
 Key = tuple[str, str, int]
 
 
@@ -85,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         a, b = load(args.a), load(args.b)
     except (OSError, ValueError, KeyError) as e:  # a missing file, a line that is not a record
-        print(f"compare_records.py: error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(error_line("compare_records.py", e), file=sys.stderr)
         return 2
     diffs = compare(a, b, args.ignore)
     for key, path, what in diffs:

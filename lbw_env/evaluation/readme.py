@@ -44,6 +44,7 @@ from typing import Any, NoReturn
 
 from ..cache import atomic_write_text, atomic_write_yaml, stable_hash
 from ..config import ConfigError, read_yaml, to_dict
+from ..errors import error_line
 from .intervals import N_RESAMPLES
 from .records import RECORDS_FILE, get_path
 from .stats import Cell, Tuned, aggregate, summarize, tuned_references
@@ -363,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for path in stale:
                 atomic_write_text(path, summary_csv(load_results(root, path.parent.name).stats[0]))
     except (ConfigError, OSError, UnicodeDecodeError) as e:
-        print(f"{p.prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(error_line(p.prog, e), file=sys.stderr)
         return 2
     if args.write:
         print(f"{root}: {len(stale)} summary.csv rewritten")
