@@ -265,18 +265,24 @@ def test_the_paired_rule_replaces_the_best_only_beyond_the_episodes_noise() -> N
     assert replaces_best(best, None, "paired") and not replaces_best([1.0, math.nan], None, "paired")
 
 
+def replayed_best(evaluations: Path, rule: str) -> tuple[int, list[float]]:
+    """The step and per-episode rewards of the evaluation ``rule`` makes the best, replayed over evaluations.npz."""
+    data = np.load(evaluations)
+    chosen: tuple[int, list[float]] | None = None
+    for t, results in zip(data["timesteps"], data["results"]):
+        if replaces_best(list(results), chosen[1] if chosen else None, rule):
+            chosen = (int(t), list(results))
+    assert chosen is not None
+    return chosen
+
+
 @pytest.mark.parametrize("run", ["ppo_residual_probe", "ppo_residual_wide"])
 def test_the_paired_rule_would_have_kept_the_shipped_residuals_base(run: str) -> None:
     """docs/learned_governors.md: of the shipped runs that scored their base first (``at_start``), SB3's rule chose
     the 4,096-decision checkpoint by a higher mean over 14 val episodes, which ended no better than the base on
     the tiny test split; the paired rule, replayed on the same evaluations, keeps the base."""
-    data = np.load(REPO / "artifacts" / run / "evaluations.npz")
-    chosen = {}
-    for rule in ("mean", "paired"):
-        best: list[float] | None = None
-        for t, results in zip(data["timesteps"], data["results"]):
-            if replaces_best(list(results), best, rule):
-                best, chosen[rule] = list(results), int(t)
+    evaluations = REPO / "artifacts" / run / "evaluations.npz"
+    chosen = {rule: replayed_best(evaluations, rule)[0] for rule in ("mean", "paired")}
     assert chosen == {"mean": 4096, "paired": 0}
 
 
@@ -289,11 +295,7 @@ def test_paired_selection_keeps_the_start_unless_beaten(lbw: None, tmp_path: Pat
     assert train_policy.main(["--config", str(config)]) == 0
     data = np.load(run / "evaluations.npz")
     assert data["timesteps"][0] == 0 and data["results"].shape[1] == 4
-    chosen: tuple[int, list[float]] | None = None
-    for t, results in zip(data["timesteps"], data["results"]):
-        if replaces_best(list(results), chosen[1] if chosen else None, "paired"):
-            chosen = (int(t), list(results))
-    assert chosen is not None
+    chosen = replayed_best(run / "evaluations.npz", "paired")
     summary = json.loads((run / "summary.json").read_text())
     assert summary["best_eval_mean_reward"] == pytest.approx(float(np.mean(chosen[1])))
     from stable_baselines3 import PPO
