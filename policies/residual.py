@@ -10,6 +10,9 @@ code path runs (:meth:`policies.base.RuleGovernor.respond`).
 Training composes the same way (:class:`lbw_env.learning.residual.ResidualActions` calls the same ``respond``),
 so a policy acts at evaluation exactly as it acted in training. A trained residual governor is a governor file
 whose manifest names its base (``ppo:<folder>``); :func:`with_base` rebuilds it with that base.
+
+A switch (``config.switch``) composes through the same function (:func:`lbw_env.learning.residual.compose`): the
+learned part's answer is the index of the rule that acts (0: the base), and the other rules follow its action.
 """
 
 from __future__ import annotations
@@ -23,13 +26,14 @@ from lbw_env.config import ConfigError
 from lbw_env.control.compat import GovernanceSettings
 from lbw_env.control.envelope import Envelope, EnvelopeConfig
 from lbw_env.control.protocol import Governor, GovernorFactory
-from lbw_env.learning.residual import ResidualConfig, clean_correction, make_base
+from lbw_env.learning.residual import ResidualConfig, clean_action, compose, make_rules
 
 from .base import RuleGovernor, one_environment
 
 
 class ResidualGovernor:
-    """``predict`` = base rule's action + ``bounds`` x the learned correction (zero: the base exactly)."""
+    """``predict`` = base rule's action + ``bounds`` x the learned correction (zero: the base exactly), or, for a
+    switch, the action of the rule the learned part picks (``others``: the rules after the base)."""
 
     def __init__(
         self,
@@ -39,10 +43,14 @@ class ResidualGovernor:
         *,
         settings: GovernanceSettings | None = None,
         spec: str = "",
+        others: list[RuleGovernor] | None = None,
     ) -> None:
         if base.envelope.action_mode != "continuous":
             raise ConfigError("residual: a residual correction needs envelope.action_mode: continuous")
         self.base = base
+        self.rules: list[RuleGovernor] = [base, *(others or [])]
+        if len(self.rules) != len(config.rules):
+            raise ConfigError(f"residual: {len(config.rules)} rules configured, {len(self.rules)} given")
         self.learned = learned
         self.config = config
         self.settings = settings if settings is not None else getattr(learned, "settings", None)
@@ -68,12 +76,13 @@ class ResidualGovernor:
         state: tuple[np.ndarray, ...] | None,
         episode_start: np.ndarray | None,
         deterministic: bool,
-    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
-        """The learned correction for one observation (zero without a learned part), and its recurrent state."""
+    ) -> tuple[np.ndarray | int, tuple[np.ndarray, ...] | None]:
+        """The learned correction (a switch's choice) for one observation, and its recurrent state; without a
+        learned part, the base's own answer (zero, or 0)."""
         if self.learned is None:
-            return np.zeros(2), state
+            return (0 if self.config.switch else np.zeros(2)), state
         c, state = self.learned.predict(observation, state, episode_start, deterministic)
-        return clean_correction(c), state
+        return clean_action(c, self.config), state
 
     def predict(
         self,
@@ -84,7 +93,7 @@ class ResidualGovernor:
     ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
         row, batched = one_environment(observation, "residual governors")
         c, state = self.correction(row, state, episode_start, deterministic)
-        action = self.base.respond(row, episode_start, c, self.config.bounds)
+        action = compose(self.rules, self.config, row, episode_start, c)
         return (action[None] if batched else action), state
 
 
@@ -95,11 +104,13 @@ def residual_governor(
     make_governor: GovernorFactory,
     spec: str = "",
 ) -> ResidualGovernor:
-    """A residual governor over ``config.base`` (built by ``make_governor`` for ``envelope``)."""
-    base = make_base(config, envelope, make_governor)
-    if not isinstance(base, RuleGovernor):
-        raise ConfigError(f"residual.base: {config.base!r} is not a rule governor")
-    return ResidualGovernor(base, learned, config, spec=spec)
+    """A residual governor over ``config.base`` (and a switch's other rules), built by ``make_governor`` for
+    ``envelope``."""
+    rules = make_rules(config, envelope, make_governor)
+    for spec, rule in zip(config.rules, rules):
+        if not isinstance(rule, RuleGovernor):
+            raise ConfigError(f"residual: {spec!r} is not a rule governor")
+    return ResidualGovernor(rules[0], learned, config, spec=spec, others=rules[1:])
 
 
 def with_base(learned: Any, make_governor: GovernorFactory) -> Any:

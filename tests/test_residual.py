@@ -58,7 +58,7 @@ def zero_model() -> PPO:
     size = venv.observation_space.shape[0]
     venv.obs_rms.mean, venv.obs_rms.var = rng.normal(0, 1, size), rng.uniform(0.2, 3.0, size)
     model = PPO("MlpPolicy", venv, seed=0, device="cpu", policy_kwargs={"net_arch": [16, 16], "log_std_init": -2})
-    lr.zero_correction(model.policy)
+    lr.start_at_base(model.policy, RESIDUAL)
     return model
 
 

@@ -191,16 +191,17 @@ class TrainConfig:
     """Held-out evaluation, which picks ``best_model.zip``."""
     residual: ResidualConfig = dataclasses.field(default_factory=ResidualConfig)
     """Residual governor: ``residual.base`` names the rule the policy corrects (``lbw_guard`` ...), within
-    ``lr_bound`` / ``gate_bound``; the policy's output layer starts at zero, so training starts at the base.
-    Empty base (the default): the policy acts alone."""
+    ``lr_bound`` / ``gate_bound``, or, with ``residual.switch``, the first of the rules it picks from at each
+    decision; the policy's output layer starts so that its deterministic answer is the base's, so training starts
+    at the base. Empty base (the default): the policy acts alone."""
     objective: ObjectiveConfig = dataclasses.field(default_factory=ObjectiveConfig)
     """What the learner maximises (:mod:`.objective`): the budget's end as terminal, a terminal-only reward, a
     return relative to a rule's run on the same scenario and seed, a cost on a residual correction."""
     warm_start: WarmStartConfig = dataclasses.field(default_factory=WarmStartConfig)
+    """Behaviour cloning of a rule and a pre-fit critic before RL (``warm_start.episodes`` > 0)."""
     distribution: DistributionConfig = dataclasses.field(default_factory=DistributionConfig)
     """Sampled training scenarios (``distribution.scenarios`` > 0): they replace ``env.scenarios`` as the pool,
     written to ``<run>/train_distribution.yaml``."""
-    """Behaviour cloning of a rule and a pre-fit critic before RL (``warm_start.episodes`` > 0)."""
     max_minutes: float = 0.0
     """Wall-clock budget of the training loop in minutes (0: none). When it is spent, training stops early and the
     run still evaluates, saves and plots (a few minutes more for the final evaluation)."""

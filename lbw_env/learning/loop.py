@@ -50,7 +50,7 @@ from .distribution import write_family
 from .objective import relative_base
 from .plots import plot_learning_curve
 from .policy_file import save_policy_file
-from .residual import make_base, zero_correction
+from .residual import make_rules, start_at_base
 from .vec_env import make_eval_env, make_training_env
 from .warmstart import run_warm_start, teacher_of
 
@@ -92,7 +92,7 @@ def train(cfg: TrainConfig, make_governor: GovernorFactory | None = None) -> Tra
     run = segment.run
     check_data(cfg)  # every scenario's data, before the run folder exists: a bad file is one line, no folder
     if cfg.residual.enabled:  # the base builds and can be corrected, also before the run folder exists
-        make_base(cfg.residual, cfg.env_config().envelope, make_governor)
+        make_rules(cfg.residual, cfg.env_config().envelope, make_governor)
     if cfg.warm_start.episodes:  # ... and so does the teacher
         teacher_of(cfg, make_governor)
     if cfg.objective.relative_to:  # ... and the rule the return is measured against
@@ -195,7 +195,7 @@ def build_model(cls: type[BaseAlgorithm], cfg: TrainConfig, venv: Any, tb: str |
         except (TypeError, ValueError, AssertionError) as e:
             raise ConfigError(f"hyperparams: {cls.__name__} rejected them: {type(e).__name__}: {e}") from e
         if cfg.residual.enabled:
-            zero_correction(model.policy)  # the deterministic correction is 0: training starts at the base
+            start_at_base(model.policy, cfg.residual)  # the deterministic answer is the base's: training starts there
         return model
     # Hyperparameters come from the checkpoint (SB3 restores them); the env, logging and seed are new.
     model = cls.load(str(seg.resume), env=venv, device=cfg.device, tensorboard_log=tb, verbose=cfg.verbose)

@@ -10,8 +10,9 @@ crafted file runs a shell command the moment it is loaded. A governor file holds
     <name>/vecnormalize.json     observation statistics (absent when observations were not normalised)
 
 A residual governor's learned part (:mod:`.residual`) is a governor file like any other, whose manifest also
-records ``residual``: the base rule's spec and the correction bounds; its action space is then the correction
-space, not the envelope's. ``policies.make_governor`` loads it with its base.
+records ``residual``: the base rule's spec and the correction bounds (a switch's: its rules too); its action space
+is then the correction space (a switch's: ``Discrete``, the index of a rule), not the envelope's.
+``policies.make_governor`` loads it with its rules.
 
 or the same three members in one ``.zip`` (:func:`save_policy_file` writes either; a zip with any other member
 is refused). Loading (:func:`load_policy_file`) checks every hash first, rebuilds the policy from the manifest
@@ -51,7 +52,7 @@ from .policy_json import (
     space_from_json,
     space_to_json,
 )
-from .residual import ResidualConfig, correction_space
+from .residual import ResidualConfig
 
 FORMAT = "lbw-governor"
 FORMAT_VERSION = 1
@@ -343,11 +344,10 @@ def check_spaces(
     if residual is not None:
         if settings.envelope.action_mode != "continuous":
             raise ConfigError(f"{where}: a residual governor needs a continuous envelope, not discrete")
-        diff = space_difference(correction_space(), act)
+        diff = space_difference(residual.action_space(), act)
         if diff:
-            raise ConfigError(
-                f"{where}: action space is not the residual correction space (expected vs policy: {diff})"
-            )
+            what = "the index of a switch's rules" if residual.switch else "the residual correction space"
+            raise ConfigError(f"{where}: action space is not {what} (expected vs policy: {diff})")
         return
     diff = space_difference(settings.action_space(), act)
     if diff:

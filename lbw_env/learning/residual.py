@@ -13,7 +13,8 @@ This module holds what the learning layer needs and nothing of ``policies`` (whi
 * :class:`CorrectableGovernor` — what a base must offer (``RuleGovernor.respond``);
 * :class:`ResidualActions` — the env wrapper of training: the policy acts in the correction space, the wrapper
   asks the base for its action on the same raw observation and sends the composed action to the env;
-* :func:`zero_correction` — zero the policy's output layer, so that training starts exactly at the base.
+* :func:`start_at_base` — set the policy's output layer so that its deterministic answer is the base's
+  (zero correction, or the base's choice with probability ``base_prob``): training starts exactly at the base.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import gymnasium as gym
 import numpy as np
 
 from lbw_env.config import ConfigError, check, is_real
-from lbw_env.control.protocol import GovernorFactory
+from lbw_env.control.protocol import GovernorFactory, Teacher
 from lbw_env.learning.algos import ALGOS
 
 if TYPE_CHECKING:  # the envelope loads torch; configs are read without it
@@ -51,10 +52,30 @@ class ResidualConfig:
     gate_bound: float = 0.5
     """Largest correction of the skip gate's position (its action range is 2 wide, "never" at the top): 0.5
     moves a 6-sigma gate by about 1.6 sigma, and can switch "never skip" to a gate of about 6.7 sigma."""
+    switch: list[str] = dataclasses.field(default_factory=list)
+    """Rule specs the learned part may hand a decision to instead of correcting the base (empty: a correction).
+    Its action is then ``Discrete(1 + len(switch))``: 0 the base, i the i-th rule here; ``lr_bound`` and
+    ``gate_bound`` are unused. Why: a bounded correction cannot ask for what only another rule does (a rollback
+    after a first interval that ran hot, an LR cap read from it: ``lbw_guard_probe``), and where the choice stays
+    on the base the run is the base's bit for bit, so a paired comparison with the base carries no noise from
+    the scenarios where the policy leaves the base alone."""
+    base_prob: float = 0.9
+    """Switch only: the probability of choosing the base at every decision when training starts (the output layer
+    is zeroed and its bias set so; the deterministic choice is then the base everywhere). 0.9: in a 20-decision
+    tiny episode the other rules act about twice, enough to be tried, too few to wreck the run."""
 
     @property
     def enabled(self) -> bool:
         return bool(self.base)
+
+    @property
+    def rules(self) -> list[str]:
+        """The specs of the rules a switch chooses among, the base first."""
+        return [self.base, *self.switch]
+
+    def action_space(self) -> gym.Space:
+        """What the learned part answers: a correction, or the index of the rule that acts."""
+        return gym.spaces.Discrete(len(self.rules)) if self.switch else correction_space()
 
     @property
     def bounds(self) -> tuple[float, float]:
@@ -69,15 +90,33 @@ class ResidualConfig:
                 "a float in (0, 2] (action units; 2 spans the whole range)",
                 value,
             )
+        ok = isinstance(self.switch, list) and all(isinstance(s, str) and s for s in self.switch)
+        check(ok, "switch", "a list of rule governor specs", self.switch)
+        if self.switch:
+            check(bool(self.base), "switch", "a residual.base to switch away from", self.switch)
+            low = 1 / len(self.rules)  # above 1/n: the base is the most likely choice, so the deterministic one
+            p = self.base_prob
+            check(is_real(p) and low < p < 1, "base_prob", f"a float in ({low:g}, 1)", p)
 
     def to_json(self) -> dict[str, Any]:
-        return {"base": self.base, "lr_bound": float(self.lr_bound), "gate_bound": float(self.gate_bound)}
+        out: dict[str, Any] = {
+            "base": self.base,
+            "lr_bound": float(self.lr_bound),
+            "gate_bound": float(self.gate_bound),
+        }
+        if self.switch:  # only then: correction manifests stay as they were
+            out |= {"switch": list(self.switch), "base_prob": float(self.base_prob)}
+        return out
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> ResidualConfig:
         """From a governor manifest's ``residual`` entry; a one-line :class:`ConfigError` naming ``where``."""
-        if not isinstance(data, dict) or set(data) != {"base", "lr_bound", "gate_bound"}:
-            raise ConfigError(f"{where}: expected a mapping with base, lr_bound, gate_bound, got {data!r}")
+        required, optional = {"base", "lr_bound", "gate_bound"}, {"switch", "base_prob"}
+        if not isinstance(data, dict) or not required <= set(data) <= required | optional:
+            raise ConfigError(
+                f"{where}: expected a mapping with base, lr_bound, gate_bound (and a switch's switch, base_prob), "
+                f"got {data!r}"
+            )
         cfg = cls(**data)
         if not isinstance(cfg.base, str) or not cfg.base:
             raise ConfigError(f"{where}: base: expected a rule governor spec, got {cfg.base!r}")
@@ -108,42 +147,64 @@ class CorrectableGovernor(Protocol):
 
 def make_base(cfg: ResidualConfig, envelope: EnvelopeConfig, make_governor: GovernorFactory | None) -> Any:
     """The base governor of ``cfg`` for ``envelope``, checked: a one-line ConfigError naming ``residual.base``."""
+    return _make_rule(cfg.base, "residual.base", envelope, make_governor)
+
+
+def make_rules(cfg: ResidualConfig, envelope: EnvelopeConfig, make_governor: GovernorFactory | None) -> list[Any]:
+    """The base, then a switch's other rules (only the base for a correction), each checked in one line naming
+    ``residual.base`` or ``residual.switch[i]``. A switch's rules must also follow an action they did not answer
+    (:class:`~lbw_env.control.protocol.Teacher`): each keeps reasoning about the run the others steer."""
+    specs = [("residual.base", cfg.base)] + [(f"residual.switch[{i}]", s) for i, s in enumerate(cfg.switch)]
+    rules = [_make_rule(spec, where, envelope, make_governor) for where, spec in specs]
+    if cfg.switch:
+        for (where, spec), rule in zip(specs, rules):
+            if not isinstance(rule, Teacher):
+                raise ConfigError(f"{where}: {spec!r} cannot follow another rule's action (it has no follow())")
+    return rules
+
+
+def _make_rule(spec: str, where: str, envelope: EnvelopeConfig, make_governor: GovernorFactory | None) -> Any:
     if make_governor is None:
         raise ConfigError(
-            "residual.base: a residual governor needs a governor factory (train_policy.py passes "
+            f"{where}: a residual governor needs a governor factory (train_policy.py passes "
             "policies.make_governor; in Python: train(cfg, make_governor=policies.make_governor))"
         )
     if envelope.action_mode != "continuous":
         raise ConfigError(
-            f"residual.base: a residual correction needs env.envelope.action_mode: continuous, "
-            f"not {envelope.action_mode!r}"
+            f"{where}: a residual governor needs env.envelope.action_mode: continuous, not {envelope.action_mode!r}"
         )
-    if cfg.base.partition(":")[0] in ALGOS:  # a learned base could name this very file: a loop, not a rule
-        raise ConfigError(f"residual.base: {cfg.base!r} is a learned governor; expected a rule governor spec")
+    if spec.partition(":")[0] in ALGOS:  # a learned base could name this very file: a loop, not a rule
+        raise ConfigError(f"{where}: {spec!r} is a learned governor; expected a rule governor spec")
     try:
-        base = make_governor(cfg.base, envelope)
+        rule = make_governor(spec, envelope)
     except ConfigError as e:
-        raise ConfigError(f"residual.base: {e}") from None
-    if not isinstance(base, CorrectableGovernor):
-        raise ConfigError(f"residual.base: {cfg.base!r} is not a rule governor (it has no respond())")
-    return base
+        raise ConfigError(f"{where}: {e}") from None
+    if not isinstance(rule, CorrectableGovernor):
+        raise ConfigError(f"{where}: {spec!r} is not a rule governor (it has no respond())")
+    return rule
 
 
 class ResidualActions(gym.Wrapper):
-    """The env as a residual policy sees it: actions are corrections of the base's action.
+    """The env as a residual policy sees it: actions are corrections of the base's action, or a switch's choice.
 
-    The base reads the raw observation (the policy may see it normalised further up the stack); each ``step``
-    asks it for its action on the last observation, composes the correction in, and sends the result.
-    ``info["residual"]`` holds the correction that was applied (after NaN -> 0 and clipping to [-1, 1]) and its
-    cost: ``penalty * |c|^2`` is taken off the reward (``objective.correction_penalty``).
+    The rules read the raw observation (the policy may see it normalised further up the stack); each ``step``
+    asks them for their actions on the last observation and sends the composition (:func:`compose`).
+    ``info["residual"]`` holds what was applied — the correction (after NaN -> 0 and clipping to [-1, 1]) or the
+    rule chosen — and its cost: ``penalty * |c|^2`` for a correction, ``penalty`` for a choice other than the base
+    (``objective.correction_penalty``), taken off the reward.
     """
 
-    def __init__(self, env: gym.Env, base: CorrectableGovernor, cfg: ResidualConfig, penalty: float = 0.0) -> None:
+    def __init__(
+        self, env: gym.Env, base: CorrectableGovernor, cfg: ResidualConfig, penalty: float = 0.0, others: Any = ()
+    ) -> None:
         super().__init__(env)
-        self.base = base
+        self.rules = [base, *others]
+        """The base, then a switch's other rules (:func:`make_rules`)."""
+        if len(self.rules) != len(cfg.rules):
+            raise ValueError(f"ResidualActions: {len(cfg.rules)} rules configured, {len(self.rules)} given")
         self.cfg = cfg
         self.penalty = penalty
-        self.action_space = correction_space()
+        self.action_space = cfg.action_space()
         self._obs: np.ndarray | None = None
         self._start = True
 
@@ -155,14 +216,48 @@ class ResidualActions(gym.Wrapper):
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if self._obs is None:
             raise RuntimeError("ResidualActions.step() called before reset()")
-        correction = clean_correction(action)
-        composed = self.base.respond(self._obs, self._start, correction, self.cfg.bounds)
+        learned = clean_action(action, self.cfg)
+        composed = compose(self.rules, self.cfg, self._obs, self._start, learned)
         self._start = False
         obs, reward, terminated, truncated, info = self.env.step(composed)
         self._obs = obs
-        cost = -self.penalty * float(np.sum(np.square(correction)))
-        info["residual"] = {"correction": correction.tolist(), "penalty": cost}
+        if isinstance(learned, int):
+            cost = -self.penalty * float(learned != 0)
+            info["residual"] = {"choice": learned, "penalty": cost}
+        else:
+            cost = -self.penalty * float(np.sum(np.square(learned)))
+            info["residual"] = {"correction": learned.tolist(), "penalty": cost}
         return obs, float(reward) + cost, terminated, truncated, info
+
+
+def compose(
+    rules: list[Any], cfg: ResidualConfig, observation: np.ndarray, episode_start: Any, learned: np.ndarray | int
+) -> np.ndarray:
+    """The action a residual governor sends: the base's action moved by the correction ``learned``, or the action
+    of the rule a switch chose (``learned`` its index), which every other rule then follows. Training
+    (:class:`ResidualActions`) and deployment (``policies.residual.ResidualGovernor``) both act through this."""
+    if not isinstance(learned, int):
+        return rules[0].respond(observation, episode_start, learned, cfg.bounds)
+    answers = [rule.respond(observation, episode_start) for rule in rules]
+    sent = answers[learned]
+    for i, rule in enumerate(rules):
+        if i != learned:
+            rule.follow(sent)
+    return sent
+
+
+def clean_action(action: Any, cfg: ResidualConfig) -> np.ndarray | int:
+    """The learned part's answer as :func:`compose` takes it: a clean correction, or a switch's rule index."""
+    return clean_choice(action, len(cfg.rules)) if cfg.switch else clean_correction(action)
+
+
+def clean_choice(action: Any, n: int) -> int:
+    """A switch's answer: one whole number in ``[0, n)`` (an int array of one element, as SB3 predicts it)."""
+    a = np.asarray(action).reshape(-1)
+    value = float(a[0]) if a.size == 1 and a.dtype.kind in "iuf" else math.nan
+    if not (math.isfinite(value) and value.is_integer() and 0 <= value < n):
+        raise ValueError(f"action: expected the index of one of {n} rules (0 to {n - 1}), got {action!r}")
+    return int(value)
 
 
 def clean_correction(action: Any) -> np.ndarray:
@@ -173,10 +268,12 @@ def clean_correction(action: Any) -> np.ndarray:
     return np.clip(np.nan_to_num(c, nan=0.0), -1.0, 1.0)
 
 
-def zero_correction(policy: Any) -> None:
-    """Zero the policy's output layer (weights and bias), so that its mean action, the deterministic
-    correction, is exactly 0 for every observation: training starts at the base governor.
+def start_at_base(policy: Any, cfg: ResidualConfig) -> None:
+    """Make the policy's deterministic answer the base's for every observation: training starts at the base.
 
+    A correction: the output layer (weights and bias) zeroed, so the mean action is exactly 0. A switch: the
+    weights zeroed and the bias set so that the base is chosen with probability ``cfg.base_prob`` and every
+    other rule with an equal share of the rest (the argmax, the deterministic choice, is the base).
     SB3's actor-critic policies (PPO, A2C, recurrent PPO) end in ``action_net``; SAC's actor in ``actor.mu``.
     """
     import torch
@@ -190,3 +287,6 @@ def zero_correction(policy: Any) -> None:
         layer.weight.zero_()
         if layer.bias is not None:
             layer.bias.zero_()
+            if cfg.switch:  # logits (b, 0, ..., 0): p(base) = e^b / (e^b + n - 1)
+                others = len(cfg.switch)
+                layer.bias[0] = math.log(cfg.base_prob / (1 - cfg.base_prob) * others)

@@ -31,7 +31,7 @@ from .algos import discount
 from .artifacts import own_vecnormalize
 from .config import TrainConfig
 from .objective import ObjectiveConfig, objective_env
-from .residual import ResidualActions, ResidualConfig, make_base
+from .residual import ResidualActions, ResidualConfig, make_rules
 
 
 def make_env(
@@ -57,8 +57,8 @@ def make_env(
     if episodes:
         env = FixedEpisodes(env, episodes)
     if residual is not None and residual.enabled:
-        base = make_base(residual, env.unwrapped.cfg.envelope, make_governor)  # type: ignore[attr-defined]
-        env = ResidualActions(env, base, residual, objective.correction_penalty if objective else 0.0)
+        rules = make_rules(residual, env.unwrapped.cfg.envelope, make_governor)  # type: ignore[attr-defined]
+        env = ResidualActions(env, rules[0], residual, objective.correction_penalty if objective else 0.0, rules[1:])
     return env
 
 

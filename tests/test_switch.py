@@ -1,0 +1,211 @@
+"""Switch governors (a learned choice, per decision, of which rule acts): a switch that always picks one rule is
+that rule on whole episodes (through a governor file, the registry and the training wrapper); when it hands
+decisions back and forth every rule keeps tracking the LR scale the envelope really applies; it starts at its
+base with the configured probability; files record its rules; bad input fails in one line.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from lbw_env.config import ConfigError, from_dict
+from lbw_env.learning import residual as lr
+from lbw_env.learning.policy_file import MANIFEST, load_policy_file, save_policy_file
+from policies import make_governor
+from policies.residual import ResidualGovernor, residual_governor
+from tests.test_residual import ENV, SETTINGS, TINY_ID, run_episode
+
+SWITCH = lr.ResidualConfig(base="lbw_guard", switch=["lbw_guard_probe"])
+
+
+class SwitchSpaces(gym.Env[np.ndarray, int]):
+    """The env's observations and a switch's choices, nothing behind them (the models are never trained)."""
+
+    def __init__(self) -> None:
+        self.observation_space = SETTINGS.observation_space()
+        self.action_space = SWITCH.action_space()
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        return self.observation_space.sample(), {}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        return self.observation_space.sample(), 0.0, False, False, {}
+
+
+def start_model() -> PPO:
+    model = PPO("MlpPolicy", DummyVecEnv([SwitchSpaces]), seed=0, device="cpu", policy_kwargs={"net_arch": [16]})
+    lr.start_at_base(model.policy, SWITCH)
+    return model
+
+
+class Choices:
+    """A learned part that answers the given choices in turn (cyclically)."""
+
+    def __init__(self, *choices: int) -> None:
+        self.choices, self.i = choices, 0
+
+    def predict(self, obs: np.ndarray, state: Any = None, episode_start: Any = None, deterministic: bool = False):
+        choice = self.choices[self.i % len(self.choices)]
+        self.i += 1
+        return np.array(choice), state
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One rule chosen throughout = that rule, on whole episodes
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_a_switch_at_its_start_is_its_base_and_one_that_always_hands_over_is_the_other_rule(
+    lbw: None, tmp_path: Path
+) -> None:
+    """tiny/high_lr, where the two rules part from the first decision on (the probe caps the LR from the first
+    interval's update ratio), so the equalities below say something."""
+    scenario = "tiny/high_lr"
+    base = run_episode(make_governor("lbw_guard", SETTINGS.envelope), scenario)
+    probe = run_episode(make_governor("lbw_guard_probe", SETTINGS.envelope), scenario)
+    assert base["controls"] != probe["controls"]
+    # The starting policy, through a governor file and the registry: the deterministic choice is the base.
+    folder = tmp_path / "switch"
+    save_policy_file(start_model(), folder, SETTINGS, algorithm="ppo", residual=SWITCH)
+    governor = make_governor(f"ppo:{folder}")
+    assert isinstance(governor, ResidualGovernor) and governor.config == SWITCH and len(governor.rules) == 2
+    started = run_episode(governor, scenario)
+    assert started["actions"] == base["actions"] and started["controls"] == base["controls"]
+    assert started["rewards"] == base["rewards"] and started["final"] == base["final"]
+    # Always the other rule: the probe guard's episode exactly (the base follows, its answers never sent).
+    handed = run_episode(residual_governor(SWITCH, SETTINGS.envelope, Choices(1), make_governor), scenario)
+    assert handed["actions"] == probe["actions"] and handed["final"] == probe["final"]
+    # The training wrapper composes the same way: choice 1 throughout gives the same episode.
+    rules = lr.make_rules(SWITCH, SETTINGS.envelope, make_governor)
+    wrapped = lr.ResidualActions(gym.make(TINY_ID, **ENV, scenarios=[scenario]), rules[0], SWITCH, 0.0, rules[1:])
+    trained = run_episode(Choices(1), scenario, env=wrapped)
+    assert trained["controls"] == probe["controls"] and trained["final"] == probe["final"]
+
+
+def test_rules_track_the_real_scale_while_the_switch_hands_decisions_back_and_forth(lbw: None) -> None:
+    scales = []
+    governor = residual_governor(SWITCH, SETTINGS.envelope, Choices(0, 1, 1, 0, 1), make_governor)
+    env = gym.make(TINY_ID, **ENV, scenarios=["tiny/high_lr"])
+    obs, _ = env.reset(seed=2)
+    done, start = False, True
+    while not done:
+        action, _ = governor.predict(obs, episode_start=np.array([start]), deterministic=True)
+        obs, _, terminated, truncated, info = env.step(action)
+        # Up to the float32 rounding of the action (a rule's own answer is tracked from its unrounded move).
+        assert [rule.scale for rule in governor.rules] == pytest.approx([info["control"]["lr_scale"]] * 2, rel=1e-6)
+        scales.append(info["control"]["lr_scale"])
+        start, done = False, terminated or truncated
+    assert len(set(scales)) > 3  # the scale did move
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The start, the cost of handing over, files and bad input
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_the_start_picks_the_base_with_base_prob() -> None:
+    model = start_model()
+    obs = torch.as_tensor(np.stack([SwitchSpaces().observation_space.sample() for _ in range(5)]))
+    probs = model.policy.get_distribution(obs).distribution.probs.detach().numpy()
+    assert probs[:, 0] == pytest.approx(np.full(5, 0.9), rel=1e-6)
+    three = lr.ResidualConfig(base="lbw_guard", switch=["adamw", "lbw_guard_probe"], base_prob=0.6)
+    policy = PPO("MlpPolicy", DummyVecEnv([SwitchSpaces]), device="cpu").policy
+    policy.action_net = torch.nn.Linear(64, 3)
+    lr.start_at_base(policy, three)
+    probs = torch.softmax(policy.action_net(torch.zeros(1, 64)), -1).detach().numpy()[0]
+    assert probs == pytest.approx([0.6, 0.2, 0.2], rel=1e-6)
+
+
+def test_handing_over_costs_the_penalty_and_a_bad_choice_is_one_line(lbw: None) -> None:
+    rules = lr.make_rules(SWITCH, SETTINGS.envelope, make_governor)
+    env = lr.ResidualActions(gym.make(TINY_ID, **ENV, scenarios=["tiny/ref"]), rules[0], SWITCH, 0.25, rules[1:])
+    assert env.action_space == gym.spaces.Discrete(2)
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(np.int64(1))
+    assert info["residual"] == {"choice": 1, "penalty": -0.25}
+    _, _, _, _, info = env.step(np.array([0]))
+    assert info["residual"] == {"choice": 0, "penalty": -0.0}
+    for bad in (2, -1, 0.5, np.nan, np.array([0, 1]), "0"):
+        with pytest.raises(ValueError, match=r"^action: expected the index of one of 2 rules \(0 to 1\), got"):
+            env.step(bad)
+
+
+def test_governor_file_records_the_rules_and_refuses_bad_ones(tmp_path: Path) -> None:
+    folder = tmp_path / "g"
+    save_policy_file(start_model(), folder, SETTINGS, algorithm="ppo", residual=SWITCH)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    assert manifest["residual"] == {
+        "base": "lbw_guard",
+        "lr_bound": 0.25,
+        "gate_bound": 0.5,
+        "switch": ["lbw_guard_probe"],
+        "base_prob": 0.9,
+    }
+    assert load_policy_file(folder, "ppo").residual == SWITCH
+    # A switch's file without its rules would be a policy acting in the wrong space.
+    with pytest.raises(ConfigError, match="action space is not the residual correction space"):
+        save_policy_file(
+            start_model(), tmp_path / "h", SETTINGS, algorithm="ppo", residual=lr.ResidualConfig("lbw_guard")
+        )
+    manifest["residual"]["switch"] = ["lbw_guard_probe", "adamw"]
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match=r"action space is not the index of a switch's rules .*Discrete\(3\)"):
+        load_policy_file(folder, "ppo")
+    manifest["residual"]["switch"] = ["nope"]
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match=r"residual\.switch\[0\]: governor .nope.: unknown name"):
+        make_governor(f"ppo:{folder}")
+    manifest["residual"]["switch"] = ["ppo:artifacts/ppo_residual/best_model"]
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match=r"residual\.switch\[0\]: .* is a learned governor; expected a rule"):
+        make_governor(f"ppo:{folder}")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"switch": ["lbw_guard_probe"], "base_prob": 0.5}, r"residual\.base_prob: expected a float in \(0\.5, 1\)"),
+        (
+            {"switch": ["adamw", "plateau"], "base_prob": 1.0},
+            r"residual\.base_prob: expected a float in \(0\.333333, 1\)",
+        ),
+        ({"switch": [""]}, r"residual\.switch: expected a list of rule governor specs"),
+        ({"base": "", "switch": ["adamw"]}, r"residual\.switch: expected a residual\.base to switch away from"),
+    ],
+)
+def test_bad_switch_configs_are_one_line(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        from_dict(lr.ResidualConfig, {"base": "lbw_guard", **data}, "residual")
+
+
+@pytest.mark.slow
+def test_train_policy_trains_a_switch_and_its_files_load_with_their_rules(
+    lbw: None, tmp_path: Path, short_training: Callable[..., Path]
+) -> None:
+    """``residual.switch`` through the command line: PPO over Discrete(2), the start scored first, the run's
+    governor files load as switches over both rules."""
+    import train_policy
+
+    config = short_training(
+        residual={"base": "lbw_guard", "switch": ["lbw_guard_probe"]},
+        objective={"end_is_terminal": True, "relative_to": "lbw_guard", "seeds": 2, "correction_penalty": 0.01},
+        warm_start={"episodes": 1, "bc_epochs": 0, "value_epochs": 2},
+        eval={"scenarios": ["tiny/high_lr"], "seeds": 1, "eval_freq": 0, "at_start": True, "select": "paired"},
+    )
+    assert train_policy.main(["--config", str(config)]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["warm_start"]["imitation_loss_before"] == pytest.approx(-np.log(0.9), rel=1e-5)
+    for name in ("best_model", "final/model"):
+        governor = make_governor(f"ppo:{tmp_path / 'run' / name}")
+        assert isinstance(governor, ResidualGovernor) and governor.config.switch == ["lbw_guard_probe"]
+        assert governor.learned.action_space == gym.spaces.Discrete(2)  # type: ignore[union-attr]
