@@ -209,3 +209,29 @@ def test_train_policy_trains_a_switch_and_its_files_load_with_their_rules(
         governor = make_governor(f"ppo:{tmp_path / 'run' / name}")
         assert isinstance(governor, ResidualGovernor) and governor.config.switch == ["lbw_guard_probe"]
         assert governor.learned.action_space == gym.spaces.Discrete(2)  # type: ignore[union-attr]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The shipped switches, from the committed records (README, tiny section)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_the_selected_switches_are_the_tuned_guard_run_for_run_and_their_final_checkpoints_part_from_it() -> None:
+    """Selection kept the start of both shipped switches: on every test cell their runs are the tuned guard's bit for
+    bit. Their final checkpoints (selected on nothing) act otherwise: lower perplexity than the tuned guard on every
+    seed of the 100x fine-tune. Fails if a rerun of benchmarks/results/tiny_switch stops saying so."""
+    repo = Path(__file__).resolve().parents[1]
+    runs: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for line in (repo / "benchmarks" / "results" / "tiny_switch" / "records.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        runs[(r["arm"], r["scenario"], r["seed"])] = r
+    cells = {(scenario, seed) for arm, scenario, seed in runs if arm == "lbw_guard_tuned"}
+    assert len(cells) == 60
+    for arm in ("ppo_switch", "ppo_switch_diverse"):
+        for scenario, seed in cells:
+            ours, base = runs[(arm, scenario, seed)], runs[("lbw_guard_tuned", scenario, seed)]
+            assert ours["test_ppl"] == base["test_ppl"] and ours["curves"] == base["curves"], (arm, scenario, seed)
+    for arm in ("ppo_switch_final", "ppo_switch_diverse_final"):
+        for seed in range(10):
+            ft = "tiny/ft_lr3e-1_b1"
+            assert runs[(arm, ft, seed)]["test_ppl"] < runs[("lbw_guard_tuned", ft, seed)]["test_ppl"]
