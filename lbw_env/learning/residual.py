@@ -11,8 +11,10 @@ This module holds what the learning layer needs and nothing of ``policies`` (whi
 * :class:`ResidualConfig` — the base's spec and the correction bounds (``TrainConfig.residual``; a governor
   file records it in its manifest, so that the learned part is loaded with the same base);
 * :class:`CorrectableGovernor` — what a base must offer (``RuleGovernor.respond``);
-* :class:`ResidualActions` — the env wrapper of training: the policy acts in the correction space, the wrapper
-  asks the base for its action on the same raw observation and sends the composed action to the env;
+* :func:`make_rules` — the base and a switch's other rules, built and checked;
+* :class:`ResidualActions` — the env wrapper of training: the policy acts in the correction space (a switch's: the
+  index of a rule), the wrapper asks the rules for their actions on the same raw observation and sends the
+  composition (:func:`compose`, which deployment calls too) to the env;
 * :func:`start_at_base` — set the policy's output layer so that its deterministic answer is the base's
   (zero correction, or the base's choice with probability ``base_prob``): training starts exactly at the base.
 """
