@@ -1,15 +1,16 @@
 """Residual governors: a rule governor (the base) plus a bounded learned correction.
 
-``ResidualGovernor(base, learned, config)`` answers ``predict`` as the base would, with the base's action moved
+``ResidualGovernor(rules, learned, config)`` answers ``predict`` as the base would, with the base's action moved
 by ``config.bounds * c``, where ``c`` in ``[-1, 1]^2`` is the learned policy's (deterministic) answer on the same
 observation: component 0 moves the LR, component 1 the skip gate, in the envelope's action units
 (:meth:`policies.base.ActionCodec.correct`); rollbacks stay the base's. The envelope bounds the result like any
 action. With ``c = 0`` (a zero-initialised policy, or ``learned=None``) it is exactly its base: the base's own
 code path runs (:meth:`policies.base.RuleGovernor.respond`).
 
-Training composes the same way (:class:`lbw_env.learning.residual.ResidualActions` calls the same ``respond``),
-so a policy acts at evaluation exactly as it acted in training. A trained residual governor is a governor file
-whose manifest names its base (``ppo:<folder>``); :func:`with_base` rebuilds it with that base.
+Training composes the same way (:class:`lbw_env.learning.residual.ResidualActions` calls the same
+:func:`~lbw_env.learning.residual.compose`), so a policy acts at evaluation exactly as it acted in training. A
+trained residual governor is a governor file whose manifest names its base (``ppo:<folder>``); :func:`with_base`
+rebuilds it with that base.
 
 A switch (``config.switch``) composes through the same function (:func:`lbw_env.learning.residual.compose`): the
 learned part's answer is the index of the rule that acts (0: the base), and the other rules follow its action.
@@ -33,28 +34,31 @@ from .base import RuleGovernor, one_environment
 
 class ResidualGovernor:
     """``predict`` = base rule's action + ``bounds`` x the learned correction (zero: the base exactly), or, for a
-    switch, the action of the rule the learned part picks (``others``: the rules after the base)."""
+    switch, the action of the rule the learned part picks (``rules``: the base, then a switch's other rules)."""
 
     def __init__(
         self,
-        base: RuleGovernor,
+        rules: list[RuleGovernor],
         learned: Governor | None,
         config: ResidualConfig,
         *,
         settings: GovernanceSettings | None = None,
         spec: str = "",
-        others: list[RuleGovernor] | None = None,
     ) -> None:
-        if base.envelope.action_mode != "continuous":
+        if rules[0].envelope.action_mode != "continuous":
             raise ConfigError("residual: a residual correction needs envelope.action_mode: continuous")
-        self.base = base
-        self.rules: list[RuleGovernor] = [base, *(others or [])]
+        self.rules = rules
         if len(self.rules) != len(config.rules):
             raise ConfigError(f"residual: {len(config.rules)} rules configured, {len(self.rules)} given")
         self.learned = learned
         self.config = config
         self.settings = settings if settings is not None else getattr(learned, "settings", None)
         self.spec = spec or getattr(learned, "spec", "") or f"residual:{config.base}"
+
+    @property
+    def base(self) -> RuleGovernor:
+        """The rule the learned part corrects, or a switch's choice 0."""
+        return self.rules[0]
 
     # What check_compatible compares with a run: the learned part's observations and normaliser, and the
     # actions this governor sends (the envelope's, not the correction's).
@@ -110,7 +114,7 @@ def residual_governor(
     for spec, rule in zip(config.rules, rules):
         if not isinstance(rule, RuleGovernor):
             raise ConfigError(f"residual: {spec!r} is not a rule governor")
-    return ResidualGovernor(rules[0], learned, config, spec=spec, others=rules[1:])
+    return ResidualGovernor(rules, learned, config, spec=spec)
 
 
 def with_base(learned: Any, make_governor: GovernorFactory) -> Any:

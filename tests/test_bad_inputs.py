@@ -450,11 +450,11 @@ def test_rule_arguments_are_checked(spec: str, names: list[str]) -> None:
 def test_a_residual_base_must_be_a_rule_not_a_governor_file() -> None:
     """A learned base could name its own file: loading would recurse until the stack ran out."""
     from lbw_env.config import ConfigError
-    from lbw_env.learning.residual import ResidualConfig, make_base
+    from lbw_env.learning.residual import ResidualConfig, make_rules
     from policies import make_governor
 
     with pytest.raises(ConfigError, match=r"residual\.base: 'ppo:.*' is a learned governor; expected a rule"):
-        make_base(ResidualConfig(base="ppo:artifacts/ppo_residual/best_model"), EnvelopeConfig(), make_governor)
+        make_rules(ResidualConfig(base="ppo:artifacts/ppo_residual/best_model"), EnvelopeConfig(), make_governor)
 
 
 def test_env_construction_and_reset_reject_malformed_arguments_in_one_line() -> None:

@@ -110,8 +110,8 @@ def test_training_wrapper_at_zero_correction_is_the_base(lbw: None) -> None:
     (on normalised observations, as in training) give the base's episode exactly."""
     model = zero_model()
     vn = model.get_vec_normalize_env()
-    base_rule = lr.make_base(RESIDUAL, SETTINGS.envelope, make_governor)
-    wrapped = lr.ResidualActions(gym.make(TINY_ID, **ENV, scenarios=["tiny/high_lr"]), base_rule, RESIDUAL)
+    rules = lr.make_rules(RESIDUAL, SETTINGS.envelope, make_governor)
+    wrapped = lr.ResidualActions(gym.make(TINY_ID, **ENV, scenarios=["tiny/high_lr"]), rules, RESIDUAL)
 
     class Policy:
         def predict(self, obs: np.ndarray, **_: Any) -> tuple[np.ndarray, None]:
@@ -201,9 +201,9 @@ def test_governor_file_records_its_base_and_refuses_a_bad_one(tmp_path: Path) ->
 
 def test_bases_must_be_continuous_rules() -> None:
     with pytest.raises(ConfigError, match=r"needs env\.envelope\.action_mode: continuous"):
-        lr.make_base(RESIDUAL, EnvelopeConfig(action_mode="discrete"), make_governor)
+        lr.make_rules(RESIDUAL, EnvelopeConfig(action_mode="discrete"), make_governor)
     with pytest.raises(ConfigError, match="needs a governor factory"):
-        lr.make_base(RESIDUAL, EnvelopeConfig(), None)
+        lr.make_rules(RESIDUAL, EnvelopeConfig(), None)
     with pytest.raises(ConfigError, match=r"residual.gate_bound: expected a float in \(0, 2\]"):
         from lbw_env.config import from_dict
 
@@ -281,7 +281,7 @@ def test_the_correction_penalty_is_taken_off_the_reward() -> None:
         def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
             return np.zeros(self.observation_space.shape, np.float32), 1.0, False, False, {}
 
-    env = lr.ResidualActions(Stub(), lr.make_base(RESIDUAL, SETTINGS.envelope, make_governor), RESIDUAL, 0.25)
+    env = lr.ResidualActions(Stub(), lr.make_rules(RESIDUAL, SETTINGS.envelope, make_governor), RESIDUAL, 0.25)
     env.reset()
     _, reward, _, _, info = env.step(np.array([1.0, -1.0], dtype=np.float32))
     assert reward == 1.0 - 0.25 * 2 and info["residual"] == {"correction": [1.0, -1.0], "penalty": -0.5}

@@ -87,7 +87,7 @@ def test_a_switch_at_its_start_is_its_base_and_one_that_always_hands_over_is_the
     assert handed["actions"] == probe["actions"] and handed["final"] == probe["final"]
     # The training wrapper composes the same way: choice 1 throughout gives the same episode.
     rules = lr.make_rules(SWITCH, SETTINGS.envelope, make_governor)
-    wrapped = lr.ResidualActions(gym.make(TINY_ID, **ENV, scenarios=[scenario]), rules[0], SWITCH, 0.0, rules[1:])
+    wrapped = lr.ResidualActions(gym.make(TINY_ID, **ENV, scenarios=[scenario]), rules, SWITCH, 0.0)
     trained = run_episode(Choices(1), scenario, env=wrapped)
     assert trained["controls"] == probe["controls"] and trained["final"] == probe["final"]
 
@@ -128,7 +128,7 @@ def test_the_start_picks_the_base_with_base_prob() -> None:
 
 def test_handing_over_costs_the_penalty_and_a_bad_choice_is_one_line(lbw: None) -> None:
     rules = lr.make_rules(SWITCH, SETTINGS.envelope, make_governor)
-    env = lr.ResidualActions(gym.make(TINY_ID, **ENV, scenarios=["tiny/ref"]), rules[0], SWITCH, 0.25, rules[1:])
+    env = lr.ResidualActions(gym.make(TINY_ID, **ENV, scenarios=["tiny/ref"]), rules, SWITCH, 0.25)
     assert env.action_space == gym.spaces.Discrete(2)
     env.reset(seed=0)
     _, _, _, _, info = env.step(np.int64(1))

@@ -147,11 +147,6 @@ class CorrectableGovernor(Protocol):
     ) -> np.ndarray: ...
 
 
-def make_base(cfg: ResidualConfig, envelope: EnvelopeConfig, make_governor: GovernorFactory | None) -> Any:
-    """The base governor of ``cfg`` for ``envelope``, checked: a one-line ConfigError naming ``residual.base``."""
-    return _make_rule(cfg.base, "residual.base", envelope, make_governor)
-
-
 def make_rules(cfg: ResidualConfig, envelope: EnvelopeConfig, make_governor: GovernorFactory | None) -> list[Any]:
     """The base, then a switch's other rules (only the base for a correction), each checked in one line naming
     ``residual.base`` or ``residual.switch[i]``. A switch's rules must also follow an action they did not answer
@@ -196,11 +191,9 @@ class ResidualActions(gym.Wrapper):
     (``objective.correction_penalty``), taken off the reward.
     """
 
-    def __init__(
-        self, env: gym.Env, base: CorrectableGovernor, cfg: ResidualConfig, penalty: float = 0.0, others: Any = ()
-    ) -> None:
+    def __init__(self, env: gym.Env, rules: list[Any], cfg: ResidualConfig, penalty: float = 0.0) -> None:
         super().__init__(env)
-        self.rules = [base, *others]
+        self.rules = rules
         """The base, then a switch's other rules (:func:`make_rules`)."""
         if len(self.rules) != len(cfg.rules):
             raise ValueError(f"ResidualActions: {len(cfg.rules)} rules configured, {len(self.rules)} given")

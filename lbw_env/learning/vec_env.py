@@ -58,7 +58,7 @@ def make_env(
         env = FixedEpisodes(env, episodes)
     if residual is not None and residual.enabled:
         rules = make_rules(residual, env.unwrapped.cfg.envelope, make_governor)  # type: ignore[attr-defined]
-        env = ResidualActions(env, rules[0], residual, objective.correction_penalty if objective else 0.0, rules[1:])
+        env = ResidualActions(env, rules, residual, objective.correction_penalty if objective else 0.0)
     return env
 
 
