@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from scipy.stats import kendalltau
 
+from lbw_env.config import ConfigError
 from lbw_env.control.envelope import EnvelopeConfig
 from lbw_env.learning.objective import Objective, ObjectiveConfig
 from lbw_env.learning.vec_env import make_env
@@ -120,6 +121,26 @@ def test_relative_return_is_the_base_final_loss_minus_the_run_and_base_runs_are_
     assert math.isclose(sum(adamw["rewards"]), expected, abs_tol=1e-9)
     assert env.base_runs == 1  # same seed and scenario: the base ran once
     env.close()
+
+
+def test_a_clipped_relative_return_is_the_relative_return_clipped(lbw: None, logged: dict[str, dict[str, Any]]) -> None:
+    base_loss = logged["adamw"]["final"]["valid_loss"]
+    gaps = {name: base_loss - e["final"]["valid_loss"] + e["costs"] for name, e in logged.items()}
+    assert max(gaps.values()) > 0.02 and min(gaps.values()) < -0.02  # runs on both sides of the clip
+    c = 0.02
+    env = make_env(TINY_ID, None, objective=ObjectiveConfig(relative_to="adamw", clip_return=c),
+                   make_governor=make_governor, **ENV)  # fmt: skip
+    for name, g in governors().items():
+        e = episode(env, g)
+        assert math.isclose(sum(e["rewards"]), min(max(gaps[name], -c), c), abs_tol=1e-9), name
+        assert math.isclose(e["info"]["objective"]["clip"], min(max(gaps[name], -c), c) - gaps[name], abs_tol=1e-9)
+    env.close()
+
+
+def test_clip_return_is_checked() -> None:
+    for cfg, words in (({"clip_return": -1.0}, "a finite float >= 0"), ({"clip_return": 0.1}, "unless relative_to")):
+        with pytest.raises(ConfigError, match=f"clip_return: expected .*{words}"):
+            ObjectiveConfig(**cfg).validate()  # type: ignore[arg-type]
 
 
 def test_training_episodes_cycle_through_a_finite_seed_set(lbw: None) -> None:
