@@ -235,3 +235,31 @@ def test_the_selected_switches_are_the_tuned_guard_run_for_run_and_their_final_c
         for seed in range(10):
             ft = "tiny/ft_lr3e-1_b1"
             assert runs[(arm, ft, seed)]["test_ppl"] < runs[("lbw_guard_tuned", ft, seed)]["test_ppl"]
+
+
+def test_switch_choices_script_rules_of_choice() -> None:
+    """scripts/switch_choices.py's rules of choice on the starting policy (p(base) = 0.9): argmax is the base,
+    a threshold below 0.1 hands over and one above keeps the base, sampling hands over about 10 % of the time and
+    repeats itself on the same first observation; bad rules are one line."""
+    import importlib.util
+
+    from policies.sb3 import SB3Governor
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "switch_choices.py"
+    spec = importlib.util.spec_from_file_location("switch_choices", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    learned = SB3Governor(start_model().policy)
+    obs = SETTINGS.observation_space().sample()
+    start = np.array([True])
+    assert int(module.Choice(learned, "argmax").predict(obs, episode_start=start)[0]) == 0
+    assert int(module.Choice(learned, "threshold:0.05").predict(obs, episode_start=start)[0]) == 1
+    assert int(module.Choice(learned, "threshold:0.5").predict(obs, episode_start=start)[0]) == 0
+    sampler = module.Choice(learned, "sample:3")
+    draws = [int(sampler.predict(obs, episode_start=np.array([i % 20 == 0]))[0]) for i in range(400)]
+    assert 0.04 < np.mean(draws) < 0.2
+    assert draws[:20] == draws[20:40]  # the same first observation: the same draws
+    for bad in ("best", "threshold:1.5", "sample:x"):
+        with pytest.raises(ConfigError, match="--choice"):
+            module.Choice(learned, bad)
