@@ -217,7 +217,7 @@ def test_train_policy_trains_a_switch_and_its_files_load_with_their_rules(
 
 
 def test_the_selected_switches_are_the_tuned_guard_run_for_run_and_their_final_checkpoints_part_from_it() -> None:
-    """Selection kept the start of both shipped switches: on every test cell their runs are the tuned guard's bit for
+    """Selection kept the start of the three shipped switches: on every test cell their runs are the tuned guard's bit for
     bit. Their final checkpoints (selected on nothing) act otherwise: lower perplexity than the tuned guard on every
     seed of the 100x fine-tune. Fails if a rerun of benchmarks/results/tiny_switch stops saying so."""
     repo = Path(__file__).resolve().parents[1]
@@ -227,11 +227,11 @@ def test_the_selected_switches_are_the_tuned_guard_run_for_run_and_their_final_c
         runs[(r["arm"], r["scenario"], r["seed"])] = r
     cells = {(scenario, seed) for arm, scenario, seed in runs if arm == "lbw_guard_tuned"}
     assert len(cells) == 60
-    for arm in ("ppo_switch", "ppo_switch_diverse"):
+    for arm in ("ppo_switch", "ppo_switch_diverse", "ppo_switch_clipped"):
         for scenario, seed in cells:
             ours, base = runs[(arm, scenario, seed)], runs[("lbw_guard_tuned", scenario, seed)]
             assert ours["test_ppl"] == base["test_ppl"] and ours["curves"] == base["curves"], (arm, scenario, seed)
-    for arm in ("ppo_switch_final", "ppo_switch_diverse_final"):
+    for arm in ("ppo_switch_final", "ppo_switch_diverse_final", "ppo_switch_clipped_final"):
         for seed in range(10):
             ft = "tiny/ft_lr3e-1_b1"
             assert runs[(arm, ft, seed)]["test_ppl"] < runs[("lbw_guard_tuned", ft, seed)]["test_ppl"]
