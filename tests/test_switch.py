@@ -217,9 +217,9 @@ def test_train_policy_trains_a_switch_and_its_files_load_with_their_rules(
 
 
 def test_the_selected_switches_are_the_tuned_guard_run_for_run_and_their_final_checkpoints_part_from_it() -> None:
-    """Selection kept the start of the three shipped switches: on every test cell their runs are the tuned guard's bit for
-    bit. Their final checkpoints (selected on nothing) act otherwise: lower perplexity than the tuned guard on every
-    seed of the 100x fine-tune. Fails if a rerun of benchmarks/results/tiny_switch stops saying so."""
+    """Selection kept the start of the three shipped switches: on every test cell their runs are the tuned guard's
+    bit for bit. Their final checkpoints (selected on nothing) act otherwise: lower perplexity than the tuned guard
+    on every seed of the 100x fine-tune. Fails if a rerun of benchmarks/results/tiny_switch stops saying so."""
     repo = Path(__file__).resolve().parents[1]
     runs: dict[tuple[str, str, int], dict[str, Any]] = {}
     for line in (repo / "benchmarks" / "results" / "tiny_switch" / "records.jsonl").read_text().splitlines():
