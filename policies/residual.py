@@ -14,6 +14,8 @@ rebuilds it with that base.
 
 A switch (``config.switch``) composes through the same function (:func:`lbw_env.learning.residual.compose`): the
 learned part's answer is the index of the rule that acts (0: the base), and the other rules follow its action.
+With ``config.switch_at = k`` it answers once per episode, at decision ``k`` (the base acts before; the chosen rule
+from then on), as it was trained.
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ class ResidualGovernor:
         self.config = config
         self.settings = settings if settings is not None else getattr(learned, "settings", None)
         self.spec = spec or getattr(learned, "spec", "") or f"residual:{config.base}"
+        self._decision = 0
+        self._chosen: np.ndarray | int = 0
+        """A switch with ``switch_at``: decisions of this episode so far, and the rule chosen at ``switch_at``."""
 
     @property
     def base(self) -> RuleGovernor:
@@ -96,7 +101,16 @@ class ResidualGovernor:
         deterministic: bool = False,
     ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
         row, batched = one_environment(observation, "residual governors")
-        c, state = self.correction(row, state, episode_start, deterministic)
+        at = self.config.switch_at
+        if at < 0:
+            c, state = self.correction(row, state, episode_start, deterministic)
+        else:  # one choice per episode, at decision `at`: the base before it, the chosen rule from it on
+            if episode_start is not None and bool(np.asarray(episode_start).any()):
+                self._decision, self._chosen = 0, 0
+            if self._decision == at:
+                self._chosen, state = self.correction(row, state, episode_start, deterministic)
+            c = self._chosen
+            self._decision += 1
         action = compose(self.rules, self.config, row, episode_start, c)
         return (action[None] if batched else action), state
 

@@ -108,6 +108,55 @@ def test_rules_track_the_real_scale_while_the_switch_hands_decisions_back_and_fo
     assert len(set(scales)) > 3  # the scale did move
 
 
+def test_a_switch_that_chooses_once_is_the_base_then_its_choice_and_trains_as_one_step(lbw: None) -> None:
+    """``switch_at = 2``: the base for two decisions, then the rule chosen there to the end. Deployed, it is the
+    per-decision switch answering 0, 0, then its choice throughout (and its learned part is asked once); in training
+    the episode is one step whose reward is the whole episode's, with the penalty per decision handed over."""
+    once = lr.ResidualConfig(base="lbw_guard", switch=["lbw_guard_probe"], switch_at=2)
+    scenario = "tiny/high_lr"
+    per_decision = run_episode(residual_governor(SWITCH, SETTINGS.envelope, Choices(0, 0, *[1] * 20), make_governor),
+                               scenario)  # fmt: skip
+    asked = Choices(1)
+    chosen = run_episode(residual_governor(once, SETTINGS.envelope, asked, make_governor), scenario)
+    assert chosen["actions"] == per_decision["actions"] and chosen["final"] == per_decision["final"]
+    assert asked.i == 1
+    kept = run_episode(residual_governor(once, SETTINGS.envelope, Choices(0), make_governor), scenario)
+    base = run_episode(make_governor("lbw_guard", SETTINGS.envelope), scenario)
+    assert kept["actions"] == base["actions"] and kept["final"] == base["final"]
+    # Training: one step per episode, the same run.
+    rules = lr.make_rules(once, SETTINGS.envelope, make_governor)
+    env = lr.ResidualActions(gym.make(TINY_ID, **ENV, scenarios=[scenario]), rules, once, 0.01)
+    env.reset(seed=3)
+    _, reward, terminated, truncated, info = env.step(np.int64(1))
+    assert terminated or truncated
+    handed = len(per_decision["actions"]) - 2
+    assert info["residual"] == {"choice": 1, "penalty": pytest.approx(-0.01 * handed)}
+    assert reward == pytest.approx(sum(per_decision["rewards"]) - 0.01 * handed, abs=1e-9)
+    assert {k: v for k, v in info["final"].items() if k not in ("train_seconds", "wall_time")} == per_decision["final"]
+    env.close()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"switch_at": 1}, r"residual\.switch_at: expected an int >= 0 with a switch"),
+        ({"switch": ["adamw"], "switch_at": -2}, r"residual\.switch_at: expected an int >= 0 with a switch"),
+        ({"switch": ["adamw"], "switch_at": 1.5}, r"residual\.switch_at: expected"),
+    ],
+)
+def test_bad_switch_at_is_one_line(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        from_dict(lr.ResidualConfig, {"base": "lbw_guard", **data}, "residual")
+
+
+def test_switch_at_is_recorded_in_the_governor_file_only_when_set(tmp_path: Path) -> None:
+    once = lr.ResidualConfig(base="lbw_guard", switch=["lbw_guard_probe"], switch_at=1)
+    save_policy_file(start_model(), tmp_path / "g", SETTINGS, algorithm="ppo", residual=once)
+    assert json.loads((tmp_path / "g" / MANIFEST).read_text())["residual"]["switch_at"] == 1
+    assert load_policy_file(tmp_path / "g", "ppo").residual == once
+    assert "switch_at" not in SWITCH.to_json()
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The start, the cost of handing over, files and bad input
 # ----------------------------------------------------------------------------------------------------------
@@ -189,15 +238,16 @@ def test_bad_switch_configs_are_one_line(data: dict[str, Any], message: str) -> 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("switch_at", [-1, 1])
 def test_train_policy_trains_a_switch_and_its_files_load_with_their_rules(
-    lbw: None, tmp_path: Path, short_training: Callable[..., Path]
+    lbw: None, tmp_path: Path, short_training: Callable[..., Path], switch_at: int
 ) -> None:
     """``residual.switch`` through the command line: PPO over Discrete(2), the start scored first, the run's
-    governor files load as switches over both rules."""
+    governor files load as switches over both rules (per decision, or once per episode: ``switch_at``)."""
     import train_policy
 
     config = short_training(
-        residual={"base": "lbw_guard", "switch": ["lbw_guard_probe"]},
+        residual={"base": "lbw_guard", "switch": ["lbw_guard_probe"], "switch_at": switch_at},
         objective={"end_is_terminal": True, "relative_to": "lbw_guard", "seeds": 2, "correction_penalty": 0.01},
         warm_start={"episodes": 1, "bc_epochs": 0, "value_epochs": 2},
         eval={"scenarios": ["tiny/high_lr"], "seeds": 1, "eval_freq": 0, "at_start": True, "select": "paired"},
@@ -208,6 +258,7 @@ def test_train_policy_trains_a_switch_and_its_files_load_with_their_rules(
     for name in ("best_model", "final/model"):
         governor = make_governor(f"ppo:{tmp_path / 'run' / name}")
         assert isinstance(governor, ResidualGovernor) and governor.config.switch == ["lbw_guard_probe"]
+        assert governor.config.switch_at == switch_at
         assert governor.learned.action_space == gym.spaces.Discrete(2)  # type: ignore[union-attr]
 
 

@@ -65,6 +65,14 @@ class ResidualConfig:
     """Switch only: the probability of choosing the base at every decision when training starts (the output layer
     is zeroed and its bias set so; the deterministic choice is then the base everywhere). 0.9: in a 20-decision
     tiny episode the other rules act about twice, enough to be tried, too few to wreck the run."""
+    switch_at: int = -1
+    """Switch only: -1, a choice at every decision; ``k >= 0``, one choice per episode, at decision ``k`` (the base
+    acts before it, the chosen rule from it to the end). Why: a per-decision switch learned to hand over a few
+    decisions in most runs, winning much on rare training scenarios and losing a little on the common ones (see
+    docs/learned_governors.md); one choice after the first ``k`` intervals is a classification of the run from its
+    own telemetry, whose credit is the whole episode's, and which is exactly the base wherever it keeps it. In
+    training the learner then sees one step per episode (:class:`ResidualActions` runs the other decisions), so
+    its timesteps count episodes."""
 
     @property
     def enabled(self) -> bool:
@@ -99,6 +107,9 @@ class ResidualConfig:
             low = 1 / len(self.rules)  # above 1/n: the base is the most likely choice, so the deterministic one
             p = self.base_prob
             check(is_real(p) and low < p < 1, "base_prob", f"a float in ({low:g}, 1)", p)
+        k = self.switch_at
+        ok = isinstance(k, int) and not isinstance(k, bool) and k >= -1 and (k == -1 or bool(self.switch))
+        check(ok, "switch_at", "an int >= 0 with a switch (one choice per episode, at that decision), or -1", k)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -108,15 +119,18 @@ class ResidualConfig:
         }
         if self.switch:  # only then: correction manifests stay as they were
             out |= {"switch": list(self.switch), "base_prob": float(self.base_prob)}
+        if self.switch_at >= 0:  # likewise for per-decision switches
+            out["switch_at"] = int(self.switch_at)
         return out
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> ResidualConfig:
         """From a governor manifest's ``residual`` entry; a one-line :class:`ConfigError` naming ``where``."""
-        required, optional = {"base", "lr_bound", "gate_bound"}, {"switch", "base_prob"}
+        required, optional = {"base", "lr_bound", "gate_bound"}, {"switch", "base_prob", "switch_at"}
         if not isinstance(data, dict) or not required <= set(data) <= required | optional:
             raise ConfigError(
-                f"{where}: expected a mapping with base, lr_bound, gate_bound (and a switch's switch, base_prob), "
+                f"{where}: expected a mapping with base, lr_bound, gate_bound (and a switch's switch, base_prob, "
+                "switch_at), "
                 f"got {data!r}"
             )
         cfg = cls(**data)
@@ -188,7 +202,10 @@ class ResidualActions(gym.Wrapper):
     asks them for their actions on the last observation and sends the composition (:func:`compose`).
     ``info["residual"]`` holds what was applied — the correction (after NaN -> 0 and clipping to [-1, 1]) or the
     rule chosen — and its cost: ``penalty * |c|^2`` for a correction, ``penalty`` for a choice other than the base
-    (``objective.correction_penalty``), taken off the reward.
+    (``objective.correction_penalty``), taken off the reward (per decision handed over). A switch with
+    ``switch_at = k`` is one step per episode for the learner: ``reset`` lets the base act for the first ``k``
+    decisions and returns the observation the choice is made on; ``step`` runs the chosen rule to the end and
+    returns the episode's whole reward (the first ``k`` decisions' included) and its last observation and info.
     """
 
     def __init__(self, env: gym.Env, rules: list[Any], cfg: ResidualConfig, penalty: float = 0.0) -> None:
@@ -202,27 +219,47 @@ class ResidualActions(gym.Wrapper):
         self.action_space = cfg.action_space()
         self._obs: np.ndarray | None = None
         self._start = True
+        self._before = 0.0
+        """With ``switch_at``: the reward of the decisions the base made before the choice."""
 
     def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict[str, Any]]:
         obs, info = self.env.reset(**kwargs)
         self._obs, self._start = obs, True
-        return obs, info
+        self._before = 0.0
+        for _ in range(max(self.cfg.switch_at, 0)):  # one choice per episode: the base acts until it is asked
+            _, reward, terminated, truncated, _ = self._send(0)
+            self._before += reward
+            if terminated or truncated:
+                raise ConfigError(f"residual.switch_at: {self.cfg.switch_at} is not before the episode's last decision")
+        return self._obs, info
 
-    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+    def _send(self, learned: np.ndarray | int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """One decision: the composition of the rules' answers and ``learned`` sent to the env."""
         if self._obs is None:
             raise RuntimeError("ResidualActions.step() called before reset()")
-        learned = clean_action(action, self.cfg)
         composed = compose(self.rules, self.cfg, self._obs, self._start, learned)
         self._start = False
         obs, reward, terminated, truncated, info = self.env.step(composed)
         self._obs = obs
+        return obs, float(reward), terminated, truncated, info
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        learned = clean_action(action, self.cfg)
+        obs, reward, terminated, truncated, info = self._send(learned)
+        handed = int(isinstance(learned, int) and learned != 0)
+        if self.cfg.switch_at >= 0:  # the chosen rule runs the rest of the episode: one step for the learner
+            reward += self._before
+            while not (terminated or truncated):
+                obs, r, terminated, truncated, info = self._send(learned)
+                reward += r
+                handed += learned != 0
         if isinstance(learned, int):
-            cost = -self.penalty * float(learned != 0)
+            cost = -self.penalty * handed
             info["residual"] = {"choice": learned, "penalty": cost}
         else:
             cost = -self.penalty * float(np.sum(np.square(learned)))
             info["residual"] = {"correction": learned.tolist(), "penalty": cost}
-        return obs, float(reward) + cost, terminated, truncated, info
+        return obs, reward + cost, terminated, truncated, info
 
 
 def compose(
