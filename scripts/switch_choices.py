@@ -9,6 +9,8 @@ losses (base minus switch, nats: positive means the switch did better):
 * ``sample:K`` — a rule drawn from the policy's probabilities, by a generator seeded from the episode's first
   observation and ``K`` (so a run is reproducible and the draws differ between episodes);
 * ``threshold:P`` — hand over only where the most probable other rule has probability above ``P`` (else the base).
+* ``always:I`` — rule ``I`` at every decision, whatever the policy says (``always:1`` is that rule's own run): with
+  the base, what a choice of one rule per episode could gain at best (printed as "per-episode best").
 
 Default episodes: the selection episodes of the switch runs (the held-out sample of the training distribution
 and ``tiny:val``, one seed each). ``--scenarios`` and ``--seed-offset`` run others, e.g. the training scenarios
@@ -56,9 +58,14 @@ class Choice:
         try:
             self.kind, self.arg = kind, (float(arg) if arg else 0.0)
         except ValueError:
-            raise ConfigError(f"--choice {rule!r}: expected argmax, sample:K or threshold:P") from None
-        if kind not in ("argmax", "sample", "threshold") or (kind == "threshold" and not 0 < self.arg < 1):
-            raise ConfigError(f"--choice {rule!r}: expected argmax, sample:K (K an int) or threshold:P (0 < P < 1)")
+            raise ConfigError(f"--choice {rule!r}: expected argmax, sample:K, threshold:P or always:I") from None
+        if kind not in ("argmax", "sample", "threshold", "always") or (kind == "threshold" and not 0 < self.arg < 1):
+            raise ConfigError(
+                f"--choice {rule!r}: expected argmax, sample:K (K an int), threshold:P (0 < P < 1) or always:I"
+            )
+        n = getattr(getattr(learned, "action_space", None), "n", None)
+        if kind == "always" and not (self.arg.is_integer() and n is not None and 0 <= self.arg < n):
+            raise ConfigError(f"--choice {rule!r}: expected always:I with I the index of a rule (0 to {(n or 1) - 1})")
         self._rng = np.random.default_rng(0)
         self.handed = 0
         self.decisions = 0
@@ -85,7 +92,9 @@ class Choice:
             digest = hashlib.sha256(obs.tobytes()).digest()
             self._rng = np.random.default_rng([int.from_bytes(digest[:8], "little"), int(self.arg)])
         p = self.probabilities(obs)
-        if self.kind == "argmax":
+        if self.kind == "always":
+            choice = int(self.arg)
+        elif self.kind == "argmax":
             choice = int(np.argmax(p))
         elif self.kind == "sample":
             choice = int(self._rng.choice(len(p), p=p / p.sum()))
@@ -131,7 +140,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result[rule] = {"diffs": diffs, "handed_over": handed}
         print(
             f"  {rule:<14} mean {est.fmt('{:+.4f}')}  better/worse/equal {wins}/{losses_}/{len(diffs) - wins - losses_}"
-            f"  handed over {100 * handed:.0f} % of decisions"
+            f"  handed over {100 * handed:.0f} % of decisions; per-episode best {np.maximum(diffs, 0).mean():+.4f}"
         )
         print("    " + " ".join(f"{d:+.2f}" for d in diffs))
     env.close()

@@ -302,15 +302,23 @@ def test_switch_choices_script_rules_of_choice() -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     learned = SB3Governor(start_model().policy)
-    obs = SETTINGS.observation_space().sample()
+    space = SETTINGS.observation_space()
+    space.seed(0)
+    obs = space.sample()
     start = np.array([True])
     assert int(module.Choice(learned, "argmax").predict(obs, episode_start=start)[0]) == 0
     assert int(module.Choice(learned, "threshold:0.05").predict(obs, episode_start=start)[0]) == 1
     assert int(module.Choice(learned, "threshold:0.5").predict(obs, episode_start=start)[0]) == 0
     sampler = module.Choice(learned, "sample:3")
-    draws = [int(sampler.predict(obs, episode_start=np.array([i % 20 == 0]))[0]) for i in range(400)]
-    assert 0.04 < np.mean(draws) < 0.2
-    assert draws[:20] == draws[20:40]  # the same first observation: the same draws
-    for bad in ("best", "threshold:1.5", "sample:x"):
+
+    def episode(first: np.ndarray) -> list[int]:  # 10 decisions; the first observation seeds the draws
+        return [int(sampler.predict(first, episode_start=np.array([i == 0]))[0]) for i in range(10)]
+
+    firsts = [space.sample() for _ in range(60)]
+    draws = [episode(first) for first in firsts]
+    assert 0.05 < np.mean(draws) < 0.16  # p(hand over) = 0.1 at the start
+    assert episode(firsts[0]) == draws[0]  # the same first observation: the same draws
+    assert int(module.Choice(learned, "always:1").predict(obs, episode_start=start)[0]) == 1
+    for bad in ("best", "threshold:1.5", "sample:x", "always:2", "always:0.5"):
         with pytest.raises(ConfigError, match="--choice"):
             module.Choice(learned, bad)
