@@ -138,9 +138,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         wins, losses_ = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
         handed = choice.handed / max(1, choice.decisions)
         result[rule] = {"diffs": diffs, "handed_over": handed}
+        best = float(np.maximum(diffs, 0).mean())  # the better of base and switch in each episode
         print(
             f"  {rule:<14} mean {est.fmt('{:+.4f}')}  better/worse/equal {wins}/{losses_}/{len(diffs) - wins - losses_}"
-            f"  handed over {100 * handed:.0f} % of decisions; per-episode best {np.maximum(diffs, 0).mean():+.4f}"
+            f"  handed over at {100 * handed:.0f} % of the choices asked; per-episode best {best:+.4f}"
         )
         print("    " + " ".join(f"{d:+.2f}" for d in diffs))
     env.close()
