@@ -45,8 +45,8 @@ from policies.residual import ResidualGovernor
 
 SELECTION_EPISODES = ["configs/selection/tiny_sampled_val.yaml:val", "tiny:val"]
 """Where the switch runs select their checkpoints (``eval.scenarios`` of configs/train/ppo_switch*.yaml)."""
-SWITCH_ENV = {"decision_interval": 8, "window": 4, "envelope": {"rollback_action": True, "auto_rollback": False}}
-"""The env of the switch suites (configs/suites/tiny_switch.yaml) and of training."""
+SWITCH_SUITE = "configs/suites/tiny_switch.yaml"
+"""Whose env the episodes run in (decision interval, window, envelope): the switches' suite, as in training."""
 
 
 class Choice:
@@ -59,7 +59,8 @@ class Choice:
             self.kind, self.arg = kind, (float(arg) if arg else 0.0)
         except ValueError:
             raise ConfigError(f"--choice {rule!r}: expected argmax, sample:K, threshold:P or always:I") from None
-        if kind not in ("argmax", "sample", "threshold", "always") or (kind == "threshold" and not 0 < self.arg < 1):
+        bad_arg = (kind == "threshold" and not 0 < self.arg < 1) or (kind == "sample" and not self.arg.is_integer())
+        if kind not in ("argmax", "sample", "threshold", "always") or bad_arg:
             raise ConfigError(
                 f"--choice {rule!r}: expected argmax, sample:K (K an int), threshold:P (0 < P < 1) or always:I"
             )
@@ -109,6 +110,7 @@ class Choice:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from lbw_env.config import from_dict
     from lbw_env.env import EnvConfig, LBWEnv
+    from lbw_env.evaluation import load_suite
     from lbw_env.evaluation.episode import run_episode
 
     switch = make_governor(f"ppo:{args.model}")
@@ -117,7 +119,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     scenarios = resolve(args.scenarios)
     if any(s.split == "test" for s in scenarios):
         raise ConfigError("--scenarios: test scenarios are for the suites' reports, not for diagnostics")
-    env = LBWEnv(from_dict(EnvConfig, {**SWITCH_ENV, "scenarios": list(args.scenarios)}, "env"))
+    env = LBWEnv(from_dict(EnvConfig, {**load_suite(SWITCH_SUITE).env, "scenarios": list(args.scenarios)}, "env"))
     episodes = [(s, seed) for s in scenarios for seed in range(args.seeds)]
 
     def losses(governor: Any) -> list[float]:
@@ -151,7 +153,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="a learned switch's governor folder (e.g. artifacts/ppo_switch/final/model)")
-    ap.add_argument("--choice", nargs="+", default=["argmax"], help="argmax, sample:K, threshold:P (several allowed)")
+    ap.add_argument("--choice", nargs="+", default=["argmax"], help="argmax, sample:K, threshold:P, always:I (several)")
     ap.add_argument("--scenarios", nargs="+", default=SELECTION_EPISODES, help="scenario specs (no test split)")
     ap.add_argument("--seeds", type=int, default=1, help="episodes per scenario")
     ap.add_argument("--seed-offset", type=int, help="reset seeds offset + 0, 1, ... (default: the split's own)")

@@ -319,7 +319,7 @@ def test_switch_choices_script_rules_of_choice() -> None:
     assert 0.05 < np.mean(draws) < 0.16  # p(hand over) = 0.1 at the start
     assert episode(firsts[0]) == draws[0]  # the same first observation: the same draws
     assert int(module.Choice(learned, "always:1").predict(obs, episode_start=start)[0]) == 1
-    for bad in ("best", "threshold:1.5", "sample:x", "always:2", "always:0.5"):
+    for bad in ("best", "threshold:1.5", "sample:x", "sample:1.5", "always:2", "always:0.5"):
         with pytest.raises(ConfigError, match="--choice"):
             module.Choice(learned, bad)
 
