@@ -20,7 +20,11 @@ tried (session 12, AVX2 EPYC, qwen2-tiny): parameters and gradients as views of 
 :class:`UpdateBuffer` (gradients accumulated in place into a zeroed buffer, so each norm is a few block reductions
 and each copy one call). Same telemetry bits, but no faster: gradient norm 212 vs 229 us, update norms 448 vs
 403 us, trainer/bare CPU ratio 1.034 vs 1.040 (within noise): the zeroing and the in-place accumulation cost what
-the fewer calls save. What is left is memory traffic over cold caches, about 3 % of a qwen2-tiny step.
+the fewer calls save. Also tried (session 17, AVX-512 EPYC, qwen2-s): each gradient's partial norms taken in a
+``register_post_accumulate_grad_hook`` as backward writes it (still in cache; the same call on the same tensor, so
+the same bits, with a version check at the step). Ratios 1.033 and 1.028 against 1.023 and 1.032 without (60
+rounds each, interleaved; rounds ranged 0.8-1.3 on that busy VM): no gain beyond noise, the Python call per hook
+costing what the warm cache saves. What is left is memory traffic over cold caches, about 3 % of a qwen2-tiny step.
 """
 
 from __future__ import annotations
