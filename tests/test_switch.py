@@ -268,7 +268,7 @@ def test_train_policy_trains_a_switch_and_its_files_load_with_their_rules(
 
 
 def test_the_selected_switches_are_the_tuned_guard_run_for_run_and_their_final_checkpoints_part_from_it() -> None:
-    """Selection kept the start of the four shipped switches: on every test cell their runs are the tuned guard's
+    """Selection kept the start of the five shipped switches: on every test cell their runs are the tuned guard's
     bit for bit. Their final checkpoints (selected on nothing) act otherwise: lower perplexity than the tuned guard
     on every seed of the 100x fine-tune. Fails if a rerun of benchmarks/results/tiny_switch stops saying so."""
     repo = Path(__file__).resolve().parents[1]
@@ -278,7 +278,7 @@ def test_the_selected_switches_are_the_tuned_guard_run_for_run_and_their_final_c
         runs[(r["arm"], r["scenario"], r["seed"])] = r
     cells = {(scenario, seed) for arm, scenario, seed in runs if arm == "lbw_guard_tuned"}
     assert len(cells) == 60
-    for arm in ("ppo_switch", "ppo_switch_diverse", "ppo_switch_clipped", "ppo_switch_once"):
+    for arm in ("ppo_switch", "ppo_switch_diverse", "ppo_switch_clipped", "ppo_switch_once", "ppo_switch_once_s1"):
         for scenario, seed in cells:
             ours, base = runs[(arm, scenario, seed)], runs[("lbw_guard_tuned", scenario, seed)]
             assert ours["test_ppl"] == base["test_ppl"] and ours["curves"] == base["curves"], (arm, scenario, seed)
@@ -327,7 +327,9 @@ def test_switch_choices_script_rules_of_choice() -> None:
 def test_the_once_switchs_final_checkpoint_is_the_tuned_guard_except_where_it_hands_the_run_over() -> None:
     """ppo_switch_once's final checkpoint (selected on nothing) keeps the tuned guard on every seed of four test
     scenarios (its runs are the tuned guard's bit for bit) and hands the 100x fine-tune to the probe on every seed,
-    7 % better on average (README, tiny section). Fails if a rerun of benchmarks/results/tiny_switch stops saying so."""
+    7 % better on average (README, tiny section). The same training with another seed (ppo_switch_once_s1) ends in a
+    checkpoint that makes the same choices on every test run: its runs are these bit for bit. Fails if a rerun of
+    benchmarks/results/tiny_switch stops saying so."""
     repo = Path(__file__).resolve().parents[1]
     runs: dict[tuple[str, str, int], dict[str, Any]] = {}
     for line in (repo / "benchmarks" / "results" / "tiny_switch" / "records.jsonl").read_text().splitlines():
@@ -341,3 +343,6 @@ def test_the_once_switchs_final_checkpoint_is_the_tuned_guard_except_where_it_ha
     ratios = [runs[(arm, ft, seed)]["test_ppl"] / runs[(bar, ft, seed)]["test_ppl"] for seed in range(10)]
     assert all(runs[(arm, ft, seed)]["curves"] != runs[(bar, ft, seed)]["curves"] for seed in range(10))
     assert float(np.mean(ratios)) < 0.95
+    for scenario, seed in {(sc, sd) for a, sc, sd in runs if a == arm}:
+        other = runs[("ppo_switch_once_s1_final", scenario, seed)]
+        assert other["curves"] == runs[(arm, scenario, seed)]["curves"], (scenario, seed)
