@@ -135,6 +135,14 @@ def test_a_clipped_relative_return_is_the_relative_return_clipped(lbw: None, log
         assert math.isclose(sum(e["rewards"]), min(max(gaps[name], -c), c), abs_tol=1e-9), name
         assert math.isclose(e["info"]["objective"]["clip"], min(max(gaps[name], -c), c) - gaps[name], abs_tol=1e-9)
     env.close()
+    # Held-out evaluation (model selection) scores the metric: the same runs, unclipped.
+    env = make_env(TINY_ID, None, objective=ObjectiveConfig(relative_to="adamw", clip_return=c),
+                   make_governor=make_governor, training=False, **ENV)  # fmt: skip
+    for name, g in governors().items():
+        e = episode(env, g)
+        assert math.isclose(sum(e["rewards"]), gaps[name], abs_tol=1e-9), name
+        assert "clip" not in e["info"]["objective"]
+    env.close()
 
 
 def test_clip_return_is_checked() -> None:

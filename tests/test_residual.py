@@ -22,6 +22,7 @@ from lbw_env.control.compat import GovernanceSettings
 from lbw_env.control.envelope import Envelope, EnvelopeConfig
 from lbw_env.control.governance import GovernanceConfig
 from lbw_env.learning import residual as lr
+from lbw_env.learning.objective import ObjectiveConfig
 from lbw_env.learning.policy_file import MANIFEST, load_policy_file, save_policy_file
 from lbw_env.learning.vec_env import make_env, wrapper_kwargs
 from policies import make_governor
@@ -285,3 +286,12 @@ def test_the_correction_penalty_is_taken_off_the_reward() -> None:
     env.reset()
     _, reward, _, _, info = env.step(np.array([1.0, -1.0], dtype=np.float32))
     assert reward == 1.0 - 0.25 * 2 and info["residual"] == {"correction": [1.0, -1.0], "penalty": -0.5}
+
+
+def test_the_correction_penalty_shapes_training_only(lbw: None) -> None:
+    """Held-out evaluation (model selection) scores the metric: no penalty on the correction there."""
+    objective = ObjectiveConfig(correction_penalty=0.25)
+    for training, penalty in ((True, 0.25), (False, 0.0)):
+        env = make_env(TINY_ID, None, RESIDUAL, make_governor, objective, training=training, **ENV)
+        assert isinstance(env, lr.ResidualActions) and env.penalty == penalty
+        env.close()

@@ -65,14 +65,16 @@ class ObjectiveConfig:
     seed_offset: int = 1_000
     """First reset seed of ``seeds`` (apart from the warm start's 5 000 + i and evaluation's 10 000 + i)."""
     correction_penalty: float = 0.0
-    """Residual policies: reward ``- penalty * |c|^2`` per decision for the correction ``c`` in [-1, 1]^2."""
+    """Residual policies: reward ``- penalty * |c|^2`` per decision for the correction ``c`` in [-1, 1]^2 (a switch:
+    ``- penalty`` per decision handed over). Training episodes only, like ``clip_return``."""
     clip_return: float = 0.0
     """> 0 (with ``relative_to``): the episode's return (the base's final loss minus ours, minus costs) is clipped
     to ``[-clip_return, clip_return]`` by a correction paid at its last decision. Why: over a training distribution
     with rare scenarios where one rule fails badly (a from-scratch run at 100x, +1.5 nats for the other rule), the
     mean return is won there, and a policy that trades a small loss on every common episode for those wins scores
     well in training and loses on test scenarios, where the metric weighs each scenario alike. Clipped, an episode
-    counts at most ``clip_return``, so the common episodes decide. 0: off."""
+    counts at most ``clip_return``, so the common episodes decide. Training episodes only: held-out evaluation (model
+    selection) scores the unclipped return, which ranks runs like the reported metric. 0: off."""
 
     @property
     def active(self) -> bool:
@@ -145,7 +147,7 @@ class Objective(gym.Wrapper):
                 scale = self.env.unwrapped.cfg.reward.scale  # type: ignore[attr-defined]
                 added["relative_to_base"] = (capped(base_loss) - capped(final["initial_valid_loss"])) * scale
                 reward += added["relative_to_base"]
-                if self.cfg.clip_return:
+                if self.cfg.clip_return and self.training:  # a training device: evaluation scores the metric
                     total = self._return + reward
                     c = self.cfg.clip_return
                     added["clip"] = min(max(total, -c), c) - total

@@ -44,9 +44,9 @@ def make_env(
     **kwargs: Any,
 ) -> gym.Env:
     """``gymnasium.make(env_id, **kwargs)`` under :class:`~.objective.Objective` when ``objective`` changes the
-    reward (``training``: whether its seed cycling applies), wrapped in :class:`FixedEpisodes` when ``episodes``
-    are given, and in :class:`~.residual.ResidualActions` over the base ``make_governor`` builds when
-    ``residual`` names one.
+    reward (``training``: whether its seed cycling, return clipping and correction penalty apply; evaluation scores
+    the metric), wrapped in :class:`FixedEpisodes` when ``episodes`` are given, and in
+    :class:`~.residual.ResidualActions` over the base ``make_governor`` builds when ``residual`` names one.
 
     ``kwargs`` are :class:`~lbw_env.env.EnvConfig` keys; they are merged over the id's registered config, so
     the id's scenario pool stays unless ``scenarios`` is given.
@@ -58,7 +58,8 @@ def make_env(
         env = FixedEpisodes(env, episodes)
     if residual is not None and residual.enabled:
         rules = make_rules(residual, env.unwrapped.cfg.envelope, make_governor)  # type: ignore[attr-defined]
-        env = ResidualActions(env, rules, residual, objective.correction_penalty if objective else 0.0)
+        penalty = objective.correction_penalty if objective is not None and training else 0.0  # shapes training only
+        env = ResidualActions(env, rules, residual, penalty)
     return env
 
 
