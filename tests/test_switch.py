@@ -268,7 +268,7 @@ def test_train_policy_trains_a_switch_and_its_files_load_with_their_rules(
 
 
 def test_the_selected_switches_are_the_tuned_guard_run_for_run_and_their_final_checkpoints_part_from_it() -> None:
-    """Selection kept the start of the five shipped switches: on every test cell their runs are the tuned guard's
+    """Selection kept the start of the six shipped switches: on every test cell their runs are the tuned guard's
     bit for bit. Their final checkpoints (selected on nothing) act otherwise: lower perplexity than the tuned guard
     on every seed of the 100x fine-tune. Fails if a rerun of benchmarks/results/tiny_switch stops saying so."""
     repo = Path(__file__).resolve().parents[1]
@@ -278,7 +278,8 @@ def test_the_selected_switches_are_the_tuned_guard_run_for_run_and_their_final_c
         runs[(r["arm"], r["scenario"], r["seed"])] = r
     cells = {(scenario, seed) for arm, scenario, seed in runs if arm == "lbw_guard_tuned"}
     assert len(cells) == 60
-    for arm in ("ppo_switch", "ppo_switch_diverse", "ppo_switch_clipped", "ppo_switch_once", "ppo_switch_once_s1"):
+    selected = ("ppo_switch", "ppo_switch_diverse", "ppo_switch_clipped", "ppo_switch_once", "ppo_switch_once_s1")
+    for arm in (*selected, "ppo_switch_once_sign"):
         for scenario, seed in cells:
             ours, base = runs[(arm, scenario, seed)], runs[("lbw_guard_tuned", scenario, seed)]
             assert ours["test_ppl"] == base["test_ppl"] and ours["curves"] == base["curves"], (arm, scenario, seed)
