@@ -92,8 +92,8 @@ class Choice:
         if episode_start is not None and bool(np.asarray(episode_start).any()):
             digest = hashlib.sha256(obs.tobytes()).digest()
             self._rng = np.random.default_rng([int.from_bytes(digest[:8], "little"), int(self.arg)])
-        p = self.probabilities(obs)
-        if self.kind == "always":
+        p = self.probabilities(obs) if self.kind != "always" else None  # always:I asks the policy nothing
+        if p is None:
             choice = int(self.arg)
         elif self.kind == "argmax":
             choice = int(np.argmax(p))

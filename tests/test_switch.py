@@ -6,6 +6,7 @@ base with the configured probability; files record its rules; bad input fails in
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -267,19 +268,31 @@ def test_train_policy_trains_a_switch_and_its_files_load_with_their_rules(
 # ----------------------------------------------------------------------------------------------------------
 
 
+@functools.cache
+def tiny_switch_runs() -> dict[tuple[str, str, int], dict[str, Any]]:
+    """The committed records of benchmarks/results/tiny_switch by (arm, scenario, seed), read once."""
+    from lbw_env.evaluation.verify import read_records
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "tiny_switch"
+    return {(r["arm"], r["scenario"], r["seed"]): r for r in read_records(folder)}
+
+
 def test_the_selected_switches_are_the_tuned_guard_run_for_run_and_their_final_checkpoints_part_from_it() -> None:
     """Selection kept the start of the six shipped switches: on every test cell their runs are the tuned guard's
     bit for bit. Their final checkpoints (selected on nothing) act otherwise: lower perplexity than the tuned guard
     on every seed of the 100x fine-tune. Fails if a rerun of benchmarks/results/tiny_switch stops saying so."""
-    repo = Path(__file__).resolve().parents[1]
-    runs: dict[tuple[str, str, int], dict[str, Any]] = {}
-    for line in (repo / "benchmarks" / "results" / "tiny_switch" / "records.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        runs[(r["arm"], r["scenario"], r["seed"])] = r
+    runs = tiny_switch_runs()
     cells = {(scenario, seed) for arm, scenario, seed in runs if arm == "lbw_guard_tuned"}
     assert len(cells) == 60
-    selected = ("ppo_switch", "ppo_switch_diverse", "ppo_switch_clipped", "ppo_switch_once", "ppo_switch_once_s1")
-    for arm in (*selected, "ppo_switch_once_sign"):
+    selected = (
+        "ppo_switch",
+        "ppo_switch_diverse",
+        "ppo_switch_clipped",
+        "ppo_switch_once",
+        "ppo_switch_once_s1",
+        "ppo_switch_once_sign",
+    )
+    for arm in selected:
         for scenario, seed in cells:
             ours, base = runs[(arm, scenario, seed)], runs[("lbw_guard_tuned", scenario, seed)]
             assert ours["test_ppl"] == base["test_ppl"] and ours["curves"] == base["curves"], (arm, scenario, seed)
@@ -331,11 +344,7 @@ def test_the_once_switchs_final_checkpoint_is_the_tuned_guard_except_where_it_ha
     7 % better on average (README, tiny section). The same training with another seed (ppo_switch_once_s1) ends in a
     checkpoint that makes the same choices on every test run: its runs are these bit for bit. Fails if a rerun of
     benchmarks/results/tiny_switch stops saying so."""
-    repo = Path(__file__).resolve().parents[1]
-    runs: dict[tuple[str, str, int], dict[str, Any]] = {}
-    for line in (repo / "benchmarks" / "results" / "tiny_switch" / "records.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        runs[(r["arm"], r["scenario"], r["seed"])] = r
+    runs = tiny_switch_runs()
     arm, bar = "ppo_switch_once_final", "lbw_guard_tuned"
     for scenario in ("tiny/ref", "tiny/shock100", "tiny/bad_batches", "tiny/ft_ref_b1"):
         for seed in range(10):
