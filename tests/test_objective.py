@@ -20,7 +20,7 @@ from scipy.stats import kendalltau
 
 from lbw_env.config import ConfigError
 from lbw_env.control.envelope import EnvelopeConfig
-from lbw_env.learning.objective import Objective, ObjectiveConfig
+from lbw_env.learning.objective import Objective, ObjectiveConfig, training_contexts
 from lbw_env.learning.vec_env import make_env
 from policies import make_governor
 from policies.rules import ConstantGovernor
@@ -158,3 +158,44 @@ def test_training_episodes_cycle_through_a_finite_seed_set(lbw: None) -> None:
     seen = {env.reset()[1]["run_seed"] for _ in range(8)}
     assert len(seen) <= 2
     env.close()
+
+
+def test_seeds_alone_are_that_many_contexts_and_per_scenario_covers_the_pool(lbw: None) -> None:
+    """The reset seed also draws the scenario: ``seeds: 2`` over a 3-scenario pool trains on at most 2 (scenario,
+    run seed) contexts; with ``per_scenario`` every scenario is run with each seed (what the residual configs of
+    sessions 12-17 meant by ``seeds: 8`` and did not get)."""
+    pool = ["tiny/ref", "tiny/high_lr", "tiny/shock"]
+    env_kwargs = {**ENV, "scenarios": pool, "trainer_overrides": ["optim.steps=8", "data.eval_blocks=4"]}
+    for per_scenario, expected in ((False, None), (True, {(s, k) for s in pool for k in range(2)})):
+        cfg = ObjectiveConfig(seeds=2, seed_offset=50, per_scenario=per_scenario)
+        env = make_env(TINY_ID, None, objective=cfg, **env_kwargs)
+        assert len(training_contexts(cfg, env.unwrapped.pool)) == (6 if per_scenario else 2)
+        env.reset(seed=0)
+        seen = set()
+        for _ in range(40):
+            info = env.reset()[1]
+            seen.add((info["scenario"], info["run_seed"]))
+        env.close()
+        if expected is None:
+            assert len(seen) <= 2
+        else:  # each scenario with two run seeds (drawn from the reset seeds 50, 51)
+            assert {s for s, _ in seen} == set(pool) and len(seen) == 6
+    with pytest.raises(ConfigError, match="per_scenario: expected false unless seeds > 0"):
+        ObjectiveConfig(per_scenario=True).validate()
+
+
+def test_the_base_return_is_the_return_of_the_base_own_run(lbw: None) -> None:
+    """What a once-per-run switch that keeps its base is paid, read from the objective's shadow run instead of
+    running it again: the same as running the base through the env (its own rollback costs; clipped in training).
+    The probe guard rolls back the hot first interval of tiny/high_lr, so the return is not 0."""
+    clip = 0.0
+    for _ in range(2):
+        cfg = ObjectiveConfig(relative_to="lbw_guard_probe", clip_return=clip)
+        env = make_env(TINY_ID, None, objective=cfg, make_governor=make_governor, **ENV)
+        probe = episode(env, make_governor("lbw_guard_probe", ENVELOPE))
+        assert math.isclose(env.base_return(), sum(probe["rewards"]), abs_tol=1e-9)
+        assert env.base_runs == 1
+        env.close()
+        assert probe["costs"] < 0
+        clip = -probe["costs"] / 2  # the second pass: the clip bites
+    assert math.isclose(sum(probe["rewards"]), -clip, abs_tol=1e-9)

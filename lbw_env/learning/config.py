@@ -140,8 +140,18 @@ class WarmStartConfig:
     """In round i the teacher's own action is sent at a decision with probability ``dagger_beta ** i`` (Ross et
     al.'s mixture, decaying to the policy alone); the teacher labels every decision either way."""
 
+    counterfactual: bool = False
+    """A once-per-run switch (``residual.switch_at``): before RL, run every training context (``objective.seeds``
+    seeds, ``objective.per_scenario``) under every rule and fit the choice to the whole reward table
+    (:mod:`.counterfactual`: a contextual bandit with every choice observed). The base is evaluated first (with
+    ``eval.at_start``), the fitted switch next, and selection decides between them and anything RL adds after."""
+    counterfactual_epochs: int = 200
+    """Adam passes of that fit over the contexts (with ``batch_size`` and ``learning_rate``)."""
+
     def validate(self) -> None:
         check(self.episodes >= 0, "episodes", "an int >= 0 (0: no warm start)", self.episodes)
+        check(isinstance(self.counterfactual, bool), "counterfactual", "true or false", self.counterfactual)
+        check(self.counterfactual_epochs >= 1, "counterfactual_epochs", "an int >= 1", self.counterfactual_epochs)
         check(self.seed_offset >= 0, "seed_offset", "an int >= 0", self.seed_offset)
         check(self.bc_epochs >= 0, "bc_epochs", "an int >= 0", self.bc_epochs)
         check(self.value_epochs >= 0, "value_epochs", "an int >= 0", self.value_epochs)
@@ -225,7 +235,8 @@ class TrainConfig:
     """SB3 ``learn(log_interval=...)``: rollouts (on-policy) or episodes (off-policy) between log dumps."""
 
     def validate(self) -> None:
-        check(self.total_timesteps >= 1, "total_timesteps", "an int >= 1", self.total_timesteps)
+        steps_ok = self.total_timesteps >= 1 or (self.total_timesteps == 0 and self.warm_start.counterfactual)
+        check(steps_ok, "total_timesteps", "an int >= 1 (0 only with warm_start.counterfactual)", self.total_timesteps)
         check(self.n_envs >= 1, "n_envs", "an int >= 1", self.n_envs)
         check(self.threads >= 1, "threads", "an int >= 1", self.threads)
         check(self.seed >= 0, "seed", "an int >= 0", self.seed)
@@ -288,6 +299,8 @@ class TrainConfig:
 
     def _check_warm_start(self) -> None:
         w = self.warm_start
+        if w.counterfactual:
+            self._check_counterfactual()
         if not w.episodes:
             return
         if self.algo not in ("ppo", "a2c"):
@@ -303,6 +316,21 @@ class TrainConfig:
             )
         if not self.residual.enabled and not w.teacher:
             raise ConfigError("warm_start.teacher: expected a rule governor spec to clone (e.g. lbw_guard)")
+
+    def _check_counterfactual(self) -> None:
+        r, o = self.residual, self.objective
+        why = "warm_start.counterfactual: needs"
+        if self.algo not in ("ppo", "a2c"):
+            raise ConfigError(f"{why} an actor-critic policy (ppo or a2c), not {self.algo}")
+        if not (r.enabled and r.switch and r.switch_at >= 0):
+            raise ConfigError(f"{why} a once-per-run switch (residual.switch and residual.switch_at >= 0)")
+        if o.seeds <= 0:
+            raise ConfigError(f"{why} a finite set of training contexts (objective.seeds > 0)")
+        if o.relative_to != r.base:
+            raise ConfigError(
+                f"{why} objective.relative_to to be the switch's base ({r.base!r}), not {o.relative_to!r}: the base's "
+                "run is the objective's"
+            )
 
     def _check_scenarios(self, env_cfg: EnvConfig) -> None:
         """Scenario specs and trainer overrides resolve (no data is loaded)."""

@@ -46,6 +46,7 @@ from .artifacts import (
 )
 from .callbacks import HeldOutEvalCallback, SaveVecNormalizeCallback, TelemetryCallback, WallClockLimit
 from .config import TrainConfig, check_data
+from .counterfactual import run_counterfactual
 from .distribution import write_family
 from .objective import relative_base
 from .plots import plot_learning_curve
@@ -121,6 +122,10 @@ def train(cfg: TrainConfig, make_governor: GovernorFactory | None = None) -> Tra
             warm = run_warm_start(model, venv, cfg, make_governor)
             save_governor(model, run.bc_governor, cfg)  # the starting point of RL, for comparison
         eval_cb = _eval_callback(cfg, eval_env, len(episodes), segment)
+        if cfg.warm_start.counterfactual and not segment.resumed:
+            fitted = _counterfactual(model, venv, cfg, make_governor, run, eval_cb)
+            warm = {**(warm or {}), "counterfactual": fitted}
+            save_governor(model, run.bc_governor, cfg)  # the fitted switch: RL's starting point
         clock = WallClockLimit(cfg.max_minutes, verbose=cfg.verbose) if cfg.max_minutes else None
         callbacks = [TelemetryCallback(), eval_cb, *_checkpoint_callbacks(cfg, run), *([clock] if clock else [])]
         learning = True
@@ -204,6 +209,21 @@ def build_model(cls: type[BaseAlgorithm], cfg: TrainConfig, venv: Any, tb: str |
     if isinstance(model, OffPolicyAlgorithm) and buffer is not None and buffer.is_file():  # the OFF_POLICY algos
         model.load_replay_buffer(str(buffer))
     return model
+
+
+def _counterfactual(
+    model: Any, venv: Any, cfg: TrainConfig, make_governor: GovernorFactory | None, run: RunFolder, eval_cb: Any
+) -> dict[str, Any]:
+    """Score the start (the base) on the held-out episodes, fit the switch to the training contexts' reward table
+    (:mod:`.counterfactual`), and score the fitted switch as the next candidate at the same step."""
+    model.set_logger(configure_logger(cfg.verbose, None, type(model).__name__, reset_num_timesteps=True))
+    eval_cb.init_callback(model)
+    if cfg.eval.at_start:
+        eval_cb.evaluate_now()
+    summary = run_counterfactual(model, venv, cfg, make_governor, run.root / "counterfactual.npz")
+    eval_cb.last_eval_timesteps = -1  # a new candidate at the same step
+    eval_cb.evaluate_now()
+    return summary
 
 
 def _per_env(cfg: TrainConfig, timesteps: int) -> int:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
@@ -42,7 +43,7 @@ if TYPE_CHECKING:  # the envelope loads torch; configs are read without it
     from lbw_env.control.envelope import EnvelopeConfig
 
 BASE_CACHE = 4096
-"""Base runs remembered (a float pair each): more than any ``seeds`` x pool this project trains on."""
+"""Base runs remembered (final loss and return, a float pair each): more than any training context set here."""
 
 
 @dataclasses.dataclass
@@ -61,7 +62,13 @@ class ObjectiveConfig:
     base's final loss minus the policy's (minus costs). Empty: the plain reward."""
     seeds: int = 0
     """> 0: training episodes reset with seeds ``seed_offset + k``, k drawn from ``range(seeds)`` (the base run of
-    each is computed once); 0: the env's own seed stream (every base run is new)."""
+    each is computed once); 0: the env's own seed stream (every base run is new). The reset seed also draws the
+    scenario from the env's pool, so without ``per_scenario`` this is ``seeds`` (scenario, seed) contexts *in
+    all*, whatever the pool's size: 8 seeds over a 32-scenario pool train on 8 of its scenarios."""
+    per_scenario: bool = False
+    """With ``seeds``: every scenario of the pool with each of the ``seeds`` seeds (``len(pool) x seeds``
+    contexts, drawn uniformly; the reset names the scenario). Off by default only so that earlier configs train
+    as before: they set ``seeds: 8`` believing it meant 8 per scenario (see :func:`training_contexts`)."""
     seed_offset: int = 1_000
     """First reset seed of ``seeds`` (apart from the warm start's 5 000 + i and evaluation's 10 000 + i)."""
     correction_penalty: float = 0.0
@@ -83,6 +90,8 @@ class ObjectiveConfig:
     def validate(self) -> None:
         check(self.seeds >= 0, "seeds", "an int >= 0 (0: the env's own seeds)", self.seeds)
         check(self.seed_offset >= 0, "seed_offset", "an int >= 0", self.seed_offset)
+        check(isinstance(self.per_scenario, bool), "per_scenario", "true or false", self.per_scenario)
+        check(not self.per_scenario or self.seeds > 0, "per_scenario", "false unless seeds > 0", self.per_scenario)
         p = self.correction_penalty
         check(math.isfinite(p) and p >= 0, "correction_penalty", "a finite float >= 0", p)
         c = self.clip_return
@@ -117,7 +126,7 @@ class Objective(gym.Wrapper):
         self._key: tuple[int, str] | None = None
         self._pending = 0.0
         self._return = 0.0
-        self._cache: collections.OrderedDict[tuple[int, str], float] = collections.OrderedDict()
+        self._cache: collections.OrderedDict[tuple[int, str], tuple[float, float]] = collections.OrderedDict()
         self.base_runs = 0
         """Base episodes actually run (the rest came from the cache)."""
 
@@ -127,7 +136,10 @@ class Objective(gym.Wrapper):
         if self._rng is None:
             self._rng = np.random.default_rng(seed)
         if seed is None and self.training and self.cfg.seeds:
-            seed = self.cfg.seed_offset + int(self._rng.integers(self.cfg.seeds))
+            contexts = training_contexts(self.cfg, self.env.unwrapped.pool)  # type: ignore[attr-defined]
+            seed, scenario = contexts[int(self._rng.integers(len(contexts)))]
+            if scenario and "scenario" not in (options or {}):
+                options = {**(options or {}), "scenario": scenario}
         elif seed is None and self.cfg.relative_to:  # an explicit seed, so that the shadow run is the same run
             seed = int(self._rng.integers(2**31 - 1))
         obs, info = self.env.reset(seed=seed, options=options)
@@ -167,28 +179,54 @@ class Objective(gym.Wrapper):
 
     def _base_loss(self) -> float:
         """The base's final validation loss on this episode's seed and scenario (cached)."""
+        return self._base_run()[0]
+
+    def base_return(self) -> float:
+        """The return the base's own run of this episode's seed and scenario earns here (its env rewards plus
+        ``V_T(base) - L_0``: minus its skip and rollback costs; clipped like any training return). It is what a
+        once-per-run switch that keeps its base is paid (:mod:`.counterfactual`), without running it again."""
+        total = self._base_run()[1]
+        if self.cfg.clip_return and self.training:
+            total = min(max(total, -self.cfg.clip_return), self.cfg.clip_return)
+        return total
+
+    def _base_run(self) -> tuple[float, float]:
+        """(final validation loss, unclipped relative return) of the base's run of this episode (cached)."""
         assert self._key is not None and self.base is not None and self.shadow is not None
         if self._key in self._cache:
             self._cache.move_to_end(self._key)
             return self._cache[self._key]
         seed, scenario = self._key
         obs, _ = self.shadow.reset(seed=seed, options={"scenario": scenario} if scenario else None)
-        start, info = True, dict[str, Any]()
+        start, info, total = True, dict[str, Any](), 0.0
         while "final" not in info:
             action, _ = self.base.predict(obs, episode_start=np.array([start]), deterministic=True)
-            obs, _, _, _, info = self.shadow.step(action)
+            obs, reward, _, _, info = self.shadow.step(action)
+            total += float(reward)
             start = False
         self.base_runs += 1
-        loss = float(info["final"]["valid_loss"])
-        self._cache[self._key] = loss
+        final = info["final"]
+        loss = float(final["valid_loss"])
+        scale = self.shadow.unwrapped.cfg.reward.scale  # type: ignore[attr-defined]
+        total += (capped(loss) - capped(final["initial_valid_loss"])) * scale
+        self._cache[self._key] = (loss, total)
         if len(self._cache) > BASE_CACHE:
             self._cache.popitem(last=False)
-        return loss
+        return loss, total
 
     def close(self) -> None:
         if self.shadow is not None:
             self.shadow.close()
         super().close()
+
+
+def training_contexts(cfg: ObjectiveConfig, pool: Sequence[Any]) -> list[tuple[int, str]]:
+    """The (reset seed, scenario) pairs training episodes are drawn from with ``seeds`` > 0 (scenario ``""``: the
+    one the reset seed draws from ``pool``, a list of :class:`~lbw_env.scenarios.Scenario`)."""
+    seeds = [cfg.seed_offset + k for k in range(cfg.seeds)]
+    if not cfg.per_scenario:
+        return [(seed, "") for seed in seeds]
+    return [(seed, s.name) for s in pool for seed in seeds]
 
 
 def objective_env(
