@@ -117,6 +117,7 @@ def test_train_policy_fits_a_switch_scores_the_base_first_and_ships_what_selecti
     summary = json.loads((run / "summary.json").read_text())
     fitted = summary["warm_start"]["counterfactual"]
     assert fitted["contexts"] == 4 and fitted["runs"] == 4  # 2 scenarios x 2 seeds, one run each besides the base
+    assert 0 < fitted["seconds"] < summary["wall_seconds"]
     table = np.load(run / "counterfactual.npz")
     assert table["returns"].shape == (4, 2) and sorted(set(table["scenarios"])) == ["tiny/ft_high_lr", "tiny/high_lr"]
     assert len(np.load(run / "evaluations.npz")["results"]) == 2  # the base, then the fitted switch

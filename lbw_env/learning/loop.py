@@ -85,6 +85,7 @@ def train(cfg: TrainConfig, make_governor: GovernorFactory | None = None) -> Tra
 
     ``make_governor`` (``policies.make_governor``; the learning layer does not import ``policies``) builds the
     base of a residual governor (``cfg.residual.base``), in this process and in every env worker."""
+    started = time.perf_counter()
     torch.set_num_threads(cfg.threads)
     # Env processes start from a clean interpreter; their OpenMP pool is sized before the trainer sets threads.
     os.environ.setdefault("OMP_NUM_THREADS", str(cfg.threads))
@@ -136,6 +137,7 @@ def train(cfg: TrainConfig, make_governor: GovernorFactory | None = None) -> Tra
         curve = plot_learning_curve(run.root)
         summary = _summary(cfg, model, segment, seconds, eval_cb, clock, episodes, curve)
         summary["warm_start"] = warm
+        summary["wall_seconds"] = round(time.perf_counter() - started, 1)  # everything above, evaluations included
         run.write_summary(summary)
         best = run.best_model if run.best_model.is_file() else None
         return TrainResult(run.root, int(model.num_timesteps), best, run.final_model, summary)
@@ -220,7 +222,9 @@ def _counterfactual(
     eval_cb.init_callback(model)
     if cfg.eval.at_start:
         eval_cb.evaluate_now()
+    t0 = time.perf_counter()
     summary = run_counterfactual(model, venv, cfg, make_governor, run.root / "counterfactual.npz")
+    summary["seconds"] = round(time.perf_counter() - t0, 1)  # labelling and fits, not the evaluations
     eval_cb.last_eval_timesteps = -1  # a new candidate at the same step
     eval_cb.evaluate_now()
     return summary
