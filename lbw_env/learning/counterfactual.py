@@ -104,9 +104,7 @@ def label(env: gym.Env, contexts: Sequence[tuple[int, str]]) -> Labels:
 
 def _label_worker(cfg: TrainConfig, make_governor: GovernorFactory | None, contexts: list[tuple[int, str]]) -> Labels:
     """One process's share of :func:`label_in_parallel` (a fresh interpreter: threads set as in training)."""
-    torch.set_num_threads(cfg.threads)
-    import lbw_env  # noqa: F401  # registers the ids in this interpreter
-
+    torch.set_num_threads(cfg.threads)  # the ids are registered: unpickling this function imported lbw_env
     env = make_env(cfg.env_id, None, **wrapper_kwargs(cfg, make_governor), **cfg.env_kwargs())
     try:
         return label(env, contexts)
