@@ -325,6 +325,22 @@ def test_the_fitted_switch_keeps_the_tuned_guard_except_at_the_100x_fine_tune_wh
     assert len(logs) == 50 and high < 0
 
 
+def test_the_fitted_switch_transfers_to_llama_tiny_keeping_its_base_at_low_lr_and_beating_it_above() -> None:
+    """benchmarks/results/transfer_switch (full_param test, unchanged switch): the tuned guard's runs bit for bit at
+    1x and 5x, lower perplexity on every seed at 20x and 100x."""
+    from lbw_env.evaluation.verify import read_records
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "transfer_switch"
+    runs = {(r["arm"], r["scenario"], r["seed"]): r for r in read_records(folder)}
+    for scenario in ("full_param/ref_b1", "full_param/lr1.5e-2_b1", "full_param/lr6e-2_b1", "full_param/lr3e-1_b1"):
+        for seed in range(10):
+            ours, base = runs[("ppo_switch_cf", scenario, seed)], runs[("lbw_guard_tuned", scenario, seed)]
+            if scenario in ("full_param/ref_b1", "full_param/lr1.5e-2_b1"):
+                assert ours["test_ppl"] == base["test_ppl"] and ours["curves"] == base["curves"], (scenario, seed)
+            else:
+                assert ours["test_ppl"] < base["test_ppl"], (scenario, seed)
+
+
 def test_switch_choices_script_rules_of_choice() -> None:
     """scripts/switch_choices.py's rules of choice on the starting policy (p(base) = 0.9): argmax is the base,
     a threshold below 0.1 hands over and one above keeps the base, sampling hands over about 10 % of the time and
