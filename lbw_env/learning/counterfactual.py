@@ -5,8 +5,8 @@ every training context, a (reset seed, scenario) pair of :func:`~.objective.trai
 deterministic run: the same initial state, batches and faults. So the choice's whole reward table can be
 *computed*: run each context under each rule once, and the policy no longer has to learn it from the returns of
 its own sampled choices. PPO on such a switch sees one return per run and needs many runs per context to learn
-what a single pass over the contexts states exactly (sessions 15-17: ~760 runs, and the policy still missed the
-regime the rules part on).
+what a single pass over the contexts states exactly (sessions 15-17: ~760 runs a training, over what turned out
+to be only 8 contexts, ``objective.per_scenario``).
 
 :func:`label` runs every context under every choice but the base: the base's run is already computed by the
 :class:`~.objective.Objective` for the relative return (``relative_to``, which must be the switch's base), and
@@ -41,7 +41,7 @@ from lbw_env.control.protocol import GovernorFactory
 from .config import TrainConfig, WarmStartConfig
 from .objective import Objective, training_contexts
 from .vec_env import make_env, wrapper_kwargs
-from .warmstart import _actor_params, _fit, fit_value
+from .warmstart import actor_params, fit_minibatches, fit_value
 
 
 @dataclasses.dataclass
@@ -143,9 +143,9 @@ def fit_choice(policy: Any, obs: np.ndarray, returns: np.ndarray, cfg: WarmStart
     gains = returns - returns[:, :1]
     policy.set_training_mode(True)
     try:
-        return _fit(
+        return fit_minibatches(
             lambda idx: -expected_gain(policy, obs[idx], gains[idx]),
-            _actor_params(policy, "nll"),
+            actor_params(policy, "nll"),
             len(obs),
             cfg,
             cfg.counterfactual_epochs,

@@ -169,7 +169,7 @@ def value_loss(policy: Any, obs: np.ndarray, targets: np.ndarray) -> torch.Tenso
     return ((policy.predict_values(obs_t).flatten() - target) ** 2).mean()
 
 
-def _fit(
+def fit_minibatches(
     loss_fn: Any, params: list[torch.nn.Parameter], n: int, cfg: WarmStartConfig, epochs: int, seed: int
 ) -> list[float]:
     """Minibatch Adam on ``loss_fn(indices)``; the mean loss of each epoch."""
@@ -192,7 +192,7 @@ def _fit(
     return history
 
 
-def _actor_params(policy: Any, loss: str) -> list[torch.nn.Parameter]:
+def actor_params(policy: Any, loss: str) -> list[torch.nn.Parameter]:
     """What behaviour cloning may move: the actor's layers (and the log-std for ``nll``), never the critic."""
     params = [*policy.mlp_extractor.policy_net.parameters(), *policy.action_net.parameters()]
     log_std = getattr(policy, "log_std", None)
@@ -215,9 +215,9 @@ def clone(policy: Any, obs: np.ndarray, actions: np.ndarray, cfg: WarmStartConfi
     loss = "nll" if not isinstance(policy.action_space, gym.spaces.Box) else cfg.loss
     policy.set_training_mode(True)
     try:
-        return _fit(
+        return fit_minibatches(
             lambda idx: imitation_loss(policy, obs[idx], actions[idx], loss),
-            _actor_params(policy, loss),
+            actor_params(policy, loss),
             len(obs),
             cfg,
             cfg.bc_epochs,
@@ -231,7 +231,7 @@ def fit_value(policy: Any, obs: np.ndarray, targets: np.ndarray, cfg: WarmStartC
     """Fit the critic to ``targets`` (returns-to-go) on (normalised) ``obs``; the loss per epoch."""
     policy.set_training_mode(True)
     try:
-        return _fit(
+        return fit_minibatches(
             lambda idx: value_loss(policy, obs[idx], targets[idx]),
             _critic_params(policy),
             len(obs),
