@@ -302,24 +302,26 @@ def test_the_selected_switches_are_the_tuned_guard_run_for_run_and_their_final_c
             assert runs[(arm, ft, seed)]["test_ppl"] < runs[("lbw_guard_tuned", ft, seed)]["test_ppl"]
 
 
-def test_the_fitted_switch_keeps_the_tuned_guard_except_at_the_100x_fine_tune_where_it_is_better() -> None:
-    """``ppo_switch_cf`` (selected on val): the tuned guard's runs bit for bit on every seed of five scenarios, the
-    probe's hand-over at the 100x fine-tune on every seed, lower perplexity there on at least 9 of 10 and pooled
-    lower beyond noise (the paired t interval of the log ratio excludes 0, as ``scripts/paired_arms.py`` reports)."""
+@pytest.mark.parametrize("fitted", ["ppo_switch_cf", "ppo_switch_cf_s1"])
+def test_the_fitted_switch_keeps_the_tuned_guard_except_at_the_100x_fine_tune_where_it_is_better(fitted: str) -> None:
+    """The fitted switches (selected on val; two sampled training families): the tuned guard's runs bit for bit on
+    every seed of five scenarios, the probe's hand-over at the 100x fine-tune on every seed, lower perplexity there
+    on at least 9 of 10 and pooled lower beyond noise (the paired t interval of the log ratio excludes 0, as
+    ``scripts/paired_arms.py`` reports)."""
     from scipy import stats
 
     runs = tiny_switch_runs()
     ft = "tiny/ft_lr3e-1_b1"
     logs = []
     for arm, scenario, seed in [k for k in runs if k[0] == "lbw_guard_tuned"]:
-        ours, base = runs[("ppo_switch_cf", scenario, seed)], runs[(arm, scenario, seed)]
+        ours, base = runs[(fitted, scenario, seed)], runs[(arm, scenario, seed)]
         if scenario != ft:
             assert ours["test_ppl"] == base["test_ppl"] and ours["curves"] == base["curves"], (scenario, seed)
         else:
             assert ours["test_ppl"] != base["test_ppl"]
         if runs[(arm, scenario, seed)]["split"] == "test":
             logs.append(np.log(ours["test_ppl"] / base["test_ppl"]))
-    assert sum(runs[("ppo_switch_cf", ft, s)]["test_ppl"] < runs[("lbw_guard_tuned", ft, s)]["test_ppl"]
+    assert sum(runs[(fitted, ft, s)]["test_ppl"] < runs[("lbw_guard_tuned", ft, s)]["test_ppl"]
                for s in range(10)) >= 9  # fmt: skip
     _, high = stats.t.interval(0.95, len(logs) - 1, loc=np.mean(logs), scale=stats.sem(logs))
     assert len(logs) == 50 and high < 0
