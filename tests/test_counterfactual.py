@@ -56,12 +56,11 @@ def test_the_fit_raises_the_expected_return_and_picks_the_better_rule() -> None:
     returns[:, 1] = np.where(obs[:, 0] > 0, 0.05, -0.05) + rng.normal(0, 0.01, 256)
     model = PPO("MlpPolicy", DummyVecEnv([SwitchSpaces]), seed=0, device="cpu", policy_kwargs={"net_arch": [16]})
     lr.start_at_base(model.policy, lr.ResidualConfig(base="lbw_guard", switch=["lbw_guard_probe"]))
-    gains = returns - returns[:, :1]
     with torch.no_grad():
-        before = float(expected_gain(model.policy, obs, gains))
+        before = float(expected_gain(model.policy, obs, returns))
     history = fit_choice(model.policy, obs, returns, WarmStartConfig(counterfactual_epochs=100, batch_size=64))
     with torch.no_grad():
-        after = float(expected_gain(model.policy, obs, gains))
+        after = float(expected_gain(model.policy, obs, returns))
         choice = model.policy.get_distribution(torch.as_tensor(obs)).mode().numpy()
     assert after > 0.02 > abs(before) and history[-1] < history[0]  # at most ~0.025: half the rows pay 0.05
     assert np.mean(choice == (obs[:, 0] > 0)) > 0.95

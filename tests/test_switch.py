@@ -269,11 +269,11 @@ def test_train_policy_trains_a_switch_and_its_files_load_with_their_rules(
 
 
 @functools.cache
-def tiny_switch_runs() -> dict[tuple[str, str, int], dict[str, Any]]:
-    """The committed records of benchmarks/results/tiny_switch by (arm, scenario, seed), read once."""
+def suite_runs(suite: str = "tiny_switch") -> dict[tuple[str, str, int], dict[str, Any]]:
+    """The committed records of benchmarks/results/<suite> by (arm, scenario, seed), read once."""
     from lbw_env.evaluation.verify import read_records
 
-    folder = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "tiny_switch"
+    folder = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / suite
     return {(r["arm"], r["scenario"], r["seed"]): r for r in read_records(folder)}
 
 
@@ -281,7 +281,7 @@ def test_the_selected_switches_are_the_tuned_guard_run_for_run_and_their_final_c
     """Selection kept the start of the six shipped switches: on every test cell their runs are the tuned guard's
     bit for bit. Their final checkpoints (selected on nothing) act otherwise: lower perplexity than the tuned guard
     on every seed of the 100x fine-tune. Fails if a rerun of benchmarks/results/tiny_switch stops saying so."""
-    runs = tiny_switch_runs()
+    runs = suite_runs()
     cells = {(scenario, seed) for arm, scenario, seed in runs if arm == "lbw_guard_tuned"}
     assert len(cells) == 60
     selected = (
@@ -310,7 +310,7 @@ def test_the_fitted_switch_keeps_the_tuned_guard_except_at_the_100x_fine_tune_wh
     ``scripts/paired_arms.py`` reports)."""
     from scipy import stats
 
-    runs = tiny_switch_runs()
+    runs = suite_runs()
     ft = "tiny/ft_lr3e-1_b1"
     logs = []
     for arm, scenario, seed in [k for k in runs if k[0] == "lbw_guard_tuned"]:
@@ -330,10 +330,7 @@ def test_the_fitted_switch_keeps_the_tuned_guard_except_at_the_100x_fine_tune_wh
 def test_the_fitted_switch_transfers_to_llama_tiny_keeping_its_base_at_low_lr_and_beating_it_above() -> None:
     """benchmarks/results/transfer_switch (full_param test, unchanged switch): the tuned guard's runs bit for bit at
     1x and 5x, lower perplexity on every seed at 20x and 100x."""
-    from lbw_env.evaluation.verify import read_records
-
-    folder = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "transfer_switch"
-    runs = {(r["arm"], r["scenario"], r["seed"]): r for r in read_records(folder)}
+    runs = suite_runs("transfer_switch")
     for scenario in ("full_param/ref_b1", "full_param/lr1.5e-2_b1", "full_param/lr6e-2_b1", "full_param/lr3e-1_b1"):
         for seed in range(10):
             ours, base = runs[("ppo_switch_cf", scenario, seed)], runs[("lbw_guard_tuned", scenario, seed)]
@@ -385,7 +382,7 @@ def test_the_once_switchs_final_checkpoint_is_the_tuned_guard_except_where_it_ha
     7 % better on average (README, tiny section). The same training with another seed (ppo_switch_once_s1) ends in a
     checkpoint that makes the same choices on every test run: its runs are these bit for bit. Fails if a rerun of
     benchmarks/results/tiny_switch stops saying so."""
-    runs = tiny_switch_runs()
+    runs = suite_runs()
     arm, bar = "ppo_switch_once_final", "lbw_guard_tuned"
     for scenario in ("tiny/ref", "tiny/shock100", "tiny/bad_batches", "tiny/ft_ref_b1"):
         for seed in range(10):

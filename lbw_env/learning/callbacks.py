@@ -228,9 +228,10 @@ class HeldOutEvalCallback(EvalCallback):
                 self.logger.record_mean("eval/final_valid_ppl", float(final["valid_ppl"]))
             self.logger.record_mean("eval/diverged", float(bool(final["diverged"])))
 
-    def evaluate_now(self) -> bool:
-        """Evaluate the current model now, unless the last evaluation was at this very step."""
-        if self.last_eval_timesteps == self.num_timesteps:
+    def evaluate_now(self, again: bool = False) -> bool:
+        """Evaluate the current model now, unless the last evaluation was at this very step (``again``: even then,
+        for a model changed without a training step, such as one fitted before RL)."""
+        if self.last_eval_timesteps == self.num_timesteps and not again:
             return True
         freq = self.eval_freq
         self.eval_freq = 1  # the parent evaluates when n_calls % eval_freq == 0; 1 means "now"

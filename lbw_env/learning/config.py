@@ -299,12 +299,12 @@ class TrainConfig:
 
     def _check_warm_start(self) -> None:
         w = self.warm_start
+        if (w.episodes or w.counterfactual) and self.algo not in ("ppo", "a2c"):
+            raise ConfigError(f"warm_start: needs an actor-critic policy (ppo or a2c), not {self.algo}")
         if w.counterfactual:
             self._check_counterfactual()
         if not w.episodes:
             return
-        if self.algo not in ("ppo", "a2c"):
-            raise ConfigError(f"warm_start: needs an actor-critic policy (ppo or a2c), not {self.algo}")
         if self.residual.enabled and w.teacher:
             raise ConfigError(
                 f"warm_start.teacher: a residual policy's teacher is its base ({self.residual.base}); leave it empty"
@@ -320,8 +320,6 @@ class TrainConfig:
     def _check_counterfactual(self) -> None:
         r, o = self.residual, self.objective
         why = "warm_start.counterfactual: needs"
-        if self.algo not in ("ppo", "a2c"):
-            raise ConfigError(f"{why} an actor-critic policy (ppo or a2c), not {self.algo}")
         if not (r.enabled and r.switch and r.switch_at >= 0):
             raise ConfigError(f"{why} a once-per-run switch (residual.switch and residual.switch_at >= 0)")
         if o.seeds <= 0:

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from lbw_env.control.protocol import GovernorFactory
+from lbw_env.scenarios import resolve
 
 from .config import TrainConfig, WarmStartConfig
 from .objective import Objective, training_contexts
@@ -59,14 +60,6 @@ class Labels:
         seeds = np.array([s for s, _ in self.contexts], dtype=np.int64)
         names = np.array([n for _, n in self.contexts])
         np.savez(path, seeds=seeds, scenarios=names, obs=self.obs, returns=self.returns)
-
-    @classmethod
-    def concat(cls, parts: Sequence[Labels]) -> Labels:
-        return cls(
-            [c for p in parts for c in p.contexts],
-            np.concatenate([p.obs for p in parts]),
-            np.concatenate([p.returns for p in parts]),
-        )
 
 
 def objective_of(env: gym.Env) -> Objective:
@@ -124,14 +117,17 @@ def label_in_parallel(
     spawn = multiprocessing.get_context("spawn")  # torch in a forked child of a threaded parent can hang
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=spawn) as pool:
         parts = list(pool.map(_label_worker, [cfg] * workers, [make_governor] * workers, shares))
-    order = {c: i for i, c in enumerate(contexts)}
-    merged = Labels.concat(parts)
-    index = np.argsort([order[c] for c in merged.contexts])
-    return Labels([merged.contexts[i] for i in index], merged.obs[index], merged.returns[index])
+    obs = np.empty((len(contexts), *parts[0].obs.shape[1:]), dtype=parts[0].obs.dtype)
+    returns = np.empty((len(contexts), parts[0].returns.shape[1]), dtype=parts[0].returns.dtype)
+    for i, part in enumerate(parts):  # share i holds rows i, i + workers, ...
+        obs[i::workers], returns[i::workers] = part.obs, part.returns
+    return Labels(contexts, obs, returns)
 
 
-def expected_gain(policy: Any, obs: np.ndarray, gains: np.ndarray) -> torch.Tensor:
-    """``mean_k sum_a pi(a | obs_k) gains[k, a]`` of a discrete SB3 ``policy`` on (normalised) ``obs``."""
+def expected_gain(policy: Any, obs: np.ndarray, returns: np.ndarray) -> torch.Tensor:
+    """``mean_k sum_a pi(a | obs_k) (returns[k, a] - returns[k, 0])`` of a discrete SB3 ``policy`` on (normalised)
+    ``obs``: its expected return over the contexts, relative to the base's."""
+    gains = returns - returns[:, :1]
     obs_t = torch.as_tensor(obs, dtype=torch.float32, device=policy.device)
     probs = policy.get_distribution(obs_t).distribution.probs
     return (probs * torch.as_tensor(gains, dtype=torch.float32, device=policy.device)).sum(dim=1).mean()
@@ -140,11 +136,10 @@ def expected_gain(policy: Any, obs: np.ndarray, gains: np.ndarray) -> torch.Tens
 def fit_choice(policy: Any, obs: np.ndarray, returns: np.ndarray, cfg: WarmStartConfig, seed: int = 0) -> list[float]:
     """Maximise the expected return over the contexts (relative to the base, column 0) on the actor; the mean
     negative expected gain of each epoch."""
-    gains = returns - returns[:, :1]
     policy.set_training_mode(True)
     try:
         return fit_minibatches(
-            lambda idx: -expected_gain(policy, obs[idx], gains[idx]),
+            lambda idx: -expected_gain(policy, obs[idx], returns[idx]),
             actor_params(policy, "nll"),
             len(obs),
             cfg,
@@ -159,20 +154,15 @@ def run_counterfactual(
     model: Any, vecnormalize: Any, cfg: TrainConfig, make_governor: GovernorFactory | None, out: Path
 ) -> dict[str, Any]:
     """Label the training contexts (saved to ``out``), fit the switch's choice and its critic; a summary."""
-    env = make_env(cfg.env_id, None, **wrapper_kwargs(cfg, make_governor), **cfg.env_kwargs())
-    try:
-        contexts = training_contexts(cfg.objective, env.unwrapped.pool)  # type: ignore[attr-defined]
-    finally:
-        env.close()
+    contexts = training_contexts(cfg.objective, resolve(cfg.env_config().scenarios))  # the env's pool, by name
     labels = label_in_parallel(cfg, make_governor, contexts, cfg.n_envs)
     labels.save(out)
     if vecnormalize.norm_obs:  # the states the choice is made on
         vecnormalize.obs_rms.update(labels.obs.astype(np.float64))
     obs = vecnormalize.normalize_obs(labels.obs).astype(np.float32)
     policy = model.policy
-    gains = labels.returns - labels.returns[:, :1]
     with torch.no_grad():
-        before = float(expected_gain(policy, obs, gains))
+        before = float(expected_gain(policy, obs, labels.returns))
     history = fit_choice(policy, obs, labels.returns, cfg.warm_start, seed=cfg.warm_start.seed_offset)
     with torch.no_grad():
         choice = policy.get_distribution(torch.as_tensor(obs, device=policy.device)).mode().cpu().numpy()

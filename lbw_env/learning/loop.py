@@ -225,8 +225,7 @@ def _counterfactual(
     t0 = time.perf_counter()
     summary = run_counterfactual(model, venv, cfg, make_governor, run.root / "counterfactual.npz")
     summary["seconds"] = round(time.perf_counter() - t0, 1)  # labelling and fits, not the evaluations
-    eval_cb.last_eval_timesteps = -1  # a new candidate at the same step
-    eval_cb.evaluate_now()
+    eval_cb.evaluate_now(again=True)  # a new candidate at the same step
     return summary
 
 

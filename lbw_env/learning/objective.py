@@ -161,8 +161,7 @@ class Objective(gym.Wrapper):
                 reward += added["relative_to_base"]
                 if self.cfg.clip_return and self.training:  # a training device: evaluation scores the metric
                     total = self._return + reward
-                    c = self.cfg.clip_return
-                    added["clip"] = min(max(total, -c), c) - total
+                    added["clip"] = self._clipped(total) - total
                     reward += added["clip"]
                 info["objective"] = {"base_valid_loss": base_loss, **added}
             else:
@@ -185,10 +184,13 @@ class Objective(gym.Wrapper):
         """The return the base's own run of this episode's seed and scenario earns here (its env rewards plus
         ``V_T(base) - L_0``: minus its skip and rollback costs; clipped like any training return). It is what a
         once-per-run switch that keeps its base is paid (:mod:`.counterfactual`), without running it again."""
-        total = self._base_run()[1]
-        if self.cfg.clip_return and self.training:
-            total = min(max(total, -self.cfg.clip_return), self.cfg.clip_return)
-        return total
+        return self._clipped(self._base_run()[1])
+
+    def _clipped(self, total: float) -> float:
+        """An episode's return as training counts it: clipped to ``±clip_return`` (evaluation: unchanged)."""
+        if not (self.cfg.clip_return and self.training):
+            return total
+        return min(max(total, -self.cfg.clip_return), self.cfg.clip_return)
 
     def _base_run(self) -> tuple[float, float]:
         """(final validation loss, unclipped relative return) of the base's run of this episode (cached)."""
