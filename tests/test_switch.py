@@ -340,6 +340,20 @@ def test_the_fitted_switch_transfers_to_llama_tiny_keeping_its_base_at_low_lr_an
                 assert ours["test_ppl"] < base["test_ppl"], (scenario, seed)
 
 
+def test_the_fitted_switch_transfers_to_qwen2_s_keeping_its_base_at_1x_and_beating_it_at_20x_and_50x() -> None:
+    """benchmarks/results/lr_stress (qwen2-s fine-tunes, unchanged switch, appended on a machine that replays the
+    suite's records to ~1e-5): the tuned guard's runs at 1x to within 1e-4 (its choice kept), lower perplexity on
+    every seed at 20x and 50x."""
+    runs = suite_runs("lr_stress")
+    for scenario in ("lr_stress/ref_b1", "lr_stress/lr6e-2_b1", "lr_stress/lr1.5e-1_b1"):
+        for seed in range(10):
+            ours, base = runs[("ppo_switch_cf", scenario, seed)], runs[("lbw_guard_tuned", scenario, seed)]
+            if scenario == "lr_stress/ref_b1":
+                assert ours["test_ppl"] == pytest.approx(base["test_ppl"], rel=1e-4), seed
+            else:
+                assert ours["test_ppl"] < base["test_ppl"], (scenario, seed)
+
+
 def test_switch_choices_script_rules_of_choice() -> None:
     """scripts/switch_choices.py's rules of choice on the starting policy (p(base) = 0.9): argmax is the base,
     a threshold below 0.1 hands over and one above keeps the base, sampling hands over about 10 % of the time and
