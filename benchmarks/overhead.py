@@ -118,41 +118,60 @@ BREAKDOWN_PARTS = {
     "grad_norm": ("governed", "_grad_norm"),
     "save_theta": ("governed", "_save_params"),
     "adamw": ("optimizer", "step"),
+    "adamw_blocks": ("blocked", "step"),
     "zero_grad": ("optimizer", "zero_grad"),
     "drop_grads": ("governed", "_drop_grads"),
     "update_norms": ("governed", "_update_norms"),
 }
 """The timed parts of a governed step: (object, method). The bare loop runs AdamW and ``zero_grad`` too; the
-governed step clears gradients with ``zero_grad`` or, where the optimizer keeps torch's, ``_drop_grads``."""
+governed step clears gradients with ``zero_grad`` or, where the optimizer keeps torch's, ``_drop_grads``. Where
+the governed optimizer takes AdamW's step by blocks inside the measurement (:mod:`lbw_env.plant.blocked`), the
+blocks are summed as ``adamw`` and taken out of ``update_norms``."""
 
 
 def breakdown(trainer: Plant, n: int) -> dict[str, float]:
     """Median process-CPU microseconds per step of the whole ``Plant.step``, of ``GovernedOptimizer.step`` and of
-    its parts (:data:`BREAKDOWN_PARTS`; ``rest``: the governed step's own Python, the decision and the record).
+    its parts (:data:`BREAKDOWN_PARTS`, each summed over its calls within a step; ``rest``: the governed step's own
+    Python, the decision and the record).
 
     ``governed_extra_us`` is what governance adds to a bare step: the governed step minus the AdamW step and the
     clearing of gradients, which the bare loop does as well. Methods missing from the governed optimizer are left
     out (the start commit's optimizer has none of the parts: all of its governance is ``rest``).
     """
     governed, optimizer = trainer.governed, trainer.optimizer
-    owners = {"governed": governed, "optimizer": optimizer}
-    times: dict[str, list[float]] = {"governed": []}
+    owners = {"governed": governed, "optimizer": optimizer, "blocked": getattr(governed, "_blocked", None)}
+    times: dict[str, list[float]] = {}
+    current: dict[str, float] = {}  # this step's seconds per part
     wrapped: list[tuple[object, str]] = []
 
     def timed(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def run(*args: Any, **kwargs: Any) -> Any:
             t0 = time.process_time()
             out = fn(*args, **kwargs)
-            times[label].append(time.process_time() - t0)
+            current[label] = current.get(label, 0.0) + time.process_time() - t0
+            return out
+
+        return run
+
+    def governed_step(inner: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            current.clear()
+            out = inner(*args, **kwargs)
+            if "adamw_blocks" in current:  # AdamW ran inside the measurement
+                blocks = current.pop("adamw_blocks")
+                current["update_norms"] -= blocks
+                current["adamw"] = current.get("adamw", 0.0) + blocks
+            for label, seconds in current.items():
+                times.setdefault(label, []).append(seconds)
             return out
 
         return run
 
     for label, (owner, name) in [("governed", ("governed", "step")), *BREAKDOWN_PARTS.items()]:
         obj = owners[owner]
-        if hasattr(obj, name):
-            times.setdefault(label, [])
-            setattr(obj, name, timed(label, getattr(obj, name)))
+        if obj is not None and hasattr(obj, name):
+            fn = timed(label, getattr(obj, name))
+            setattr(obj, name, governed_step(fn) if label == "governed" else fn)
             wrapped.append((obj, name))
     try:
         _, whole = time_block(lambda: trainer.step(Control()), n, trainer.device)

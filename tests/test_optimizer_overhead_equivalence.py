@@ -10,6 +10,7 @@ changed between steps, and every layout the fast path handles or leaves to the r
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from lbw_env.plant import optimizer as governed_optimizer
+from lbw_env.plant.blocked import BlockedAdam
 from lbw_env.plant.config import TrainerConfig
 from lbw_env.plant.data import Corpus
 from lbw_env.plant.optimizer import Control, GovernedOptimizer
@@ -204,3 +206,105 @@ def test_odd_layouts_are_the_reference(
     # the case under test is the one meant: the CPU fast path groups only float32 contiguous parameters
     grouped = dtype == torch.float32 and not transposed and measure_update
     assert (governed._update is not None) == grouped
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The blocked AdamW step: the optimizer's own step, taken chunk by chunk inside the measurement
+# ----------------------------------------------------------------------------------------------------------
+
+
+def run_plant(plant: Plant, steps: int) -> list[dict[str, Any]]:
+    """``steps`` governed steps under :data:`CONTROLS`, with a snapshot, a rollback and a replay; the records
+    without their timings."""
+    records = []
+    for t in range(steps):
+        if t == 20:
+            snap = plant.snapshot()
+        if t == 26:
+            plant.restore(snap, rewind=False)
+        if t == 30:
+            plant.restore(snap)
+        record = dataclasses.asdict(plant.step(CONTROLS[t % len(CONTROLS)]))
+        records.append({k: v for k, v in record.items() if k != "seconds"})
+    return records
+
+
+@pytest.mark.parametrize("chunk", [None, 1 << 12], ids=["chunks", "small-chunks"])
+def test_blocked_step_is_the_optimizers_step(
+    make_cfg: Callable[..., TrainerConfig], corpus: Corpus, chunk: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parameters, moments, step counters and records are bit for bit those of ``optimizer.step()``."""
+    if chunk is not None:  # the embedding spans several chunks: stepped whole at the first, measured in row ranges
+        monkeypatch.setattr(governed_optimizer._UpdateBuffer, "CHUNK", chunk)
+    cfg = make_cfg("optim.lr=3e-3", "optim.weight_decay=0.1", faults=FAULTS)
+    blocked_steps = 0
+    original = BlockedAdam.step
+
+    def counted(self: BlockedAdam, block: int, lr_scale: float = 1.0) -> None:
+        nonlocal blocked_steps
+        blocked_steps += 1
+        original(self, block, lr_scale)
+
+    with monkeypatch.context() as m:
+        m.setattr(BlockedAdam, "supports", staticmethod(lambda optimizer, params: False))
+        plain = Plant(cfg, corpus)
+        plain_records = run_plant(plain, 34)
+    monkeypatch.setattr(BlockedAdam, "step", counted)
+    blocked = Plant(cfg, corpus)
+    blocked_records = run_plant(blocked, 34)
+    assert plain.governed._blocked is None and blocked.governed._blocked is not None
+    stepping = sum(1 for block in blocked.governed._blocked.blocks if block)  # chunks that meet a parameter first
+    assert blocked_steps >= 20 * stepping  # most applied steps went by blocks
+    assert repr(blocked_records) == repr(plain_records)  # repr: NaN equals NaN, every other float to the bit
+    for p, q in zip(plain.params, blocked.params, strict=True):
+        assert torch.equal(p, q)
+        a, b = plain.optimizer.state[p], blocked.optimizer.state[q]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_blocked_step_leaves_hooks_and_schedulers_their_step() -> None:
+    """A step hook, an LR scheduler's wrapper of ``step`` or a parameter without a gradient: ``optimizer.step()``
+    runs as usual (the hook fires, the scheduler sees its call), and the result is the same."""
+    model = Odd()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1, foreach=True)
+    governed = GovernedOptimizer(optimizer, params)
+    gen = torch.Generator().manual_seed(1)
+
+    def step() -> None:
+        model.loss(torch.randn(5, generator=gen)).backward()
+        governed.step(torch.tensor(1.0))
+
+    step()  # the first step initialises Adam's state through optimizer.step()
+    assert governed._blocked is not None and governed._blocked.ready() is False
+    model.loss(torch.randn(5, generator=gen)).backward()
+    assert governed._blocked.ready()
+    fired = []
+    handle = optimizer.register_step_post_hook(lambda *_: fired.append(1))
+    assert not governed._blocked.ready()
+    governed.step(torch.tensor(1.0))
+    handle.remove()
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    model.loss(torch.randn(5, generator=gen)).backward()
+    assert not governed._blocked.ready()
+    governed.step(torch.tensor(1.0))
+    scheduler.step()  # warns if it did not see optimizer.step() called
+    model.loss(torch.randn(5, generator=gen)).backward()
+    model.long.grad = None
+    assert not governed._blocked.ready()
+    assert fired == [1]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ps: torch.optim.SGD(ps, lr=0.1),
+        lambda ps: torch.optim.AdamW(ps, lr=torch.tensor(0.01), foreach=False),
+        lambda ps: torch.optim.AdamW(ps[1:], lr=0.01),
+    ],
+    ids=["sgd", "tensor-lr", "not-every-param"],
+)
+def test_blocked_step_refuses_what_it_cannot_replay(make: Callable[[list[torch.Tensor]], Any]) -> None:
+    params = [p for p in Odd().parameters() if p.requires_grad]
+    assert not BlockedAdam.supports(make(params), params)
+    assert BlockedAdam.supports(torch.optim.Adam(params, lr=0.01, amsgrad=True), params)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import operator
+from collections.abc import Callable
 
 import torch
 
@@ -135,6 +136,9 @@ class _Chunk:
     """Runs of rows of equal length in the buffer, and where the norms of those rows go (θ, Δθ)."""
     last: int = -1
     """The latest of its parameters in the parameter list."""
+    fresh: list[torch.Tensor] = dataclasses.field(default_factory=list)
+    """Its parameters that no chunk measured before it met (whole tensors): what a blocked optimizer step
+    (:mod:`lbw_env.plant.blocked`) updates right before this chunk is measured."""
 
 
 class UpdateBuffer:
@@ -204,6 +208,12 @@ class UpdateBuffer:
         # Optimizers update the parameters in list order, so the last ones are still in cache after the step:
         # measure their chunks first (about -50 us a step on qwen2-tiny, whose first chunk is the embedding).
         self.chunks.sort(key=lambda c: -c.last)
+        seen: set[int] = set()
+        for chunk in self.chunks:  # the parameters each chunk meets first, in measuring order
+            for p in chunk.params:
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    chunk.fresh.append(p)
         self.params = [params[i] for i in layout]
         self.views = [buffer[start[i] : start[i] + params[i].numel()].view(params[i].shape) for i in layout]
         position = [0] * plan.size
@@ -222,9 +232,18 @@ class UpdateBuffer:
         if self.stamp != self._stamp():
             torch._foreach_copy_(self.views, self.params)
 
-    def measure(self, out: torch.Tensor) -> None:
-        """Row norms of θ_new and of the update into ``out`` (2 x plan size, plan order); keeps θ_new."""
-        for chunk in self.chunks:
+    def blocks(self) -> list[list[torch.Tensor]]:
+        """Per chunk, in measuring order, the whole parameters it meets first (see :meth:`measure`)."""
+        return [chunk.fresh for chunk in self.chunks]
+
+    def measure(self, out: torch.Tensor, step: Callable[[int], None] | None = None) -> None:
+        """Row norms of θ_new and of the update into ``out`` (2 x plan size, plan order); keeps θ_new.
+
+        ``step``: the optimizer step not taken yet, by blocks; ``step(k)`` must update the parameters of
+        ``blocks()[k]``, and is called right before chunk ``k`` is measured, while they are in cache."""
+        for k, chunk in enumerate(self.chunks):
+            if step is not None and chunk.fresh:
+                step(k)
             new = chunk.params
             if any(chunk.rows):  # row ranges of a large matrix: views of them, taken now (never stale)
                 new = [p if r is None else p.flatten(1)[r[0] : r[1]] for p, r in zip(chunk.params, chunk.rows)]

@@ -19,7 +19,10 @@ after the step), computed by exactly the reductions of the definition (:mod:`lbw
 price is memory traffic and per-call overhead, not arithmetic. Inside a training step both are paid with cold
 caches (forward, backward and the optimizer evict the telemetry's data and code), where every Python object
 and torch call touched costs several times what a warm loop measures: the step below touches few of them
-(no context-manager objects, one host transfer per norm).
+(no context-manager objects, one host transfer per norm). Where the optimizer is torch's own
+Adam/AdamW on float32 CPU parameters, its own step is taken inside the measurement, one cache-sized block of
+parameters at a time (:mod:`.blocked`): the same numbers, bit for bit, with the block's θ, gradient and moments
+still in cache across the step's passes and θ_new still there when it is measured.
 """
 
 from __future__ import annotations
@@ -28,10 +31,11 @@ import collections
 import dataclasses
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
+from .blocked import BlockedAdam
 from .norms import NormPlan, global_norm
 from .norms import UpdateBuffer as _UpdateBuffer  # under this name the equivalence tests shrink its CHUNK
 from .records import Clipper, RollingStats, SkipReason, StepRecord
@@ -108,6 +112,8 @@ class GovernedOptimizer:
         # allocated at the first applied step).
         self._chunked = self._plan is not None and _UpdateBuffer.supports(self.params)
         self._update: _UpdateBuffer | None = None
+        self._blocked: BlockedAdam | None = None
+        """torch's Adam/AdamW step taken chunk by chunk inside the measurement (:mod:`.blocked`), where it applies."""
         self._prev: list[torch.Tensor] | None = None
         self._param_norm = self._norm(self.params)
 
@@ -142,16 +148,19 @@ class GovernedOptimizer:
             if self._update is None:
                 assert self._plan is not None
                 self._update = _UpdateBuffer(self.params, self._plan)
+                if BlockedAdam.supports(self.optimizer, self.params):
+                    self._blocked = BlockedAdam(self.optimizer, self._update.blocks())
             self._update.save()
             return
         if self._prev is None:
             self._prev = [torch.empty_like(p) for p in self.params]
         torch._foreach_copy_(self._prev, self.params)
 
-    def _update_norms(self) -> tuple[float, float]:
-        """‖θ‖ and ‖Δθ‖ after the step, both in one host transfer."""
+    def _update_norms(self, step: Callable[[int], None] | None = None) -> tuple[float, float]:
+        """‖θ‖ and ‖Δθ‖ after the step, both in one host transfer; ``step``: the optimizer step, by blocks of the
+        update buffer, if it has not been taken yet."""
         if self._update is not None:
-            self._update.measure(self._partials[1:])
+            self._update.measure(self._partials[1:], step)
             both = torch.linalg.vector_norm(self._partials[1:], dim=1)
         else:
             assert self._prev is not None
@@ -227,23 +236,26 @@ class GovernedOptimizer:
             if self.measure_update:
                 self._save_params()
             scale = control.lr_scale
-            if scale == 1.0:  # x 1.0 changes no LR: spare the scale-and-restore
-                self.optimizer.step()
+            blocked = self._blocked
+            if blocked is not None and blocked.ready():  # the step is taken inside the measurement, by blocks
+                self._param_norm, update_norm = self._update_norms(lambda k: blocked.step(k, scale))
             else:
-                saved = [g["lr"] for g in groups]
-                for g in groups:
-                    g["lr"] = g["lr"] * scale
-                self.optimizer.step()
-                for g, lr_g in zip(groups, saved):
-                    g["lr"] = lr_g
+                if scale == 1.0:  # x 1.0 changes no LR: spare the scale-and-restore
+                    self.optimizer.step()
+                else:
+                    saved = [g["lr"] for g in groups]
+                    for g in groups:
+                        g["lr"] = g["lr"] * scale
+                    self.optimizer.step()
+                    for g, lr_g in zip(groups, saved):
+                        g["lr"] = lr_g
+                if self.measure_update:
+                    self._param_norm, update_norm = self._update_norms()
+                else:
+                    self._param_norm, update_norm = self._norm(self.params), math.nan
             self._drop_grads()
             lr = scheduled_lr * scale
-            if self.measure_update:
-                self._param_norm, update_norm = self._update_norms()
-                update_ratio = update_norm / max(self._param_norm, 1e-12)
-            else:
-                self._param_norm = self._norm(self.params)
-                update_ratio = math.nan
+            update_ratio = update_norm / max(self._param_norm, 1e-12)
             self.loss_stats.update(loss_value)
             self.grad_stats.update(log_grad)
             self.steps += 1
