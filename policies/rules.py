@@ -120,7 +120,8 @@ class GuardConfig:
     start_scale: float = 0.0575
     """Slow start: the LR scale of the first decision, before any telemetry exists."""
     slow_start_growth: float = 2.0
-    """Multiplicative growth per healthy decision, up to the remembered ceiling (TCP slow start)."""
+    """Multiplicative growth per healthy decision, up to the remembered ceiling (TCP slow start). The envelope
+    bounds a rise to its ``max_factor`` (2) a decision, so under the default envelope larger values act as 2."""
     max_scale: float = 1.0
     """Highest LR scale the guard asks for."""
     backoff: float = 0.232
