@@ -308,3 +308,30 @@ def test_blocked_step_refuses_what_it_cannot_replay(make: Callable[[list[torch.T
     params = [p for p in Odd().parameters() if p.requires_grad]
     assert not BlockedAdam.supports(make(params), params)
     assert BlockedAdam.supports(torch.optim.Adam(params, lr=0.01, amsgrad=True), params)
+
+
+def test_blocked_step_follows_a_loaded_optimizer_state() -> None:
+    """``optimizer.load_state_dict`` replaces the param-group dicts and the state tensors: the blocked step reads
+    both afresh (a new LR in the loaded groups is used), bit for bit what ``optimizer.step()`` does."""
+    runs = []
+    for blocked in (False, True):
+        model = Odd()
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1, foreach=True)
+        governed = GovernedOptimizer(optimizer, params)
+        gen = torch.Generator().manual_seed(1)
+        for t in range(6):
+            if t == 3:
+                state = optimizer.state_dict()
+                state["param_groups"][0]["lr"] = 3e-3
+                optimizer.load_state_dict(state)
+            model.loss(torch.randn(5, generator=gen)).backward()
+            if not blocked:
+                governed._blocked = None
+            elif t >= 1:  # after the first step, which initialises the state: every step by blocks
+                assert governed._blocked is not None and governed._blocked.ready()
+            governed.step(torch.tensor(1.0), Control(lr_scale=0.5) if t == 4 else Control())
+        assert (governed._blocked is not None) == blocked
+        runs.append([p.detach().clone() for p in params])
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+    assert optimizer.param_groups[0]["lr"] == 3e-3
