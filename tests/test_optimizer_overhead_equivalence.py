@@ -104,6 +104,22 @@ CONTROLS = [
 ]
 
 
+def run_plant(plant: Plant, steps: int) -> list[dict[str, Any]]:
+    """``steps`` governed steps under :data:`CONTROLS`, with a snapshot (step 20), a rollback to it (26: the good
+    weights, then new batches) and a replay of it (30); the records without their timings."""
+    records = []
+    for t in range(steps):
+        if t == 20:
+            snap = plant.snapshot()
+        if t == 26:
+            plant.restore(snap, rewind=False)
+        if t == 30:
+            plant.restore(snap)
+        record = dataclasses.asdict(plant.step(CONTROLS[t % len(CONTROLS)]))
+        records.append({k: v for k, v in record.items() if k != "seconds"})
+    return records
+
+
 @pytest.mark.parametrize(("clip", "chunk"), [(0.0, None), (0.5, 1 << 12)], ids=["default", "clip-small-chunks"])
 def test_plant_records_are_the_reference(
     make_cfg: Callable[..., TrainerConfig],
@@ -116,15 +132,7 @@ def test_plant_records_are_the_reference(
         monkeypatch.setattr(governed_optimizer._UpdateBuffer, "CHUNK", chunk)
     trainer = Plant(make_cfg("optim.lr=3e-3", f"optim.clip_norm={clip}", faults=FAULTS), corpus)
     referee = Referee(trainer.governed)
-    reasons = set()
-    for t in range(34):
-        if t == 20:
-            snap = trainer.snapshot()
-        if t == 26:
-            trainer.restore(snap, rewind=False)  # a rollback: the good weights, then new batches
-        if t == 30:
-            trainer.restore(snap)  # a replay
-        reasons.add(trainer.step(CONTROLS[t % len(CONTROLS)]).skip_reason)
+    reasons = {record["skip_reason"] for record in run_plant(trainer, 34)}
     assert referee.checked == 34
     assert reasons == {"none", "forced", "nonfinite", "gate"}
 
@@ -211,22 +219,6 @@ def test_odd_layouts_are_the_reference(
 # ----------------------------------------------------------------------------------------------------------
 # The blocked AdamW step: the optimizer's own step, taken chunk by chunk inside the measurement
 # ----------------------------------------------------------------------------------------------------------
-
-
-def run_plant(plant: Plant, steps: int) -> list[dict[str, Any]]:
-    """``steps`` governed steps under :data:`CONTROLS`, with a snapshot, a rollback and a replay; the records
-    without their timings."""
-    records = []
-    for t in range(steps):
-        if t == 20:
-            snap = plant.snapshot()
-        if t == 26:
-            plant.restore(snap, rewind=False)
-        if t == 30:
-            plant.restore(snap)
-        record = dataclasses.asdict(plant.step(CONTROLS[t % len(CONTROLS)]))
-        records.append({k: v for k, v in record.items() if k != "seconds"})
-    return records
 
 
 @pytest.mark.parametrize("chunk", [None, 1 << 12], ids=["chunks", "small-chunks"])

@@ -101,7 +101,7 @@ class BlockedAdam:
                 has_complex=False,  # float32 parameters only (UpdateBuffer.supports)
                 beta1=beta1,
                 beta2=beta2,
-                lr=group["lr"] * lr_scale if lr_scale != 1.0 else group["lr"],
+                lr=group["lr"] * lr_scale,  # x 1.0 is exact: no special case
                 weight_decay=group["weight_decay"],
                 eps=group["eps"],
                 maximize=group["maximize"],
